@@ -1,0 +1,68 @@
+"""Start and stop the processes a gateway benchmark needs (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError as exc:
+            if getattr(exc, "code", None):  # an HTTP error status: the server is up
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up within {timeout_s} s")
+
+
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    """The echo replica under uvicorn (httptools, uvloop), one process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "echo_upstream:app", "--app-dir", str(HERE),
+         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+         "--no-access-log", "--log-level", "warning"],
+        start_new_session=True,
+    )
+    _wait_http(f"http://127.0.0.1:{port}/stream?n=1")
+    return proc
+
+
+def start_gateway(port: int, upstream_url: str, token: str, workers: int = 1
+                  ) -> subprocess.Popen[bytes]:
+    """A standalone gateway copy routing ``echo`` to ``upstream_url``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neocloud.gateway", "--host", "127.0.0.1", "--port", str(port),
+         "--route", f"echo={upstream_url}", "--token", token, "--workers", str(workers)],
+        start_new_session=True,
+    )
+    _wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started here (its own process group) and wait for it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -1,0 +1,383 @@
+"""Deployment commands: ``deploy``, ``scale``, ``ls``, ``status``, ``logs``, ``rm``."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from neocloud.cli import output
+from neocloud.cli.context import client
+from neocloud.cli.follow import follow
+from neocloud.cli.output import age, note, print_json, status_text, table
+from neocloud.cli.params import check_fields, parse_pairs
+from neocloud.errors import AlreadyExists, NotFound, PermissionDenied, Timeout
+from neocloud.models import (
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentUpdate,
+    EventOut,
+    NodeOut,
+)
+from neocloud.sdk import Client, WaitProgress
+
+_OPTIONS = {
+    "name": "NAME",
+    "service": "--service",
+    "model": "--model",
+    "shape": "--shape",
+    "replicas": "--replicas",
+    "env": "--env",
+}
+JSON_HELP = "Print JSON to stdout instead of a table."
+
+
+def deploy(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name (also its OpenAI model name)."),
+    service: str | None = typer.Option(
+        None,
+        "--service",
+        "-s",
+        help="embeddings, chat, package.module:Class or file.py:Class (needed to create).",
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model of a built-in service."),
+    shape: str | None = typer.Option(
+        None, "--shape", help="Resource shape (see `neocloud shape ls`) (default: cpu.small)."
+    ),
+    replicas: int | None = typer.Option(
+        None, "--replicas", "-r", min=0, max=64, help="Replica count (default: 1)."
+    ),
+    env: list[str] | None = typer.Option(
+        None,
+        "--env",
+        "-e",
+        help="Environment variable KEY=VALUE (repeatable; with --update the "
+        "given set replaces the old one).",
+    ),
+    update: bool = typer.Option(
+        False,
+        "--update",
+        "-u",
+        help="If the deployment exists, change it with the given options instead of failing.",
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until every replica is ready."),
+    timeout: float = typer.Option(600.0, "--timeout", min=0, help="Seconds to wait for ready."),
+    poll: float = typer.Option(1.0, "--poll-interval", min=0, hidden=True),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Create a deployment (or change it with --update) and wait until it is ready."""
+    env_map = parse_pairs(env, option="--env") if env else None
+    api = client(ctx)
+    existing = _get_or_none(api, name) if update else None
+    if existing is None:
+        if service is None:
+            raise typer.BadParameter("is required to create a deployment", param_hint="'--service'")
+        fields = dict(
+            name=name, service=service, model=model, shape=shape, replicas=replicas, env=env_map
+        )
+        check_fields(DeploymentCreate, fields, _OPTIONS)
+        try:
+            deployment = api.deployments.create(
+                name,
+                service,
+                model=model,
+                shape=shape or "cpu.small",
+                replicas=1 if replicas is None else replicas,
+                env=env_map,
+            )
+        except AlreadyExists as exc:
+            raise AlreadyExists(
+                f"{exc.message} (pass --update to change it, or `neocloud scale` to resize it)",
+                param=exc.param,
+                code=exc.code,
+            ) from exc
+        action = "Created"
+    else:
+        fields = dict(service=service, model=model, shape=shape, replicas=replicas, env=env_map)
+        check_fields(DeploymentUpdate, fields, _OPTIONS)
+        deployment = api.deployments.update(
+            name, service=service, model=model, shape=shape, replicas=replicas, env=env_map
+        )
+        action = "Updated"
+    if not json_out:
+        note(f"{action} deployment {name} (generation {deployment.generation}).")
+    if wait:
+        deployment = _wait_ready(api, name, timeout_s=timeout, poll_s=poll)
+    if json_out:
+        print_json(deployment)
+    else:
+        _print_ready(api, deployment, waited=wait)
+
+
+def scale(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name."),
+    replicas: int = typer.Argument(..., min=0, max=64, help="Desired replica count."),
+    wait: bool = typer.Option(False, "--wait/--no-wait", help="Wait until ready."),
+    timeout: float = typer.Option(600.0, "--timeout", min=0, help="Seconds to wait for ready."),
+    poll: float = typer.Option(1.0, "--poll-interval", min=0, hidden=True),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Set the replica count of a deployment."""
+    api = client(ctx)
+    deployment = api.deployments.scale(name, replicas)
+    if wait:
+        deployment = _wait_ready(api, name, timeout_s=timeout, poll_s=poll)
+    if json_out:
+        print_json(deployment)
+        return
+    output.out.print(
+        Text(
+            f"Scaled {name} to {replicas} replica{'s' if replicas != 1 else ''} "
+            f"({deployment.ready_replicas} ready now)."
+        )
+    )
+
+
+def ls(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List the workspace's deployments."""
+    deployments = client(ctx).deployments.list()
+    if json_out:
+        print_json(deployments)
+        return
+    if not deployments:
+        note("No deployments. Create one with `neocloud deploy NAME --service embeddings`.")
+        return
+    output.out.print(_deployment_table(deployments))
+
+
+def status(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="Deployment name; omit for a summary."),
+    events: int = typer.Option(10, "--events", min=0, help="How many recent events to show."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show a deployment in detail, or a summary of deployments and nodes."""
+    api = client(ctx)
+    if name is None:
+        _summary(api, json_out)
+        return
+    deployment = api.deployments.get(name)
+    recent = api.deployments.events(name)[-events:] if events else []
+    if json_out:
+        print_json({"deployment": deployment, "events": recent})
+        return
+    _print_detail(api, deployment, recent)
+
+
+def logs(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name."),
+    tail: int | None = typer.Option(None, "--tail", "-n", min=0, help="Only the last N lines."),
+    replica: str | None = typer.Option(None, "--replica", help="Only this replica's log."),
+    follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    interval: float = typer.Option(1.0, "--interval", min=0.0, hidden=True),
+    max_polls: int | None = typer.Option(None, "--max-polls", min=1, hidden=True),
+) -> None:
+    """Print the logs of a deployment's replicas (raw text on stdout)."""
+    api = client(ctx)
+    if not follow_:
+        text = api.deployments.logs(name, tail=tail, replica=replica)
+        typer.echo(text, nl=bool(text) and not text.endswith("\n"))
+        return
+    follow(
+        api,
+        name,
+        replica=replica,
+        tail=tail,
+        interval_s=interval,
+        write=typer.echo,
+        on_gone=lambda: note(f"{name} is gone; stopped following."),
+        max_polls=max_polls,
+    )
+
+
+def rm(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name."),
+    wait: bool = typer.Option(False, "--wait/--no-wait", help="Wait until it is gone."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0, help="Seconds to wait."),
+    poll: float = typer.Option(1.0, "--poll-interval", min=0, hidden=True),
+) -> None:
+    """Delete a deployment; its replicas are stopped."""
+    api = client(ctx)
+    api.deployments.delete(name)
+    if not wait:
+        output.out.print(Text(f"Deleting {name}: its replicas are being stopped."))
+        return
+    deadline = time.monotonic() + timeout
+    with output.err.status(f"Stopping {name} ..."):
+        while True:
+            try:
+                api.deployments.get(name)
+            except NotFound:
+                break
+            if time.monotonic() >= deadline:
+                raise Timeout(f"deployment {name!r} still exists after {timeout:g} s")
+            time.sleep(poll)
+    output.out.print(Text(f"Deleted {name}."))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(deploy)
+    app.command()(scale)
+    app.command("ls")(ls)
+    app.command()(status)
+    app.command()(logs)
+    app.command("rm")(rm)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _get_or_none(api: Client, name: str) -> DeploymentOut | None:
+    try:
+        return api.deployments.get(name)
+    except NotFound:
+        return None
+
+
+def _wait_ready(api: Client, name: str, *, timeout_s: float, poll_s: float) -> DeploymentOut:
+    """Wait with a spinner that shows the status and the latest event; every new event is
+    also printed as a line on stderr."""
+    seen: set[int] = set()
+    with output.err.status(f"Waiting for {name} to become ready ...") as spinner:
+
+        def progress(p: WaitProgress) -> None:
+            for event in p.events:
+                if event.id not in seen:
+                    seen.add(event.id)
+                    output.err.print(_event_line(event))
+            d = p.deployment
+            line = f"{name}: {d.status.value}, {d.ready_replicas}/{d.replicas} ready"
+            if d.pending_reason:
+                line += f" - {d.pending_reason}"
+            elif p.latest_event is not None:
+                line += f" - {p.latest_event.reason}: {p.latest_event.message}"
+            spinner.update(Text(f"{line} ({p.elapsed_s:.0f}s)"))
+
+        try:
+            return api.deployments.wait_ready(
+                name, timeout_s=timeout_s, poll_s=poll_s, on_progress=progress
+            )
+        except KeyboardInterrupt:
+            note(f"Stopped waiting; {name} keeps starting (see `neocloud status {name}`).")
+            raise
+
+
+def _event_line(event: EventOut) -> Text:
+    style = "yellow" if event.type == "warning" else "dim"
+    return Text(f"  {event.reason}: {event.message}", style=style)
+
+
+def _print_ready(api: Client, d: DeploymentOut, *, waited: bool) -> None:
+    head = Text()
+    if waited:
+        head.append(f"{d.name} is {d.status.value}: ", style="bold green")
+    else:
+        head.append(f"{d.name}: {d.status.value}, ", style="bold")
+    head.append(f"{d.ready_replicas}/{d.replicas} replicas ready")
+    output.out.print(head)
+    output.out.print(Text(f"  endpoint: {api.url}{d.endpoint}"))
+    output.out.print(Text(f"  OpenAI:   base_url={api.url}/v1  model={d.name}"))
+
+
+def _deployment_table(deployments: list[DeploymentOut]) -> Table:
+    rows = [
+        (
+            d.name,
+            d.service,
+            d.model,
+            d.shape,
+            f"{d.ready_replicas}/{d.replicas}",
+            status_text(d.status.value),
+            d.endpoint,
+            age(d.created_at),
+        )
+        for d in deployments
+    ]
+    return table(("NAME", "SERVICE", "MODEL", "SHAPE", "READY", "STATUS", "ENDPOINT", "AGE"), rows)
+
+
+def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None:
+    out = output.out
+    title = Text(f"{d.name}  ", style="bold")
+    title.append_text(status_text(d.status.value))
+    out.print(title)
+    fields = [
+        ("service", d.service),
+        ("model", d.model or "-"),
+        ("shape", d.shape),
+        ("replicas", f"{d.ready_replicas}/{d.replicas} ready"),
+        ("generation", str(d.generation)),
+        ("endpoint", f"{api.url}{d.endpoint}"),
+        ("created", f"{d.created_at.isoformat()} ({age(d.created_at)} ago)"),
+    ]
+    if d.pending_reason:
+        fields.append(("pending", d.pending_reason))
+    if d.env:
+        fields.append(("env", " ".join(f"{k}={v}" for k, v in sorted(d.env.items()))))
+    out.print(_kv_table(fields))
+    if d.replica_list:
+        replica_rows = [
+            (
+                r.id,
+                status_text(r.status.value),
+                r.generation,
+                r.node,
+                ",".join(map(str, r.gpu_indices)) or "-",
+                r.port,
+                r.pid,
+                r.restarts,
+                r.message,
+            )
+            for r in d.replica_list
+        ]
+        out.print()
+        out.print(
+            table(
+                ("REPLICA", "STATUS", "GEN", "NODE", "GPUS", "PORT", "PID", "RESTARTS", "MESSAGE"),
+                replica_rows,
+                title="Replicas",
+            )
+        )
+    if events:
+        event_rows = [(age(e.created_at), e.type, e.reason, e.message) for e in events]
+        out.print()
+        out.print(table(("AGE", "TYPE", "REASON", "MESSAGE"), event_rows, title="Recent events"))
+
+
+def _kv_table(fields: list[tuple[str, str]]) -> Table:
+    tbl = table(("FIELD", "VALUE"), fields)
+    tbl.show_header = False
+    return tbl
+
+
+def _summary(api: Client, json_out: bool) -> None:
+    deployments = api.deployments.list()
+    try:
+        nodes: list[NodeOut] | None = api.nodes.list()
+    except PermissionDenied:
+        nodes = None
+    if json_out:
+        print_json({"deployments": deployments, "nodes": nodes or []})
+        return
+    out = output.out
+    ready = sum(1 for d in deployments if d.status.value == "ready")
+    out.print(Text(f"Deployments: {len(deployments)} ({ready} ready)", style="bold"))
+    if deployments:
+        out.print(_deployment_table(deployments))
+    if nodes is None:
+        return
+    out.print()
+    out.print(Text(f"Nodes: {len(nodes)}", style="bold"))
+    if nodes:
+        from neocloud.cli.inventory import node_table
+
+        out.print(node_table(nodes))

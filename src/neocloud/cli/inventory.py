@@ -1,0 +1,245 @@
+"""Inventory commands: ``node ls|add|cordon|uncordon|rm`` and ``shape ls|add``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from neocloud.cli import output
+from neocloud.cli.context import client
+from neocloud.cli.output import age, print_json, status_text, table
+from neocloud.cli.params import check_fields, parse_gpu, parse_labels
+from neocloud.models import NodeCreate, NodeOut, ShapeCreate, ShapeOut
+
+JSON_HELP = "Print JSON to stdout instead of a table."
+
+node_app = typer.Typer(help="Nodes: the servers that run work.", no_args_is_help=True)
+shape_app = typer.Typer(help="Shapes: resource requests with a price.", no_args_is_help=True)
+
+
+def node_table(nodes: Sequence[NodeOut]) -> Table:
+    """Nodes with allocated/total CPU (cores), memory (GiB) and GPUs."""
+    rows = []
+    for n in nodes:
+        gpus = _gpu_summary(n)
+        rows.append(
+            (
+                n.name,
+                status_text(n.status.value),
+                n.backend,
+                n.pool,
+                f"{n.allocated_cpu_milli / 1000:g}/{n.cpu_milli / 1000:g}",
+                f"{n.allocated_memory_mib / 1024:.1f}/{n.memory_mib / 1024:.1f}",
+                gpus,
+                age(n.created_at),
+            )
+        )
+    return table(
+        ("NAME", "STATUS", "BACKEND", "POOL", "CPU USED/ALL", "MEM GiB", "GPUS", "AGE"), rows
+    )
+
+
+def _gpu_summary(node: NodeOut) -> str:
+    if not node.gpus:
+        return "-"
+    by_type: dict[str, list[int]] = {}
+    for gpu in node.gpus:
+        by_type.setdefault(gpu.type, []).append(gpu.allocated_milli)
+    parts = []
+    for gpu_type, allocated in by_type.items():
+        busy = sum(allocated) / 1000
+        parts.append(f"{busy:g}/{len(allocated)}x{gpu_type}")
+    return " ".join(parts)
+
+
+@node_app.command("ls")
+def node_ls(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List nodes."""
+    nodes = client(ctx).nodes.list()
+    if json_out:
+        print_json(nodes)
+        return
+    output.out.print(node_table(nodes))
+
+
+@node_app.command("add")
+def node_add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Node name."),
+    cpu_milli: int = typer.Option(..., "--cpu-milli", min=1, help="CPU in millicores."),
+    memory_mib: int = typer.Option(..., "--memory-mib", min=1, help="Memory in MiB."),
+    gpu: list[str] | None = typer.Option(
+        None, "--gpu", help="GPUs as TYPE:COUNT:MEMORY_MIB, e.g. H100:8:81559 (repeatable)."
+    ),
+    label: list[str] | None = typer.Option(None, "--label", help="KEY=VALUE (repeatable)."),
+    pool: str | None = typer.Option(None, "--pool", help="Node pool name."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="local, ray or fake (default: the server's)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Register a node (operators)."""
+    gpus = [parse_gpu(g, option="--gpu") for g in gpu or ()]
+    labels = parse_labels(label, option="--label") if label else None
+    check_fields(
+        NodeCreate,
+        dict(
+            name=name,
+            cpu_milli=cpu_milli,
+            memory_mib=memory_mib,
+            gpus=[g.model_dump() for g in gpus],
+            labels=labels,
+            pool=pool,
+            backend=backend,
+        ),
+        {
+            "name": "NAME",
+            "gpus": "--gpu",
+            "labels": "--label",
+            "pool": "--pool",
+            "backend": "--backend",
+        },
+    )
+    node = client(ctx).nodes.create(
+        name,
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
+        gpus=gpus,
+        labels=labels,
+        pool=pool,
+        backend=backend,
+    )
+    if json_out:
+        print_json(node)
+        return
+    output.out.print(node_table([node]))
+
+
+@node_app.command("cordon")
+def node_cordon(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Node name."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Stop placing new work on a node (its running work stays)."""
+    node = client(ctx).nodes.cordon(name)
+    _done(node, f"Cordoned {name}.", json_out)
+
+
+@node_app.command("uncordon")
+def node_uncordon(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Node name."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Let a node take new work again."""
+    node = client(ctx).nodes.uncordon(name)
+    _done(node, f"Uncordoned {name}.", json_out)
+
+
+@node_app.command("rm")
+def node_rm(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Node name."),
+) -> None:
+    """Remove a node (operators)."""
+    client(ctx).nodes.delete(name)
+    output.out.print(Text(f"Removed node {name}."))
+
+
+def _done(node: NodeOut, message: str, json_out: bool) -> None:
+    if json_out:
+        print_json(node)
+    else:
+        output.out.print(Text(message))
+
+
+def shape_table(shapes: Sequence[ShapeOut]) -> Table:
+    rows = []
+    for s in shapes:
+        if s.gpu_count:
+            gpu = f"{s.gpu_count}"
+        elif s.gpu_milli:
+            gpu = f"{s.gpu_milli / 1000:g}"
+        else:
+            gpu = "-"
+        rows.append(
+            (
+                s.name,
+                f"{s.cpu_milli / 1000:g}",
+                f"{s.memory_mib / 1024:g}",
+                gpu,
+                s.gpu_type or ("any" if gpu != "-" else "-"),
+                f"${s.price_per_hour_usd:,.4f}".rstrip("0").rstrip("."),
+            )
+        )
+    return table(("NAME", "CPUS", "MEM GiB", "GPUS", "GPU TYPE", "USD/HOUR"), rows)
+
+
+@shape_app.command("ls")
+def shape_ls(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List shapes and their prices."""
+    shapes = client(ctx).shapes.list()
+    if json_out:
+        print_json(shapes)
+        return
+    output.out.print(shape_table(shapes))
+
+
+@shape_app.command("add")
+def shape_add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Shape name, e.g. gpu.l4."),
+    cpu_milli: int = typer.Option(..., "--cpu-milli", min=1, help="CPU in millicores."),
+    memory_mib: int = typer.Option(..., "--memory-mib", min=1, help="Memory in MiB."),
+    gpus: int = typer.Option(0, "--gpus", min=0, max=64, help="Whole GPUs."),
+    gpu_milli: int = typer.Option(
+        0, "--gpu-milli", min=0, max=999, help="Thousandths of one GPU (fractional shape)."
+    ),
+    gpu_type: str | None = typer.Option(None, "--gpu-type", help="GPU model, e.g. H100."),
+    price: float = typer.Option(..., "--price", min=0, help="Price in USD per hour."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Add a shape (operators)."""
+    if gpus and gpu_milli:
+        raise typer.BadParameter("use --gpus or --gpu-milli, not both", param_hint="'--gpu-milli'")
+    check_fields(
+        ShapeCreate,
+        dict(
+            name=name,
+            cpu_milli=cpu_milli,
+            memory_mib=memory_mib,
+            gpu_count=gpus,
+            gpu_milli=gpu_milli,
+            gpu_type=gpu_type,
+            price_per_hour_usd=price,
+        ),
+        {"name": "NAME", "gpu_type": "--gpu-type"},
+    )
+    shape = client(ctx).shapes.create(
+        name,
+        cpu_milli=cpu_milli,
+        memory_mib=memory_mib,
+        price_per_hour_usd=price,
+        gpu_count=gpus,
+        gpu_milli=gpu_milli,
+        gpu_type=gpu_type,
+    )
+    if json_out:
+        print_json(shape)
+        return
+    output.out.print(shape_table([shape]))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(node_app, name="node")
+    app.add_typer(shape_app, name="shape")

@@ -1,0 +1,147 @@
+"""Commands that run things on this machine: ``up``, ``server``, ``serve``, ``simulate``.
+
+Each imports its implementation on use, so the other commands start fast and work without
+the server or model-runtime dependencies installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+import typer
+from rich.text import Text
+
+from neocloud.cli import output
+from neocloud.cli.output import print_json, table
+from neocloud.config import DEFAULT_HOST, DEFAULT_PORT
+from neocloud.errors import InvalidRequest, Unsupported
+
+
+def _load(module: str, purpose: str) -> ModuleType:
+    """Import ``module``; a missing dependency becomes a clear ``Unsupported`` error."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise Unsupported(
+            f"{purpose} needs the module {exc.name!r}, which is not installed "
+            "(install neocloud with its extras, e.g. pip install 'neocloud[models]')"
+        ) from exc
+
+
+def up(
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help=f"Address to listen on (default: NEOCLOUD_HOST or {DEFAULT_HOST}).",
+        show_default=False,
+    ),
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        min=1,
+        max=65535,
+        help=f"TCP port (default: NEOCLOUD_PORT or {DEFAULT_PORT}).",
+        show_default=False,
+    ),
+    home: Path | None = typer.Option(
+        None,
+        "--home",
+        help="Data folder (default: NEOCLOUD_HOME or ~/.neocloud).",
+        show_default=False,
+    ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="Where replicas run: local or ray (default: local).",
+        show_default=False,
+    ),
+) -> None:
+    """Start a local cloud in the foreground and log this CLI in to it.
+
+    Runs the control plane, the gateway and the local backend until Ctrl-C or SIGTERM,
+    which stop every replica it started.
+    """
+    if backend is not None and backend not in ("local", "ray"):
+        raise typer.BadParameter(f"must be local or ray, not {backend!r}", param_hint="'--backend'")
+    launch = _load("neocloud.server.launch", "`neocloud up`")
+    launch.up(host, port, home.expanduser() if home else None, backend)
+
+
+def server(
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help=f"Address to listen on (default: NEOCLOUD_HOST or {DEFAULT_HOST}).",
+        show_default=False,
+    ),
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        min=1,
+        max=65535,
+        help=f"TCP port (default: NEOCLOUD_PORT or {DEFAULT_PORT}).",
+        show_default=False,
+    ),
+) -> None:
+    """Run the control plane only (settings from NEOCLOUD_* environment variables)."""
+    launch = _load("neocloud.server.launch", "`neocloud server`")
+    launch.serve(host, port)
+
+
+def serve(
+    service: str = typer.Argument(
+        ..., help="embeddings, chat, package.module:Class or file.py:Class."
+    ),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port."),
+    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to listen on."),
+    name: str | None = typer.Option(None, "--name", help="Model name to answer to."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model of a built-in service."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server processes."),
+    reload: bool = typer.Option(False, "--reload", help="Restart when the code changes."),
+) -> None:
+    """Serve a model service on this machine, without a control plane."""
+    runner = _load("neocloud.serving.runner", "`neocloud serve`")
+    runner.run(
+        service, host=host, port=port, name=name, model=model, workers=workers, reload=reload
+    )
+
+
+def simulate(
+    nodes: Path = typer.Option(..., "--nodes", exists=True, dir_okay=False, help="Nodes CSV."),
+    pods: Path = typer.Option(..., "--pods", exists=True, dir_okay=False, help="Pods CSV."),
+    policy: str = typer.Option(..., "--policy", help="Scheduling policy name."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+) -> None:
+    """Replay a cluster trace through a scheduling policy (no control plane needed)."""
+    sim = _load("neocloud.simulate", "`neocloud simulate`")
+    try:
+        result = sim.simulate_fgd_protocol(nodes, pods, policy=policy, seed=seed)
+    except ValueError as exc:  # unknown policy or malformed files
+        raise InvalidRequest(str(exc)) from exc
+    if json_out:
+        print_json(result)
+        return
+    rows = [(key, _compact(value)) for key, value in result.items()]
+    output.out.print(Text(f"Simulation: policy {policy}, seed {seed}", style="bold"))
+    output.out.print(table(("METRIC", "VALUE"), rows))
+
+
+def _compact(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict | list):
+        import json
+
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+    return str(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(server)
+    app.command()(serve)
+    app.command()(simulate)

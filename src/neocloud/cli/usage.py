@@ -1,0 +1,47 @@
+"""``neocloud usage``: the workspace's bill so far."""
+
+from __future__ import annotations
+
+import typer
+from rich.text import Text
+
+from neocloud.cli import output
+from neocloud.cli.context import client
+from neocloud.cli.output import print_json, seconds, table, usd
+
+
+def usage(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help="Print the bill as JSON."),
+) -> None:
+    """Show the workspace's bill: one line per workload, then the total."""
+    bill = client(ctx).usage.bill()
+    if json_out:
+        print_json(bill)
+        return
+    start = bill.period_start.isoformat(timespec="seconds") if bill.period_start else "start"
+    end = bill.period_end.isoformat(timespec="seconds")
+    output.out.print(Text(f"Bill of workspace {bill.workspace}, {start} .. {end}", style="bold"))
+    rows = [
+        (
+            line.kind,
+            line.name,
+            line.shape,
+            seconds(line.seconds),
+            f"{line.gpu_seconds / 3600:.4f}",
+            line.requests or "-",
+            (line.prompt_tokens + line.completion_tokens) or "-",
+            usd(line.cost_usd),
+        )
+        for line in bill.lines
+    ]
+    tbl = table(("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "TOKENS", "COST"), rows)
+    tbl.show_footer = True
+    tbl.columns[0].footer = Text("TOTAL", style="bold")
+    tbl.columns[-1].footer = Text(usd(bill.total_usd), style="bold")
+    output.out.print(tbl)
+    output.out.print(Text(f"Replica time: {seconds(bill.replica_seconds)}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(usage)

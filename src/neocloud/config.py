@@ -1,0 +1,129 @@
+"""Where the CLI and the SDK find the control plane: the user's config file and environment.
+
+The config file is ``$NEOCLOUD_HOME/config.json`` (``NEOCLOUD_HOME`` defaults to
+``~/.neocloud``), a JSON object ``{"url": "http://127.0.0.1:8700", "token": "nc-..."}``
+written by ``neocloud up`` with mode ``0600`` because it holds a secret.
+
+A connection setting is resolved field by field, first match wins:
+
+1. the value passed in code (``Client(url=..., token=...)``) or on the command line
+   (``neocloud --url ... --token ...``);
+2. the environment: ``NEOCLOUD_URL``, ``NEOCLOUD_TOKEN``;
+3. the config file;
+4. for the URL only, :data:`DEFAULT_URL`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from neocloud.errors import InvalidRequest
+
+#: The control plane that ``neocloud up`` starts when given no ``--host``/``--port``.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8700
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+ENV_HOME = "NEOCLOUD_HOME"
+ENV_URL = "NEOCLOUD_URL"
+ENV_TOKEN = "NEOCLOUD_TOKEN"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    """The saved connection: the control plane's base URL and an API token (either may be
+    missing)."""
+
+    url: str | None = None
+    token: str | None = None
+
+
+def home_dir() -> Path:
+    """The neocloud data folder: ``$NEOCLOUD_HOME`` or ``~/.neocloud`` (not created here)."""
+    raw = os.environ.get(ENV_HOME)
+    return Path(raw).expanduser() if raw else Path.home() / ".neocloud"
+
+
+def config_path() -> Path:
+    """Path of the CLI/SDK config file inside :func:`home_dir`."""
+    return home_dir() / CONFIG_FILE
+
+
+def load_config() -> CliConfig:
+    """Read the config file.
+
+    Returns:
+        The saved URL and token; an empty :class:`CliConfig` when the file does not exist.
+
+    Raises:
+        InvalidRequest: the file exists but is not a JSON object of strings.
+    """
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return CliConfig()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"config file {path} is not valid JSON (line {exc.lineno}): fix or delete it"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"config file {path} must hold a JSON object")
+    values: dict[str, str | None] = {}
+    for key in ("url", "token"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"config file {path}: {key!r} must be a string")
+        values[key] = value or None
+    return CliConfig(url=values["url"], token=values["token"])
+
+
+def save_config(url: str, token: str) -> Path:
+    """Write ``{"url": url, "token": token}`` to the config file, readable by the owner only.
+
+    The folder is created (mode ``0700``) if missing; the file is replaced atomically and
+    has mode ``0600`` from the moment it exists.
+
+    Returns:
+        The path written.
+    """
+    path = config_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"url": url, "token": token}, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve(url: str | None = None, token: str | None = None) -> CliConfig:
+    """Resolve the URL and token by the precedence in this module's docstring.
+
+    The config file is read only when an explicit value or the environment leaves a field
+    unset. The URL comes back without a trailing ``/``; the token may stay ``None``.
+
+    Raises:
+        InvalidRequest: the config file had to be read and is malformed.
+    """
+    url = url or os.environ.get(ENV_URL) or None
+    token = token or os.environ.get(ENV_TOKEN) or None
+    if url is None or token is None:
+        saved = load_config()
+        url = url or saved.url
+        token = token or saved.token
+    return CliConfig(url=(url or DEFAULT_URL).rstrip("/"), token=token)

@@ -1,0 +1,553 @@
+"""The gateway: a raw ASGI app that authenticates, routes, balances and proxies.
+
+Routes (every one needs ``Authorization: Bearer <token>``):
+
+- ``POST /v1/{embeddings,completions,chat/completions,...}``: the JSON body's ``model`` names
+  a deployment of the token's workspace; the request goes to the same path on a replica.
+- ``GET /v1/models`` and ``GET /v1/models/{name}``: the workspace's deployments as models.
+- ``ANY /endpoints/{name}/{path}``: to ``/{path}`` (query kept) on a replica of ``name``.
+
+Anything else is answered 404. Mount the gateway at the root: it matches full paths.
+
+How a request reaches a replica (retries, streaming, disconnects) is described in
+:mod:`neocloud.gateway.proxy`; balancing in :mod:`neocloud.gateway.balancing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from neocloud.errors import (
+    InvalidRequest,
+    NeocloudError,
+    NoReadyReplica,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
+from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad, make_policy
+from neocloud.gateway.cache import MISSING, TTLCache
+from neocloud.gateway.client import (
+    UpstreamPool,
+)
+from neocloud.gateway.disconnect import DisconnectWatcher
+from neocloud.gateway.proxy import CLIENT_GONE, ClientGone, Forwarder
+from neocloud.gateway.ratelimit import TokenBucketLimiter
+from neocloud.gateway.settings import GatewaySettings
+from neocloud.gateway.stats import (
+    DeploymentCounters,
+    DeploymentStats,
+    GatewayCollector,
+    GatewayStats,
+)
+from neocloud.gateway.types import (
+    Authenticator,
+    Principal,
+    RequestRecord,
+    Route,
+    RouteTable,
+    UsageSink,
+)
+from neocloud.gateway.usage import UsageScanner
+from neocloud.gateway.wire import (
+    Headers,
+    send_error,
+    send_json,
+)
+
+log = logging.getLogger("neocloud.gateway")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+def model_of(body: bytes) -> str:
+    """The ``model`` field of a JSON request body.
+
+    Raises:
+        InvalidRequest: the body is not a JSON object (``code="invalid_json"``), or
+            ``model`` is missing or not a non-empty string (``param="model"``).
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(obj, dict):
+        raise InvalidRequest("request body must be a JSON object", code="invalid_json")
+    model = obj.get("model")
+    if model is None:
+        raise InvalidRequest(
+            "you must provide a model parameter: the field 'model' is missing",
+            param="model",
+            code="missing_model",
+        )
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("the field 'model' must be a non-empty string", param="model")
+    return model
+
+
+class Gateway:
+    """The gateway ASGI application (``await gateway(scope, receive, send)``).
+
+    Build it with :func:`create_gateway`. It handles ASGI ``lifespan`` itself; a host that
+    mounts it inside another app calls :meth:`startup` and :meth:`shutdown` instead.
+    Every error response is the OpenAI error object of :mod:`neocloud.errors`.
+    """
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        auth: Authenticator,
+        usage: UsageSink | None = None,
+        settings: GatewaySettings | None = None,
+        *,
+        policy: BalancingPolicy | None = None,
+    ) -> None:
+        self.settings = s = settings or GatewaySettings()
+        self._routes = routes
+        self._auth = auth
+        self._usage = usage
+        self._policy = policy or make_policy(s.balancer)
+        self._load = ReplicaLoad(s.replica_cooldown_s)
+        self._pool = UpstreamPool(
+            connect_timeout_s=s.connect_timeout_s,
+            max_idle_per_upstream=s.pool_max_idle_per_upstream,
+            idle_timeout_s=s.pool_idle_timeout_s,
+        )
+        self._auth_cache: TTLCache[str, Principal | None] = TTLCache()
+        self._route_cache: TTLCache[tuple[str, str], Route | None] = TTLCache()
+        self._limiter: TokenBucketLimiter | None = None
+        if s.rate_limit_per_s is not None:
+            burst = s.rate_limit_burst or max(1, math.ceil(s.rate_limit_per_s))
+            self._limiter = TokenBucketLimiter(s.rate_limit_per_s, burst)
+        self._stats = GatewayStats(s.stats_window_s)
+        self.collector = GatewayCollector(self._stats, self._pool.idle_count)
+        self._wakers: dict[str, asyncio.Task[Route]] = {}
+        self._watcher = DisconnectWatcher()
+        self._forwarder = Forwarder(
+            s, self._pool, self._load, self._policy,
+            scan_usage=usage is not None,
+            on_unreachable=lambda r: self._route_cache.discard((r.workspace_id, r.name)),
+            request_id=self._next_rid,
+        )
+        self._rid_prefix = secrets.token_hex(4).encode() + b"-"
+        self._rid_counter = itertools.count(1)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def startup(self) -> None:
+        """Nothing to prepare today (connections are made on demand); kept for hosts."""
+
+    async def shutdown(self) -> None:
+        """Close pooled connections and stop wake-ups in progress."""
+        for task in list(self._wakers.values()):
+            task.cancel()
+        self._wakers.clear()
+        self._watcher.close()
+        await self._pool.close()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ---------------------------------------------------------------- public state
+    def stats(self) -> dict[str, DeploymentStats]:
+        """Live statistics of every deployment seen, keyed by deployment id."""
+        now = time.time()
+        return {d: c.snapshot(self._load, now) for d, c in self._stats.deployments.items()}
+
+    def deployment_stats(self, deployment_id: str) -> DeploymentStats | None:
+        """Live statistics of one deployment, ``None`` if no request has reached it."""
+        c = self._stats.deployments.get(deployment_id)
+        return None if c is None else c.snapshot(self._load, time.time())
+
+    def metrics_text(self) -> bytes:
+        """The gateway's metrics in the Prometheus text format (or register ``collector``)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.collector)  # type: ignore[arg-type]
+        return generate_latest(registry)
+
+    def invalidate(self, workspace_id: str | None = None) -> None:
+        """Forget cached routes (of one workspace, or all); call after a route changes."""
+        if workspace_id is None:
+            self._route_cache.clear()
+            return
+        for key in [k for k in self._route_cache._data if k[0] == workspace_id]:
+            self._route_cache.discard(key)
+
+    def invalidate_tokens(self) -> None:
+        """Forget cached token look-ups; call after a token is revoked."""
+        self._auth_cache.clear()
+
+    # ---------------------------------------------------------------- ASGI entry
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        started_at = time.time()
+        path: str = scope["path"]
+        try:
+            if path.startswith("/v1/"):
+                principal = await self._authorize(scope)
+                if path == "/v1/models" or path.startswith("/v1/models/"):
+                    await self._models(scope, send, principal, path)
+                    return
+                method = scope["method"]
+                if method != "POST":
+                    raise NotFound(f"no route for {method} {path}", code="unknown_route")
+                body = await self._read_body(scope, receive)
+                name = model_of(body)
+                route = await self._resolve(principal.workspace_id, name)
+                if route is None:
+                    raise NotFound(
+                        f"the model '{name}' does not exist in this workspace",
+                        param="model",
+                        code="model_not_found",
+                    )
+                target = scope.get("raw_path") or path.encode()
+                qs = scope.get("query_string")
+                if qs:
+                    target = target + b"?" + qs
+                await self._forward(
+                    scope, receive, send, principal, route, method, target, body, True, t0,
+                    started_at,
+                )
+            elif path.startswith("/endpoints/"):
+                principal = await self._authorize(scope)
+                name, target = _split_endpoint(scope)
+                method = scope["method"]
+                body = await self._read_body(scope, receive)
+                route = await self._resolve(principal.workspace_id, name)
+                if route is None:
+                    raise NotFound(
+                        f"no deployment named '{name}' in this workspace",
+                        code="deployment_not_found",
+                    )
+                await self._forward(
+                    scope, receive, send, principal, route, method, target, body,
+                    method in _IDEMPOTENT, t0, started_at,
+                )
+            else:
+                raise NotFound(f"no gateway route for {path}", code="unknown_route")
+        except NeocloudError as err:
+            self._stats.reject(err.code)
+            await send_error(send, err, _error_headers(err))
+        except ClientGone:
+            self._stats.reject("client_gone")
+
+    # ---------------------------------------------------------------- request steps
+    async def _authorize(self, scope: Scope) -> Principal:
+        auth: bytes | None = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v
+                break
+        if auth is None or auth[:7].lower() != b"bearer " or not auth[7:].strip():
+            raise Unauthenticated(
+                "missing API token: send the header 'Authorization: Bearer <token>'",
+                code="missing_api_key",
+            )
+        token = auth[7:].strip().decode("latin-1")
+        hit = self._auth_cache.get(token, MISSING)
+        if hit is MISSING:
+            principal = await self._auth.authenticate(token)
+            ttl = self.settings.auth_cache_ttl_s if principal else self.settings.auth_negative_ttl_s
+            self._auth_cache.put(token, principal, ttl)
+        else:
+            principal = hit  # type: ignore[assignment]
+        if principal is None:
+            raise Unauthenticated("invalid API token")
+        if self._limiter is not None:
+            wait = self._limiter.acquire(principal.token_id)
+            if wait > 0:
+                err = RateLimited(
+                    f"rate limit of {self._limiter.rate:g} requests/s for this token exceeded;"
+                    f" retry in {wait:.2f} s"
+                )
+                err.retry_after_s = wait  # type: ignore[attr-defined]
+                raise err
+        return principal
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    declared = int(v)
+                except ValueError:
+                    raise InvalidRequest("invalid Content-Length header") from None
+                if declared > limit:
+                    raise PayloadTooLarge(
+                        f"request body is {declared} bytes; the limit is {limit} bytes"
+                    )
+                break
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = msg.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                break
+        if not chunks:
+            return b""
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _resolve(self, workspace_id: str, name: str) -> Route | None:
+        key = (workspace_id, name)
+        hit = self._route_cache.get(key, MISSING)
+        if hit is not MISSING:
+            return hit  # type: ignore[return-value]
+        route = await self._routes.resolve(workspace_id, name)
+        if route is not None and route.workspace_id != workspace_id:
+            route = None  # a route table must never leak another workspace's deployment
+        self._route_cache.put(key, route, self.settings.route_cache_ttl_s)
+        return route
+
+    async def _models(self, scope: Scope, send: Send, principal: Principal, path: str) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            raise NotFound(f"no route for {scope['method']} {path}", code="unknown_route")
+        if path == "/v1/models":
+            routes = await self._routes.list_routes(principal.workspace_id)
+            data = [
+                _model_object(r)
+                for r in sorted(routes, key=lambda r: r.name)
+                if r.workspace_id == principal.workspace_id
+            ]
+            await send_json(send, 200, {"object": "list", "data": data})
+            return
+        name = unquote(path[len("/v1/models/"):])
+        route = await self._resolve(principal.workspace_id, name) if name else None
+        if route is None:
+            raise NotFound(
+                f"the model '{name}' does not exist in this workspace",
+                param="model",
+                code="model_not_found",
+            )
+        await send_json(send, 200, _model_object(route))
+
+    # ---------------------------------------------------------------- forwarding
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Principal,
+        route: Route,
+        method: str,
+        target: bytes,
+        body: bytes,
+        retry_unsent: bool,
+        t0: float,
+        started_at: float,
+    ) -> None:
+        c = self._stats.counters(route.deployment_id, route.workspace_id, route.name)
+        c.begin(started_at)
+        status = 500
+        replica_id: str | None = None
+        scanner: UsageScanner | None = None
+        started = False
+        flight = self._watcher.begin(receive)
+        try:
+            if not route.upstreams:
+                route = await self._hold(route, c)
+                if flight.gone:
+                    raise ClientGone()
+            c.upstreams = route.upstreams
+            status, replica_id, scanner, started = await self._forwarder.forward(
+                scope, send, route, method, target, body, retry_unsent, flight
+            )
+        except NeocloudError as err:
+            status = err.status
+            if not started and not flight.gone:
+                await send_error(send, err, _error_headers(err))
+            elif flight.gone:
+                status = CLIENT_GONE
+        except ClientGone:
+            status = CLIENT_GONE
+        finally:
+            self._watcher.end(flight)
+            latency = time.perf_counter() - t0
+            c.end(status, latency)
+            if self._usage is not None:
+                self._record(principal, route, replica_id, scope["path"], status, latency,
+                             started_at, scanner)
+
+    def _record(
+        self,
+        principal: Principal,
+        route: Route,
+        replica_id: str | None,
+        path: str,
+        status: int,
+        latency: float,
+        started_at: float,
+        scanner: UsageScanner | None,
+    ) -> None:
+        try:
+            prompt, completion = scanner.tokens() if scanner is not None else (0, 0)
+            assert self._usage is not None
+            self._usage.record(
+                RequestRecord(
+                    workspace_id=principal.workspace_id,
+                    token_id=principal.token_id,
+                    deployment_id=route.deployment_id,
+                    replica_id=replica_id,
+                    path=path,
+                    status=status,
+                    latency_s=latency,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    started_at=started_at,
+                )
+            )
+        except Exception:  # the sink is the host's code: never fail a request for it
+            log.exception("usage sink failed to take a request record")
+
+    async def _hold(self, route: Route, c: DeploymentCounters) -> Route:
+        """Wait until a woken deployment has upstreams; raises 503 errors otherwise."""
+        if not route.can_wake:
+            raise NoReadyReplica(f"deployment '{route.name}' has no ready replica")
+        c.held += 1
+        try:
+            task = self._wakers.get(route.deployment_id)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(self._wake_and_wait(route))
+                self._wakers[route.deployment_id] = task
+                task.add_done_callback(self._waker_done(route.deployment_id))
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(task), self.settings.wake_timeout_s
+                )
+            except TimeoutError:
+                raise self._still_starting(route) from None
+        finally:
+            c.held -= 1
+
+    def _waker_done(self, deployment_id: str) -> Callable[[asyncio.Task[Route]], None]:
+        def done(task: asyncio.Task[Route]) -> None:
+            if self._wakers.get(deployment_id) is task:
+                del self._wakers[deployment_id]
+            if not task.cancelled():
+                task.exception()  # retrieved: held requests got it already
+
+        return done
+
+    def _still_starting(self, route: Route) -> Unavailable:
+        return Unavailable(
+            f"deployment '{route.name}' is starting from zero and had no ready replica after"
+            f" {self.settings.wake_timeout_s:g} s; retry later",
+            code="deployment_starting",
+        )
+
+    async def _wake_and_wait(self, route: Route) -> Route:
+        s = self.settings
+        deadline = time.monotonic() + s.wake_timeout_s
+        try:
+            await self._routes.wake(route)
+            while True:
+                fresh = await self._routes.resolve(route.workspace_id, route.name)
+                if fresh is None or fresh.workspace_id != route.workspace_id:
+                    raise NotFound(
+                        f"deployment '{route.name}' was removed while starting",
+                        code="deployment_not_found",
+                    )
+                if fresh.upstreams:
+                    self._route_cache.put(
+                        (route.workspace_id, route.name), fresh, s.route_cache_ttl_s
+                    )
+                    return fresh
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._still_starting(route)
+                await asyncio.sleep(min(s.wake_poll_s, left))
+        except NeocloudError:
+            raise
+        except Exception as exc:
+            log.exception("waking deployment %s failed", route.deployment_id)
+            raise Unavailable(f"deployment '{route.name}' could not be started: {exc}") from None
+
+    def _next_rid(self) -> bytes:
+        return self._rid_prefix + format(next(self._rid_counter), "x").encode()
+
+
+def _model_object(route: Route) -> dict[str, Any]:
+    return {"id": route.name, "object": "model", "created": 0, "owned_by": route.workspace_id}
+
+
+def _split_endpoint(scope: Scope) -> tuple[str, bytes]:
+    """``(deployment name, upstream target)`` of an ``/endpoints/{name}/{path}`` request."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    rest = raw[len(b"/endpoints/"):]
+    cut = rest.find(b"/")
+    name_raw, tail = (rest, b"/") if cut < 0 else (rest[:cut], rest[cut:])
+    name = unquote(name_raw.decode("latin-1"))
+    if not name:
+        raise NotFound("missing deployment name: use /endpoints/{name}/{path}",
+                       code="deployment_not_found")
+    qs = scope.get("query_string")
+    return name, (tail + b"?" + qs) if qs else tail
+
+
+def _error_headers(err: NeocloudError) -> Headers | None:
+    if isinstance(err, Unauthenticated):
+        return [(b"www-authenticate", b"Bearer")]
+    wait = getattr(err, "retry_after_s", None)
+    if wait is not None:
+        return [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
+    return None
+
+
+def create_gateway(
+    routes: RouteTable,
+    auth: Authenticator,
+    usage: UsageSink | None = None,
+    settings: GatewaySettings | None = None,
+    *,
+    policy: BalancingPolicy | None = None,
+) -> Gateway:
+    """Build the gateway ASGI app over the host's route table, authenticator and usage sink.
+
+    Args:
+        routes: resolves deployment names within a workspace (see :class:`RouteTable`).
+        auth: turns bearer tokens into principals.
+        usage: receives one :class:`RequestRecord` per request routed to a deployment.
+        settings: tunables; defaults to :class:`GatewaySettings()`.
+        policy: a balancing policy object overriding ``settings.balancer``.
+    """
+    return Gateway(routes, auth, usage, settings, policy=policy)

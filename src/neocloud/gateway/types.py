@@ -1,0 +1,137 @@
+"""The gateway's contract with whoever hosts it (the control plane, or the standalone runner).
+
+The host implements three small protocols from its own state:
+
+- :class:`Authenticator` turns a bearer token into a :class:`Principal` (or ``None``);
+- :class:`RouteTable` resolves a deployment name inside a workspace to a :class:`Route`
+  with the base URLs of its ready replicas, and wakes scaled-to-zero deployments;
+- :class:`UsageSink` receives one :class:`RequestRecord` per proxied request.
+
+All values are plain frozen dataclasses so the gateway can cache and share them safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind a token.
+
+    Attributes:
+        token_id: stable id of the API token (never the secret itself).
+        workspace_id: the workspace the token belongs to; routing never leaves it.
+        role: ``"admin"``, ``"member"`` or ``"viewer"``.
+    """
+
+    token_id: str
+    workspace_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One ready replica.
+
+    Attributes:
+        replica_id: stable id of the replica (balancing state is keyed by it).
+        url: base URL, e.g. ``"http://127.0.0.1:40123"``; an optional path prefix is kept.
+    """
+
+    replica_id: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where requests for one deployment go.
+
+    Attributes:
+        deployment_id: stable id of the deployment.
+        workspace_id: the owning workspace.
+        name: the deployment name; the OpenAI ``model`` field and ``/endpoints/{name}``.
+        upstreams: the ready replicas; empty while none is ready.
+        can_wake: ``True`` for a deployment scaled to zero that may be started on demand;
+            requests are then held until an upstream appears (see ``RouteTable.wake``).
+    """
+
+    deployment_id: str
+    workspace_id: str
+    name: str
+    upstreams: tuple[Upstream, ...]
+    can_wake: bool = False
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Token lookup. Results are cached by the gateway for ``auth_cache_ttl_s`` seconds."""
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal of ``token``, or ``None`` when it is unknown, revoked or expired."""
+        ...
+
+
+@runtime_checkable
+class RouteTable(Protocol):
+    """Deployment routes of each workspace.
+
+    ``resolve`` results are cached by the gateway for ``route_cache_ttl_s`` seconds, except
+    while a woken deployment is awaited, when it is polled directly.
+    """
+
+    async def resolve(self, workspace_id: str, name: str) -> Route | None:
+        """The route of deployment ``name`` in ``workspace_id``; ``None`` when there is none."""
+        ...
+
+    async def list_routes(self, workspace_id: str) -> list[Route]:
+        """Every route of the workspace (for ``GET /v1/models``)."""
+        ...
+
+    async def wake(self, route: Route) -> None:
+        """Ask for a scaled-to-zero deployment to start.
+
+        The gateway then re-resolves the route until upstreams appear or its hold timeout
+        passes (then 503). May raise a :class:`neocloud.errors.NeocloudError` (for example
+        ``QuotaExceeded``), which is returned to every held request.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request that reached a deployment's route.
+
+    Attributes:
+        workspace_id: the caller's workspace.
+        token_id: the caller's token id.
+        deployment_id: the deployment the request was routed to.
+        replica_id: the replica that answered; ``None`` when none was reached.
+        path: the path the client asked for (``/v1/embeddings``, ``/endpoints/x/predict``).
+        status: HTTP status sent to the client; 499 when the client went away first.
+        latency_s: seconds from the request's arrival to the end of the response.
+        prompt_tokens: ``usage.prompt_tokens`` of the response, else 0.
+        completion_tokens: ``usage.completion_tokens`` of the response, else 0.
+        started_at: arrival time, unix seconds.
+    """
+
+    workspace_id: str
+    token_id: str
+    deployment_id: str
+    replica_id: str | None
+    path: str
+    status: int
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    started_at: float
+
+
+@runtime_checkable
+class UsageSink(Protocol):
+    """Receiver of request records; ``record`` must return at once (the host batches writes)."""
+
+    def record(self, rec: RequestRecord) -> None:
+        """Take one record; must not block or raise (exceptions are logged and dropped)."""
+        ...

@@ -1,0 +1,39 @@
+"""Shapes: named resource requests with a price per hour."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from neocloud.models.common import OutModel, ShapeName, WireModel
+
+
+class ShapeCreate(WireModel):
+    """A resource shape. CPU in millicores, memory in MiB, price in USD per hour.
+
+    ``gpu_count`` whole GPUs, or ``gpu_milli`` (1..999) of one GPU for a fractional shape.
+    ``gpu_type`` restricts the GPU model (e.g. ``H100``); ``None`` takes any.
+    """
+
+    name: ShapeName
+    cpu_milli: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    gpu_count: int = Field(default=0, ge=0, le=64)
+    gpu_milli: int = Field(default=0, ge=0, le=999)
+    gpu_type: ShapeName | None = None
+    price_per_hour_usd: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _gpu_fields(self) -> ShapeCreate:
+        if self.gpu_count and self.gpu_milli:
+            raise ValueError("set gpu_count or gpu_milli, not both")
+        return self
+
+
+class ShapeOut(OutModel):
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    gpu_count: int
+    gpu_milli: int
+    gpu_type: str | None
+    price_per_hour_usd: float

@@ -1,0 +1,228 @@
+"""``client.deployments``: long-running model services."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from neocloud.errors import Conflict, Timeout, Unavailable
+from neocloud.models import (
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentStatus,
+    DeploymentUpdate,
+    EventOut,
+    ReplicaStatus,
+)
+from neocloud.sdk._http import HttpApi, build
+
+#: Aliases keep ``list[...]`` readable inside classes that define a ``list`` method.
+EventList = list[EventOut]
+DeploymentList = list[DeploymentOut]
+
+
+@dataclass(frozen=True)
+class WaitProgress:
+    """What :meth:`Deployments.wait_ready` saw on one poll.
+
+    ``deployment`` is the latest state; ``events`` the deployment's events so far, oldest
+    first; ``elapsed_s`` the seconds since the wait began.
+    """
+
+    deployment: DeploymentOut
+    events: list[EventOut]
+    elapsed_s: float
+
+    @property
+    def latest_event(self) -> EventOut | None:
+        return self.events[-1] if self.events else None
+
+
+class Deployments:
+    """Create, read, change and delete deployments of the token's workspace."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+
+    def create(
+        self,
+        name: str,
+        service: str,
+        *,
+        model: str | None = None,
+        shape: str = "cpu.small",
+        replicas: int = 1,
+        env: Mapping[str, str] | None = None,
+    ) -> DeploymentOut:
+        """Create a deployment (``POST /deployments``); replicas start in the background.
+
+        Args:
+            name: DNS-label name; also the OpenAI ``model`` name of the endpoint.
+            service: ``embeddings``, ``chat``, ``package.module:Class`` or ``file.py:Class``.
+            model: model of a built-in service (``hf:<org>/<name>`` or a local folder).
+            shape: shape name, e.g. ``cpu.small`` or ``gpu.a10``.
+            replicas: desired replica count, 0..64.
+            env: environment variables for every replica.
+
+        Raises:
+            ValidationFailed: a field is malformed (checked before sending).
+            AlreadyExists: a deployment of that name exists in the workspace.
+            NotFound: the shape does not exist.
+        """
+        body = build(
+            DeploymentCreate,
+            name=name,
+            service=service,
+            model=model,
+            shape=shape,
+            replicas=replicas,
+            env=dict(env) if env is not None else None,
+        )
+        return self._api.send_model("POST", DeploymentOut, "/deployments", body)
+
+    def get(self, name: str) -> DeploymentOut:
+        """One deployment with its ``replica_list``. Raises ``NotFound``."""
+        return self._api.get_model(DeploymentOut, _path(name))
+
+    def list(self) -> DeploymentList:
+        """All deployments of the workspace (deleted ones drop out once stopped)."""
+        return self._api.get_list(DeploymentOut, "/deployments")
+
+    def update(
+        self,
+        name: str,
+        *,
+        service: str | None = None,
+        model: str | None = None,
+        shape: str | None = None,
+        replicas: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> DeploymentOut:
+        """Change the given fields (``PATCH``); the others keep their value.
+
+        A change of ``service``, ``model``, ``shape`` or ``env`` rolls the replicas to a new
+        generation; ``replicas`` alone scales. Raises ``NotFound``, ``ValidationFailed``.
+        """
+        body = build(
+            DeploymentUpdate,
+            service=service,
+            model=model,
+            shape=shape,
+            replicas=replicas,
+            env=dict(env) if env is not None else None,
+        )
+        return self._api.send_model("PATCH", DeploymentOut, _path(name), body)
+
+    def scale(self, name: str, replicas: int) -> DeploymentOut:
+        """Set the desired replica count (same as ``update(name, replicas=...)``)."""
+        return self.update(name, replicas=replicas)
+
+    def delete(self, name: str) -> None:
+        """Delete; the reconciler stops the replicas afterwards. Raises ``NotFound``."""
+        self._api.request("DELETE", _path(name))
+
+    def events(self, name: str, *, limit: int | None = None) -> EventList:
+        """Events of the deployment, oldest first; the newest ``limit`` of them (the
+        server's default, 100, when ``None``)."""
+        events = self._api.get_list(EventOut, _path(name) + "/events", params={"limit": limit})
+        return sorted(events, key=lambda e: e.id)
+
+    def logs(self, name: str, tail: int | None = None, replica: str | None = None) -> str:
+        """Log text: the last ``tail`` lines (all when ``None``) of one replica, or of every
+        replica each under a ``==> replica ID <==`` header when ``replica`` is ``None``."""
+        response = self._api.request(
+            "GET", _path(name) + "/logs", params={"tail": tail, "replica": replica}
+        )
+        return response.text
+
+    def wait_ready(
+        self,
+        name: str,
+        timeout_s: float = 600.0,
+        poll_s: float = 1.0,
+        on_progress: Callable[[WaitProgress], None] | None = None,
+    ) -> DeploymentOut:
+        """Poll until every desired replica is ready.
+
+        Args:
+            name: the deployment.
+            timeout_s: give up after this many seconds.
+            poll_s: seconds between polls (one ``GET`` of the deployment and one of its
+                events per poll).
+            on_progress: called after every poll with a :class:`WaitProgress`.
+
+        Returns:
+            The ready deployment (status ``ready``, or a deployment of zero replicas).
+
+        Raises:
+            Unavailable: the deployment's status became ``failed`` (code
+                ``deployment_failed``); the message holds the reason and latest events.
+            Conflict: the deployment is being deleted.
+            Timeout: not ready within ``timeout_s``; the message holds the status, the
+                pending reason and the latest events.
+            NotFound: there is no such deployment.
+        """
+        start = time.monotonic()
+        while True:
+            deployment = self.get(name)
+            events = self.events(name)
+            elapsed = time.monotonic() - start
+            if on_progress is not None:
+                on_progress(WaitProgress(deployment, events, elapsed))
+            if _is_ready(deployment):
+                return deployment
+            if deployment.status == DeploymentStatus.failed:
+                raise Unavailable(
+                    f"deployment {name!r} failed: {_explain(deployment, events)}",
+                    code="deployment_failed",
+                )
+            if deployment.status == DeploymentStatus.deleting:
+                raise Conflict(f"deployment {name!r} is being deleted")
+            if elapsed >= timeout_s:
+                raise Timeout(
+                    f"deployment {name!r} is not ready after {timeout_s:g} s: "
+                    f"{_explain(deployment, events)}"
+                )
+            time.sleep(max(0.0, min(poll_s, timeout_s - elapsed)))
+
+
+def _is_ready(deployment: DeploymentOut) -> bool:
+    """Ready means every desired replica is ready *in the current generation*, so that a
+    wait right after an update does not return on replicas that are about to be rolled."""
+    if deployment.replicas == 0:
+        return deployment.status in (DeploymentStatus.ready, DeploymentStatus.scaled_to_zero)
+    if deployment.status != DeploymentStatus.ready:
+        return False
+    if deployment.ready_replicas < deployment.replicas:
+        return False
+    if not deployment.replica_list:
+        return True
+    current = [
+        r
+        for r in deployment.replica_list
+        if r.status == ReplicaStatus.ready and r.generation == deployment.generation
+    ]
+    return len(current) >= deployment.replicas
+
+
+def _explain(deployment: DeploymentOut, events: list[EventOut], last: int = 3) -> str:
+    """One line: status, ready count, pending reason, and the last few events."""
+    parts = [
+        f"status {deployment.status.value}, "
+        f"{deployment.ready_replicas}/{deployment.replicas} replicas ready"
+    ]
+    if deployment.pending_reason:
+        parts.append(f"pending: {deployment.pending_reason}")
+    failing = [r.message for r in deployment.replica_list if r.message]
+    if failing and not deployment.pending_reason:
+        parts.append(f"replica: {failing[-1]}")
+    if events:
+        recent = "; ".join(f"{e.reason}: {e.message}" for e in events[-last:])
+        parts.append(f"last events: {recent}")
+    return "; ".join(parts)
+
+
+def _path(name: str) -> str:
+    return "/deployments/" + quote(name, safe="")

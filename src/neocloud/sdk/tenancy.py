@@ -1,0 +1,69 @@
+"""``client.workspaces`` and ``client.tokens``: tenants and their API keys."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from neocloud.models import (
+    Role,
+    TokenCreate,
+    TokenCreated,
+    TokenOut,
+    WorkspaceCreate,
+    WorkspaceOut,
+)
+from neocloud.sdk._http import HttpApi, build
+
+TokenList = list[TokenOut]
+WorkspaceList = list[WorkspaceOut]
+
+
+class Workspaces:
+    """Workspaces (tenants). Listing shows the caller's own workspace, or every workspace
+    for an operator; creating needs an operator token."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+
+    def list(self) -> WorkspaceList:
+        return self._api.get_list(WorkspaceOut, "/workspaces")
+
+    def create(self, name: str) -> WorkspaceOut:
+        """Create a workspace. Raises ``PermissionDenied`` (not an operator),
+        ``AlreadyExists``, ``ValidationFailed``."""
+        body = build(WorkspaceCreate, name=name)
+        return self._api.send_model("POST", WorkspaceOut, "/workspaces", body)
+
+
+class Tokens:
+    """API tokens of the caller's workspace (admins), or of another one (operators)."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+
+    def list(self) -> TokenList:
+        """Tokens of the caller's workspace; secrets are never listed, only ``prefix``."""
+        return self._api.get_list(TokenOut, "/tokens")
+
+    def create(
+        self, name: str, role: Role | str = Role.member, *, workspace: str | None = None
+    ) -> TokenCreated:
+        """Create a token; ``TokenCreated.token`` is the secret, returned this once.
+
+        Args:
+            name: token name, unique in its workspace.
+            role: ``admin``, ``member`` or ``viewer``.
+            workspace: create it in this workspace instead of the caller's (operators).
+
+        Raises:
+            PermissionDenied: the caller is not an admin (or not an operator for
+                ``workspace``).
+            AlreadyExists, ValidationFailed, NotFound (no such workspace).
+        """
+        body = build(TokenCreate, name=name, role=role)
+        path = "/tokens" if workspace is None else f"/workspaces/{quote(workspace, safe='')}/tokens"
+        return self._api.send_model("POST", TokenCreated, path, body)
+
+    def delete(self, name: str) -> None:
+        """Revoke a token of the caller's workspace. Raises ``NotFound``."""
+        self._api.request("DELETE", "/tokens/" + quote(name, safe=""))

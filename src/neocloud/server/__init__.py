@@ -1,0 +1,1 @@
+"""The control plane: REST API, reconcilers, backends, metering (``neocloud server``)."""

@@ -1,0 +1,86 @@
+"""The one small interface every backend implements.
+
+A backend starts, inspects, stops and reads the logs of one workload process (a replica,
+a job worker, a pod) on a node, with given GPUs, environment and files. What it needs to
+find the process again after a control-plane restart goes into a JSON-able ``handle``
+that the caller stores in the database *before* it acts on anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """One process to run.
+
+    ``gpu_indices`` become ``CUDA_VISIBLE_DEVICES``; ``log_path`` receives stdout and
+    stderr; ``port`` (if any) is where the process listens for HTTP (readiness probes).
+    """
+
+    workload_id: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    gpu_indices: tuple[int, ...] = ()
+    log_path: Path | None = None
+    port: int | None = None
+    node_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class WorkloadState:
+    """``running`` or not; ``exit_code`` when the backend knows it (``None`` otherwise)."""
+
+    running: bool
+    exit_code: int | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def start(self, spec: WorkloadSpec) -> dict[str, Any]:
+        """Start the process; returns its handle. Raises ``OSError`` when it cannot start."""
+        ...
+
+    def inspect(self, handle: dict[str, Any]) -> WorkloadState:
+        """Whether the process of ``handle`` still runs (the same process, not a reused pid)."""
+        ...
+
+    def stop(self, handle: dict[str, Any], *, grace_s: float) -> WorkloadState:
+        """SIGTERM, wait up to ``grace_s`` seconds, then SIGKILL. Idempotent."""
+        ...
+
+    def logs(self, handle: dict[str, Any], *, tail: int | None = None) -> str:
+        """The last ``tail`` lines of the process's output (all when ``None``)."""
+        ...
+
+    def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
+        """Whether the workload answers ready at ``url`` (HTTP 200)."""
+        ...
+
+
+def tail_file(path: Path, lines: int | None) -> str:
+    """The last ``lines`` lines of a text file ('' if it does not exist).
+
+    Reads at most the last 4 MiB when ``lines`` is given, so a huge log costs little.
+    """
+    try:
+        with open(path, "rb") as f:
+            if lines is None:
+                data = f.read()
+            else:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - 4 * 1024 * 1024))
+                data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if lines is None:
+        return text
+    parts = text.splitlines(keepends=True)
+    return "".join(parts[-lines:]) if lines > 0 else ""

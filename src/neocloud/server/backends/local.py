@@ -1,0 +1,133 @@
+"""The ``local`` backend: one OS process per workload on this machine.
+
+Each process runs in its own session (process group), so stopping it also stops whatever it
+spawned (uvicorn workers, torchrun children). Its handle records the pid and the process
+start time: after a control-plane restart, :meth:`LocalBackend.inspect` finds the same
+process again (a reused pid has another start time), so running replicas are adopted
+instead of started twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from neocloud.server.backends.base import WorkloadSpec, WorkloadState, tail_file
+
+#: Variables of the control plane that must not leak into workloads.
+_SCRUB = ("NEOCLOUD_TOKEN", "NEOCLOUD_DATABASE_URL", "NEOCLOUD_SECRET_KEY")
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self) -> None:
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._http = httpx.Client(timeout=2.0)
+
+    def start(self, spec: WorkloadSpec) -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env.update(spec.env)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log_path = spec.log_path or Path(os.devnull)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                spec.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(spec.cwd) if spec.cwd else None,
+                env=env,
+                start_new_session=True,
+            )
+        with self._lock:
+            self._children[proc.pid] = proc
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            created = 0.0
+        return {"pid": proc.pid, "create_time": created, "log_path": str(log_path)}
+
+    def _process(self, handle: dict[str, Any]) -> psutil.Process | None:
+        pid = handle.get("pid")
+        if not pid:
+            return None
+        with self._lock:
+            child = self._children.get(pid)
+        if child is not None and child.poll() is not None:
+            return None
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - float(handle.get("create_time", 0))) > 0.5:
+                return None
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return p
+        except psutil.Error:
+            return None
+
+    def inspect(self, handle: dict[str, Any]) -> WorkloadState:
+        if self._process(handle) is not None:
+            return WorkloadState(running=True)
+        pid = handle.get("pid")
+        with self._lock:
+            child = self._children.get(pid) if pid else None
+        code = child.poll() if child is not None else None
+        return WorkloadState(running=False, exit_code=code)
+
+    def stop(self, handle: dict[str, Any], *, grace_s: float) -> WorkloadState:
+        p = self._process(handle)
+        if p is not None:
+            self._signal_group(p.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and self._process(handle) is not None:
+                time.sleep(0.05)
+            if self._process(handle) is not None:
+                self._signal_group(p.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and self._process(handle) is not None:
+                    time.sleep(0.05)
+        pid = handle.get("pid")
+        with self._lock:
+            child = self._children.pop(pid, None) if pid else None
+        code = None
+        if child is not None:
+            try:
+                code = child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
+        return WorkloadState(running=False, exit_code=code)
+
+    @staticmethod
+    def _signal_group(pid: int, sig: int) -> None:
+        try:
+            os.killpg(os.getpgid(pid), sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def logs(self, handle: dict[str, Any], *, tail: int | None = None) -> str:
+        path = handle.get("log_path")
+        return tail_file(Path(path), tail) if path else ""
+
+    def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
+        try:
+            return self._http.get(url, timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()

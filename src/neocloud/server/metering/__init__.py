@@ -1,0 +1,1 @@
+"""Metering: usage records from running time and tokens, rolled up into a bill."""

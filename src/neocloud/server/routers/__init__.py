@@ -1,0 +1,1 @@
+"""REST API routers: thin — validate, call a service, return a wire model."""

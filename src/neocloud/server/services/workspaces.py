@@ -1,0 +1,107 @@
+"""Workspaces and API tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neocloud.errors import AlreadyExists, NotFound
+from neocloud.models import Role, TokenOut
+from neocloud.server.db.tables import Token, Workspace
+from neocloud.server.security import hash_token, new_token
+from neocloud.server.services.principal import Caller
+
+
+def create_workspace(s: Session, *, name: str, operator: bool = False) -> Workspace:
+    """Create a workspace. Raises :class:`AlreadyExists` when the name is taken."""
+    if s.scalars(select(Workspace).where(Workspace.name == name)).first():
+        raise AlreadyExists(f"workspace {name!r} already exists", param="name")
+    ws = Workspace(name=name, operator=operator)
+    s.add(ws)
+    try:
+        s.flush()
+    except IntegrityError as e:
+        raise AlreadyExists(f"workspace {name!r} already exists", param="name") from e
+    return ws
+
+
+def get_workspace(s: Session, *, name: str) -> Workspace:
+    ws = s.scalars(select(Workspace).where(Workspace.name == name)).first()
+    if ws is None:
+        raise NotFound(f"workspace {name!r} not found", param="name")
+    return ws
+
+
+def list_workspaces(s: Session, *, caller: Caller) -> list[Workspace]:
+    q = select(Workspace).order_by(Workspace.created_at)
+    if not caller.operator:
+        q = q.where(Workspace.id == caller.workspace_id)
+    return list(s.scalars(q))
+
+
+def create_token(s: Session, *, workspace: Workspace, name: str, role: Role) -> tuple[Token, str]:
+    """Create a token; returns the row and the secret (shown once, stored hashed).
+
+    Raises :class:`AlreadyExists` when the workspace already has a token of that name.
+    """
+    if s.scalars(
+        select(Token).where(Token.workspace_id == workspace.id, Token.name == name)
+    ).first():
+        raise AlreadyExists(f"token {name!r} already exists in this workspace", param="name")
+    secret, prefix, digest = new_token()
+    tok = Token(workspace_id=workspace.id, name=name, role=role.value, prefix=prefix, hash=digest)
+    s.add(tok)
+    s.flush()
+    return tok, secret
+
+
+def token_out(tok: Token, workspace_name: str) -> TokenOut:
+    return TokenOut(
+        id=tok.id,
+        name=tok.name,
+        role=Role(tok.role),
+        workspace=workspace_name,
+        prefix=tok.prefix,
+        created_at=tok.created_at,
+        last_used_at=tok.last_used_at,
+    )
+
+
+def list_tokens(s: Session, *, workspace_id: str) -> list[Token]:
+    q = select(Token).where(Token.workspace_id == workspace_id).order_by(Token.created_at)
+    return list(s.scalars(q))
+
+
+def delete_token(s: Session, *, workspace_id: str, name: str) -> None:
+    tok = s.scalars(
+        select(Token).where(Token.workspace_id == workspace_id, Token.name == name)
+    ).first()
+    if tok is None:
+        raise NotFound(f"token {name!r} not found", param="name")
+    s.delete(tok)
+
+
+def authenticate(s: Session, *, secret: str) -> Caller | None:
+    """The caller behind a token secret, or ``None`` for an unknown token."""
+    row = s.execute(
+        select(Token, Workspace)
+        .join(Workspace, Workspace.id == Token.workspace_id)
+        .where(Token.hash == hash_token(secret))
+    ).first()
+    if row is None:
+        return None
+    tok, ws = row
+    now = datetime.now(UTC)
+    if tok.last_used_at is None or (now - tok.last_used_at).total_seconds() > 60:
+        tok.last_used_at = now
+    return Caller(
+        token_id=tok.id,
+        token_name=tok.name,
+        workspace_id=ws.id,
+        workspace_name=ws.name,
+        role=Role(tok.role),
+        operator=ws.operator,
+    )

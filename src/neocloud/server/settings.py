@@ -1,0 +1,54 @@
+"""Control-plane settings, read from the environment (prefix ``NEOCLOUD_``) once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """The data folder: ``$NEOCLOUD_HOME`` or ``~/.neocloud``."""
+    return Path.home() / ".neocloud"
+
+
+class Settings(BaseSettings):
+    """Every knob of the control plane. Units are in the names (seconds, bytes, MiB).
+
+    Environment variables: ``NEOCLOUD_HOME``, ``NEOCLOUD_DATABASE_URL``, ``NEOCLOUD_HOST``,
+    ``NEOCLOUD_PORT``, ``NEOCLOUD_BACKEND`` and the rest of the fields upper-cased.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NEOCLOUD_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<home>/neocloud.db``. PostgreSQL:
+    ``postgresql+psycopg://user@host/db``."""
+    host: str = "127.0.0.1"
+    port: int = 8700
+    backend: str = "local"
+    """Backend of this machine's node: ``local`` or ``fake`` (simulated, for tests)."""
+    register_local_node: bool = True
+    """Register this machine as a node at start."""
+    reconcile_interval_s: float = 1.0
+    replica_ready_timeout_s: float = 600.0
+    replica_stop_grace_s: float = 10.0
+    restart_backoff_base_s: float = 1.0
+    restart_backoff_max_s: float = 60.0
+    usage_period_s: float = 60.0
+    """Longest stretch of running time covered by one usage record (seconds)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    token_cache_ttl_s: float = 5.0
+    python: str | None = None
+    """Interpreter that runs replicas; default: the control plane's own."""
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'neocloud.db'}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"

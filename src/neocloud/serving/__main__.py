@@ -1,0 +1,40 @@
+"""``python -m neocloud.serving SERVICE --host H --port P [--name N] [--model M]
+[--workers N] [--reload]``: run one replica (see :func:`neocloud.serving.runner.run`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and serve until SIGTERM; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m neocloud.serving", description=__doc__)
+    ap.add_argument("service", help="embeddings | chat | package.module:Class | file.py:Class")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--name", default=None, help="served model name (default: service name)")
+    ap.add_argument("--model", default=None, help="model reference: hf:org/name or a folder")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--reload", action="store_true", help="restart on file changes")
+    ap.add_argument("--grace-period", type=float, default=None,
+                    help="seconds in-flight requests get after SIGTERM (default 30)")
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from neocloud.serving.runner import run
+
+    try:
+        run(args.service, host=args.host, port=args.port, name=args.name, model=args.model,
+            workers=args.workers, reload=args.reload, grace_period_s=args.grace_period,
+            log_level=args.log_level)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in services: ``embeddings`` (sentence-transformers) and ``chat`` (causal LM)."""

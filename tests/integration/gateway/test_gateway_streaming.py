@@ -1,0 +1,53 @@
+"""Streams pass through unbuffered, and a client that leaves closes the replica request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+def test_stream_arrives_before_the_replica_finishes(cloud: Any) -> None:
+    replica = cloud.replicas[0]  # "chat" routes to r1 only
+    replica.gate.clear()
+    with httpx.Client(base_url=cloud.url, timeout=15) as http, http.stream(
+        "GET", "/endpoints/chat/gated", headers=cloud.auth()
+    ) as resp:
+        assert resp.status_code == 200
+        pieces = resp.iter_raw()
+        first = next(pieces)
+        # The replica is now blocked until the gate opens: had the gateway buffered the
+        # response, the first piece could only arrive after the gate timed out.
+        assert first == b"first\n"
+        stats = cloud.gateway.deployment_stats("d-chat")
+        assert stats.in_flight == 1 and stats.replica_in_flight == {"rep-r1": 1}
+        replica.gate.set()
+        rest = b"".join(pieces)
+    assert rest == b"second\n"
+
+
+def test_client_disconnect_mid_stream_closes_the_replica_request(cloud: Any) -> None:
+    replica = cloud.replicas[0]
+    replica.disconnected.clear()
+    with httpx.Client(base_url=cloud.url, timeout=15) as http, http.stream(
+        "GET", "/endpoints/chat/endless", headers=cloud.auth()
+    ) as resp:
+        assert resp.status_code == 200
+        assert next(resp.iter_raw()).startswith(b"data: tick 0")
+    # Leaving the block closed the client connection; the replica must observe it.
+    assert replica.disconnected.wait(5)
+    rec = cloud.sink.wait_for(lambda r: r.deployment_id == "d-chat" and r.status == 499)
+    assert rec.replica_id == "rep-r1"
+
+
+def test_client_disconnect_before_response_closes_the_replica_request(cloud: Any) -> None:
+    replica = cloud.replicas[0]
+    replica.disconnected.clear()
+    with httpx.Client(base_url=cloud.url, timeout=httpx.Timeout(10, read=0.3)) as http:
+        try:
+            http.post("/endpoints/chat/hang", headers=cloud.auth(), content=b"x")
+        except httpx.ReadTimeout:
+            pass
+        else:
+            raise AssertionError("the replica answered a request it should still be holding")
+    assert replica.disconnected.wait(5)

@@ -1,0 +1,66 @@
+"""Helpers for control-plane tests: an in-process cloud with its admin token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from neocloud.server.app import ControlPlane, create_app
+from neocloud.server.backends import FakeBackend, LocalBackend
+from neocloud.server.bootstrap import bootstrap
+from neocloud.server.settings import Settings
+
+
+@dataclass
+class Cloud:
+    app: ControlPlane
+    client: TestClient
+    token: str
+    fake: FakeBackend
+
+    def h(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def reconcile(self, times: int = 1) -> None:
+        rec = self.app.state.extras["reconciler"]
+        for _ in range(times):
+            rec.run_once()
+
+    def api(self, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
+        return self.client.request(method, f"/api/v1{path}", headers=self.h(token), **kw)
+
+    def new_workspace(self, name: str, role: str = "admin") -> str:
+        r = self.api("POST", "/workspaces", json={"name": name})
+        assert r.status_code == 201, r.text
+        r = self.api("POST", f"/workspaces/{name}/tokens", json={"name": "t1", "role": role})
+        assert r.status_code == 201, r.text
+        return r.json()["token"]
+
+    def add_fake_node(self, name: str, *, gpus: list[dict[str, Any]] | None = None,
+                      cpu_milli: int = 256000, memory_mib: int = 2_097_152) -> dict[str, Any]:
+        r = self.api("POST", "/nodes", json={
+            "name": name, "cpu_milli": cpu_milli, "memory_mib": memory_mib,
+            "gpus": gpus or [], "backend": "fake"})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+def make_settings(home: Path, db_url: str, **kw: Any) -> Settings:
+    return Settings(home=home, database_url=db_url, register_local_node=kw.pop("local", False),
+                    reconcile_interval_s=0.2, restart_backoff_base_s=0.0,
+                    usage_period_s=kw.pop("usage_period_s", 3600.0), **kw)
+
+
+def open_cloud(home: Path, db_url: str, **kw: Any) -> tuple[Cloud, TestClient]:
+    fake = FakeBackend()
+    settings = make_settings(home, db_url, **kw)
+    app = create_app(settings, backends={"fake": fake, "local": LocalBackend()},
+                     run_reconcilers=False)
+    client = TestClient(app, raise_server_exceptions=False)
+    client.__enter__()
+    boot = bootstrap(app.state.db)
+    assert boot.token
+    return Cloud(app=app, client=client, token=boot.token, fake=fake), client

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from typer.testing import Result
+
+Run = Callable[..., Result]
+
+
+def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **functions: Any) -> None:
+    module = ModuleType(name)
+    for attr, fn in functions.items():
+        setattr(module, attr, fn)
+    monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_up_and_server_delegate_to_launch(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    _fake_module(
+        monkeypatch, "neocloud.server.launch",
+        up=lambda *a: calls.append(("up", a)), serve=lambda *a: calls.append(("serve", a)),
+    )
+    assert run("up", login=False).exit_code == 0
+    assert run("up", "--host", "0.0.0.0", "--port", "9001", "--home", str(tmp_path),
+               "--backend", "ray", login=False).exit_code == 0
+    assert run("server", "--port", "9002", login=False).exit_code == 0
+    assert calls == [
+        ("up", (None, None, None, None)),
+        ("up", ("0.0.0.0", 9001, tmp_path, "ray")),
+        ("serve", (None, 9002)),
+    ]
+    bad = run("up", "--backend", "k8s", login=False)
+    assert bad.exit_code == 2 and "'--backend'" in bad.stderr
+    assert run("up", "--port", "70000", login=False).exit_code == 2
+
+
+def test_serve_delegates_to_runner(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    _fake_module(monkeypatch, "neocloud.serving.runner",
+                 run=lambda *a, **kw: calls.append((a, kw)))
+    result = run("serve", "embeddings", "--port", "8123", "--name", "minilm", "--workers", "2",
+                 login=False)
+    assert result.exit_code == 0, result.stderr
+    assert calls == [(("embeddings",), {"host": "127.0.0.1", "port": 8123, "name": "minilm",
+                                         "model": None, "workers": 2, "reload": False})]
+
+
+def test_missing_runtime_is_a_clear_error(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "neocloud.serving.runner", None)
+    result = run("serve", "embeddings", login=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: `neocloud serve` needs the module")
+    assert "Traceback" not in result.stderr
+
+
+def test_errors_from_delegates_are_messages(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neocloud.errors import Conflict
+
+    def up(*args: Any) -> None:
+        raise Conflict("port 8000 is in use")
+
+    _fake_module(monkeypatch, "neocloud.server.launch", up=up)
+    result = run("up", login=False)
+    assert result.exit_code == 1 and result.stderr.strip() == "Error: port 8000 is in use"
+
+
+def test_simulate(run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    nodes, pods = tmp_path / "nodes.csv", tmp_path / "pods.csv"
+    nodes.write_text("name\n")
+    pods.write_text("name\n")
+    calls: list[tuple[Any, ...]] = []
+
+    def simulate_fgd_protocol(nodes_csv: Path, pods_csv: Path, *, policy: str,
+                              seed: int) -> dict[str, Any]:
+        if policy == "nope":
+            raise ValueError("unknown policy 'nope'")
+        calls.append((nodes_csv, pods_csv, policy, seed))
+        return {"policy": policy, "unallocated_gpu_pct": 12.3456789, "curve": [1, 2]}
+
+    _fake_module(monkeypatch, "neocloud.simulate", simulate_fgd_protocol=simulate_fgd_protocol)
+    args = ("simulate", "--nodes", str(nodes), "--pods", str(pods), "--policy", "fgd",
+            "--seed", "7")
+    table = run(*args, login=False)
+    assert table.exit_code == 0, table.stderr
+    assert calls == [(nodes, pods, "fgd", 7)]
+    assert "unallocated_gpu_pct  12.3457" in table.stdout and "[1, 2]" in table.stdout
+    data = json.loads(run(*args, "--json", login=False).stdout)
+    assert data["unallocated_gpu_pct"] == 12.3456789
+    unknown = run(*args[:6], "nope", login=False)
+    assert unknown.exit_code == 1 and unknown.stderr.strip() == "Error: unknown policy 'nope'"
+    missing = run("simulate", "--nodes", str(tmp_path / "none.csv"), "--pods", str(pods),
+                  "--policy", "fgd", login=False)
+    assert missing.exit_code == 2 and "'--nodes'" in missing.stderr

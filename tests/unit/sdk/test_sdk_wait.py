@@ -1,0 +1,71 @@
+"""``wait_ready`` against scripted answers: what counts as ready."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from fakecloud import BASE
+
+from neocloud.sdk import Client
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC).isoformat()
+
+
+def _replica(generation: int, status: str = "ready") -> dict[str, Any]:
+    return {
+        "id": f"r-{generation}", "status": status, "generation": generation, "node": "local",
+        "gpu_indices": [], "port": 9000, "pid": 1, "restarts": 0, "message": None,
+        "created_at": NOW, "ready_at": NOW,
+    }
+
+
+def _deployment(status: str, replicas: int, ready: int, generation: int,
+                replica_list: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "d-1", "name": "web", "service": "embeddings", "model": None,
+        "shape": "cpu.small", "replicas": replicas, "ready_replicas": ready, "status": status,
+        "pending_reason": None, "generation": generation, "env": {},
+        "endpoint": "/endpoints/web/", "created_at": NOW, "updated_at": NOW,
+        "replica_list": replica_list,
+    }
+
+
+def _scripted(answers: list[dict[str, Any]]) -> tuple[Client, list[int]]:
+    polls = [0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, json={"object": "list", "data": []})
+        polls[0] += 1
+        return httpx.Response(200, json=answers[min(polls[0], len(answers)) - 1])
+
+    return Client(BASE, "t", transport=httpx.MockTransport(handler)), polls
+
+
+def test_replicas_of_an_older_generation_do_not_count() -> None:
+    client, polls = _scripted([
+        # Just after an update: the server still says ready, from generation 1 replicas.
+        _deployment("ready", 1, 1, 2, [_replica(1)]),
+        _deployment("ready", 1, 1, 2, [_replica(1, "stopping"), _replica(2)]),
+    ])
+    ready = client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
+    assert polls[0] == 2 and ready.replica_list[-1].generation == 2
+
+
+def test_zero_replicas_are_ready_at_once() -> None:
+    client, polls = _scripted([_deployment("scaled_to_zero", 0, 0, 1, [])])
+    assert client.deployments.wait_ready("web", timeout_s=30, poll_s=0).replicas == 0
+    assert polls[0] == 1
+
+
+@pytest.mark.parametrize("status", ["degraded", "pending"])
+def test_partial_readiness_keeps_waiting(status: str) -> None:
+    client, polls = _scripted([
+        _deployment(status, 2, 1, 1, [_replica(1), _replica(1, "starting")]),
+        _deployment("ready", 2, 2, 1, [_replica(1), _replica(1)]),
+    ])
+    client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
+    assert polls[0] == 2
