@@ -45,12 +45,14 @@ def start_upstream(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_gateway(port: int, upstream_url: str, token: str, workers: int = 1
-                  ) -> subprocess.Popen[bytes]:
-    """A standalone gateway copy routing ``echo`` to ``upstream_url``."""
+def start_gateway(port: int, upstream_url: str, token: str, workers: int = 1,
+                  server: str = "neocloud") -> subprocess.Popen[bytes]:
+    """A standalone gateway copy routing ``echo`` to ``upstream_url`` (``server`` is the
+    HTTP server: ``neocloud`` or ``uvicorn``)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "neocloud.gateway", "--host", "127.0.0.1", "--port", str(port),
-         "--route", f"echo={upstream_url}", "--token", token, "--workers", str(workers)],
+         "--route", f"echo={upstream_url}", "--token", token, "--workers", str(workers),
+         "--server", server],
         start_new_session=True,
     )
     _wait_http(f"http://127.0.0.1:{port}/health")

@@ -111,7 +111,15 @@ def save_config(url: str, token: str) -> Path:
     return path
 
 
-def resolve(url: str | None = None, token: str | None = None) -> CliConfig:
+@dataclass(frozen=True)
+class Connection:
+    """Where to send API calls: a base URL (always set) and a token (may be missing)."""
+
+    url: str
+    token: str | None = None
+
+
+def resolve(url: str | None = None, token: str | None = None) -> Connection:
     """Resolve the URL and token by the precedence in this module's docstring.
 
     The config file is read only when an explicit value or the environment leaves a field
@@ -126,4 +134,4 @@ def resolve(url: str | None = None, token: str | None = None) -> CliConfig:
         saved = load_config()
         url = url or saved.url
         token = token or saved.token
-    return CliConfig(url=(url or DEFAULT_URL).rstrip("/"), token=token)
+    return Connection(url=(url or DEFAULT_URL).rstrip("/"), token=token)

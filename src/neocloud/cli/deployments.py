@@ -22,6 +22,7 @@ from neocloud.models import (
     NodeOut,
 )
 from neocloud.sdk import Client, WaitProgress
+from neocloud.sdk.deployments import brief
 
 _OPTIONS = {
     "name": "NAME",
@@ -32,6 +33,8 @@ _OPTIONS = {
     "env": "--env",
 }
 JSON_HELP = "Print JSON to stdout instead of a table."
+#: Replica ids are shown by their first characters (``--replica`` takes a prefix too).
+REPLICA_ID_CHARS = 12
 
 
 def deploy(
@@ -56,6 +59,13 @@ def deploy(
         "-e",
         help="Environment variable KEY=VALUE (repeatable; with --update the "
         "given set replaces the old one).",
+    ),
+    priority: int = typer.Option(
+        0, "--priority", min=-1000, max=1000,
+        help="Larger is more important; may preempt lower-priority preemptible work.",
+    ),
+    preemptible: bool = typer.Option(
+        False, "--preemptible", help="Let higher-priority work stop these replicas."
     ),
     update: bool = typer.Option(
         False,
@@ -87,6 +97,8 @@ def deploy(
                 shape=shape or "cpu.small",
                 replicas=1 if replicas is None else replicas,
                 env=env_map,
+                priority=priority,
+                preemptible=preemptible,
             )
         except AlreadyExists as exc:
             raise AlreadyExists(
@@ -257,9 +269,9 @@ def _wait_ready(api: Client, name: str, *, timeout_s: float, poll_s: float) -> D
             d = p.deployment
             line = f"{name}: {d.status.value}, {d.ready_replicas}/{d.replicas} ready"
             if d.pending_reason:
-                line += f" - {d.pending_reason}"
+                line += f" - {brief(d.pending_reason, 120)}"
             elif p.latest_event is not None:
-                line += f" - {p.latest_event.reason}: {p.latest_event.message}"
+                line += f" - {p.latest_event.reason}: {brief(p.latest_event.message, 120)}"
             spinner.update(Text(f"{line} ({p.elapsed_s:.0f}s)"))
 
         try:
@@ -273,7 +285,7 @@ def _wait_ready(api: Client, name: str, *, timeout_s: float, poll_s: float) -> D
 
 def _event_line(event: EventOut) -> Text:
     style = "yellow" if event.type == "warning" else "dim"
-    return Text(f"  {event.reason}: {event.message}", style=style)
+    return Text(f"  {event.reason}: {brief(event.message)}", style=style)
 
 
 def _print_ready(api: Client, d: DeploymentOut, *, waited: bool) -> None:
@@ -327,7 +339,7 @@ def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None
     if d.replica_list:
         replica_rows = [
             (
-                r.id,
+                r.id[:REPLICA_ID_CHARS],
                 status_text(r.status.value),
                 r.generation,
                 r.node,
@@ -335,7 +347,7 @@ def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None
                 r.port,
                 r.pid,
                 r.restarts,
-                r.message,
+                brief(r.message, 160) if r.message else None,
             )
             for r in d.replica_list
         ]
@@ -348,7 +360,7 @@ def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None
             )
         )
     if events:
-        event_rows = [(age(e.created_at), e.type, e.reason, e.message) for e in events]
+        event_rows = [(age(e.created_at), e.type, e.reason, brief(e.message)) for e in events]
         out.print()
         out.print(table(("AGE", "TYPE", "REASON", "MESSAGE"), event_rows, title="Recent events"))
 

@@ -76,7 +76,7 @@ def follow(
                     lines = text.splitlines()
                     fresh = new_lines(windows[rid], lines)
                 windows[rid] = lines[-WINDOW:]
-                prefix = "" if replica else f"[{rid}] "
+                prefix = "" if replica else f"[{rid[:12]}] "
                 for line in fresh:
                     write(prefix + line)
         except NotFound:

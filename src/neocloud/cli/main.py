@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from neocloud import __version__
-from neocloud.cli import deployments, inventory, local, tenancy, usage
+from neocloud.cli import admission, deployments, inventory, local, tenancy, usage
 from neocloud.cli.context import CliState
 from neocloud.cli.output import note, print_error
 from neocloud.config import DEFAULT_URL
@@ -83,6 +83,7 @@ tenancy.register(app)
 inventory.register(app)
 usage.register(app)
 local.register(app)
+admission.register(app)
 
 
 def main() -> None:

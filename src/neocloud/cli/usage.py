@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import typer
 from rich.text import Text
 
@@ -19,9 +21,9 @@ def usage(
     if json_out:
         print_json(bill)
         return
-    start = bill.period_start.isoformat(timespec="seconds") if bill.period_start else "start"
-    end = bill.period_end.isoformat(timespec="seconds")
-    output.out.print(Text(f"Bill of workspace {bill.workspace}, {start} .. {end}", style="bold"))
+    start = _utc(bill.period_start) if bill.period_start else "the start"
+    title = f"Workspace {bill.workspace}: usage from {start} to {_utc(bill.period_end)}"
+    output.out.print(Text(title, style="bold"))
     rows = [
         (
             line.kind,
@@ -41,6 +43,13 @@ def usage(
     tbl.columns[-1].footer = Text(usd(bill.total_usd), style="bold")
     output.out.print(tbl)
     output.out.print(Text(f"Replica time: {seconds(bill.replica_seconds)}"))
+
+
+def _utc(when: datetime) -> str:
+    """``2025-01-31 14:05:09 UTC`` (naive datetimes are taken as UTC)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def register(app: typer.Typer) -> None:

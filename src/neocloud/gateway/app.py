@@ -15,7 +15,6 @@ How a request reaches a replica (retries, streaming, disconnects) is described i
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
@@ -31,24 +30,19 @@ from prometheus_client import CollectorRegistry, generate_latest
 from neocloud.errors import (
     InvalidRequest,
     NeocloudError,
-    NoReadyReplica,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     Unauthenticated,
-    Unavailable,
 )
 from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad, make_policy
 from neocloud.gateway.cache import MISSING, TTLCache
-from neocloud.gateway.client import (
-    UpstreamPool,
-)
+from neocloud.gateway.client import UpstreamPool
 from neocloud.gateway.disconnect import DisconnectWatcher
 from neocloud.gateway.proxy import CLIENT_GONE, ClientGone, Forwarder
 from neocloud.gateway.ratelimit import TokenBucketLimiter
 from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.stats import (
-    DeploymentCounters,
     DeploymentStats,
     GatewayCollector,
     GatewayStats,
@@ -62,6 +56,7 @@ from neocloud.gateway.types import (
     UsageSink,
 )
 from neocloud.gateway.usage import UsageScanner
+from neocloud.gateway.wake import Waker
 from neocloud.gateway.wire import (
     Headers,
     send_error,
@@ -138,7 +133,11 @@ class Gateway:
             self._limiter = TokenBucketLimiter(s.rate_limit_per_s, burst)
         self._stats = GatewayStats(s.stats_window_s)
         self.collector = GatewayCollector(self._stats, self._pool.idle_count)
-        self._wakers: dict[str, asyncio.Task[Route]] = {}
+        self._waker = Waker(
+            routes, s,
+            on_ready=lambda r: self._route_cache.put(
+                (r.workspace_id, r.name), r, s.route_cache_ttl_s),
+        )
         self._watcher = DisconnectWatcher()
         self._forwarder = Forwarder(
             s, self._pool, self._load, self._policy,
@@ -155,9 +154,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Close pooled connections and stop wake-ups in progress."""
-        for task in list(self._wakers.values()):
-            task.cancel()
-        self._wakers.clear()
+        self._waker.close()
         self._watcher.close()
         await self._pool.close()
 
@@ -194,8 +191,7 @@ class Gateway:
         if workspace_id is None:
             self._route_cache.clear()
             return
-        for key in [k for k in self._route_cache._data if k[0] == workspace_id]:
-            self._route_cache.discard(key)
+        self._route_cache.discard_where(lambda key: key[0] == workspace_id)
 
     def invalidate_tokens(self) -> None:
         """Forget cached token look-ups; call after a token is revoked."""
@@ -385,7 +381,7 @@ class Gateway:
         flight = self._watcher.begin(receive)
         try:
             if not route.upstreams:
-                route = await self._hold(route, c)
+                route = await self._waker.hold(route, c)
                 if flight.gone:
                     raise ClientGone()
             c.upstreams = route.upstreams
@@ -438,69 +434,6 @@ class Gateway:
             )
         except Exception:  # the sink is the host's code: never fail a request for it
             log.exception("usage sink failed to take a request record")
-
-    async def _hold(self, route: Route, c: DeploymentCounters) -> Route:
-        """Wait until a woken deployment has upstreams; raises 503 errors otherwise."""
-        if not route.can_wake:
-            raise NoReadyReplica(f"deployment '{route.name}' has no ready replica")
-        c.held += 1
-        try:
-            task = self._wakers.get(route.deployment_id)
-            if task is None:
-                task = asyncio.get_running_loop().create_task(self._wake_and_wait(route))
-                self._wakers[route.deployment_id] = task
-                task.add_done_callback(self._waker_done(route.deployment_id))
-            try:
-                return await asyncio.wait_for(
-                    asyncio.shield(task), self.settings.wake_timeout_s
-                )
-            except TimeoutError:
-                raise self._still_starting(route) from None
-        finally:
-            c.held -= 1
-
-    def _waker_done(self, deployment_id: str) -> Callable[[asyncio.Task[Route]], None]:
-        def done(task: asyncio.Task[Route]) -> None:
-            if self._wakers.get(deployment_id) is task:
-                del self._wakers[deployment_id]
-            if not task.cancelled():
-                task.exception()  # retrieved: held requests got it already
-
-        return done
-
-    def _still_starting(self, route: Route) -> Unavailable:
-        return Unavailable(
-            f"deployment '{route.name}' is starting from zero and had no ready replica after"
-            f" {self.settings.wake_timeout_s:g} s; retry later",
-            code="deployment_starting",
-        )
-
-    async def _wake_and_wait(self, route: Route) -> Route:
-        s = self.settings
-        deadline = time.monotonic() + s.wake_timeout_s
-        try:
-            await self._routes.wake(route)
-            while True:
-                fresh = await self._routes.resolve(route.workspace_id, route.name)
-                if fresh is None or fresh.workspace_id != route.workspace_id:
-                    raise NotFound(
-                        f"deployment '{route.name}' was removed while starting",
-                        code="deployment_not_found",
-                    )
-                if fresh.upstreams:
-                    self._route_cache.put(
-                        (route.workspace_id, route.name), fresh, s.route_cache_ttl_s
-                    )
-                    return fresh
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._still_starting(route)
-                await asyncio.sleep(min(s.wake_poll_s, left))
-        except NeocloudError:
-            raise
-        except Exception as exc:
-            log.exception("waking deployment %s failed", route.deployment_id)
-            raise Unavailable(f"deployment '{route.name}' could not be started: {exc}") from None
 
     def _next_rid(self) -> bytes:
         return self._rid_prefix + format(next(self._rid_counter), "x").encode()

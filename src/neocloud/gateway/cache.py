@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -44,6 +45,11 @@ class TTLCache(Generic[K, V]):
 
     def discard(self, key: K) -> None:
         self._data.pop(key, None)
+
+    def discard_where(self, pred: Callable[[K], bool]) -> None:
+        """Drop every key for which ``pred(key)`` is true."""
+        for k in [k for k in self._data if pred(k)]:
+            del self._data[k]
 
     def clear(self) -> None:
         self._data.clear()

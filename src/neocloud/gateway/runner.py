@@ -1,16 +1,22 @@
-"""Standalone gateway copies: a static route table and token, served by uvicorn.
+"""Standalone gateway copies: a static route table and token.
 
 ``python -m neocloud.gateway --port 8080 --route NAME=http://127.0.0.1:9001[,http://...]``
 serves the gateway routes plus ``GET /metrics`` (Prometheus, no token) and ``GET /health``.
 Without ``--token`` a random token is generated and printed once on standard output.
+The HTTP server is :mod:`neocloud.gateway.server` on uvloop (``--server uvicorn`` for
+uvicorn with httptools); ``--workers N`` runs N processes sharing the port
+(``SO_REUSEPORT``), the kernel spreading connections across them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +69,54 @@ def app_from_env() -> RunnerApp:
     return build_app(json.loads(os.environ[ENV_CONFIG]))
 
 
+def _run_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "neocloud.gateway.runner:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        proxy_headers=False,
+        log_level="warning",
+    )
+
+
+def _run_worker(config: dict[str, Any], host: str, port: int, reuse_port: bool) -> None:
+    from neocloud.gateway.server import serve
+
+    coro = serve(build_app(config), host, port, reuse_port=reuse_port)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard] on Linux
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def _run_workers(config: dict[str, Any], host: str, port: int, workers: int) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_run_worker, args=(config, host, port, True), daemon=True)
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m neocloud.gateway",
@@ -75,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a deployment name and its replica base URLs (repeatable)",
     )
     parser.add_argument("--token", help="the accepted bearer token (default: generate one)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--server", choices=["neocloud", "uvicorn"], default="neocloud",
+                        help="HTTP server implementation (default: neocloud)")
     parser.add_argument("--balancer", default="p2c", choices=["p2c", "least", "round_robin",
                                                                 "random"])
     parser.add_argument("--rate-limit", type=float, default=None,
@@ -97,21 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = {"routes": args.route, "token": token, "settings": settings}
     os.environ[ENV_CONFIG] = json.dumps(config)
 
-    import uvicorn
-
-    uvicorn.run(
-        "neocloud.gateway.runner:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,
-        log_level="warning",
-    )
+    if args.server == "uvicorn":
+        _run_uvicorn(args.host, args.port, args.workers)
+    elif args.workers == 1:
+        _run_worker(config, args.host, args.port, False)
+    else:
+        _run_workers(config, args.host, args.port, args.workers)
     return 0
 
 

@@ -13,6 +13,7 @@ from neocloud.models.deployments import (
 )
 from neocloud.models.events import EventOut
 from neocloud.models.inventory import GpuOut, GpuSpec, NodeCreate, NodeOut, NodeStatus, NodeUpdate
+from neocloud.models.quotas import QueueItem, QuotaOut, QuotaSet
 from neocloud.models.shapes import ShapeCreate, ShapeOut
 from neocloud.models.usage import Bill, BillLine
 from neocloud.models.workspaces import (
@@ -39,6 +40,9 @@ __all__ = [
     "NodeStatus",
     "NodeUpdate",
     "Page",
+    "QueueItem",
+    "QuotaOut",
+    "QuotaSet",
     "ReplicaOut",
     "ReplicaStatus",
     "Role",

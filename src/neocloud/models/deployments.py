@@ -55,6 +55,11 @@ class DeploymentCreate(WireModel):
     shape: ShapeName = "cpu.small"
     replicas: int = Field(default=1, ge=0, le=64)
     env: dict[str, str] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    """Larger is more important; work of higher priority may preempt lower-priority,
+    preemptible work when no node has room."""
+    preemptible: bool = False
+    """Whether higher-priority work may stop these replicas to take their place."""
 
 
 class DeploymentUpdate(WireModel):
@@ -66,6 +71,8 @@ class DeploymentUpdate(WireModel):
     shape: ShapeName | None = None
     replicas: int | None = Field(default=None, ge=0, le=64)
     env: dict[str, str] | None = None
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
+    preemptible: bool | None = None
 
 
 class ReplicaOut(OutModel):
@@ -94,6 +101,8 @@ class DeploymentOut(OutModel):
     pending_reason: str | None
     generation: int
     env: dict[str, str]
+    priority: int = 0
+    preemptible: bool = False
     endpoint: str
     """Gateway path of the deployment's own routes, e.g. ``/endpoints/minilm/``."""
     created_at: datetime

@@ -12,6 +12,7 @@ from neocloud.errors import Unsupported
 from neocloud.models import WhoAmI
 from neocloud.sdk._http import HttpApi
 from neocloud.sdk.activity import Events, Usage
+from neocloud.sdk.admission import Queue, Quotas
 from neocloud.sdk.deployments import Deployments
 from neocloud.sdk.inventory import Nodes, Shapes
 from neocloud.sdk.tenancy import Tokens, Workspaces
@@ -54,7 +55,6 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         resolved = resolve(url, token)
-        assert resolved.url is not None
         self.url: str = resolved.url
         self.token: str | None = resolved.token
         self._api = HttpApi(self.url, self.token, timeout=timeout, transport=transport)
@@ -65,6 +65,8 @@ class Client:
         self.shapes = Shapes(self._api)
         self.events = Events(self._api)
         self.usage = Usage(self._api)
+        self.quotas = Quotas(self._api)
+        self.queue = Queue(self._api)
 
     def whoami(self) -> WhoAmI:
         """The caller's workspace and token."""

@@ -14,6 +14,7 @@ from neocloud.models import (
     DeploymentStatus,
     DeploymentUpdate,
     EventOut,
+    ReplicaOut,
     ReplicaStatus,
 )
 from neocloud.sdk._http import HttpApi, build
@@ -55,6 +56,8 @@ class Deployments:
         shape: str = "cpu.small",
         replicas: int = 1,
         env: Mapping[str, str] | None = None,
+        priority: int = 0,
+        preemptible: bool = False,
     ) -> DeploymentOut:
         """Create a deployment (``POST /deployments``); replicas start in the background.
 
@@ -65,6 +68,8 @@ class Deployments:
             shape: shape name, e.g. ``cpu.small`` or ``gpu.a10``.
             replicas: desired replica count, 0..64.
             env: environment variables for every replica.
+            priority: larger is more important; may preempt lower-priority preemptible work.
+            preemptible: whether higher-priority work may stop these replicas.
 
         Raises:
             ValidationFailed: a field is malformed (checked before sending).
@@ -79,6 +84,8 @@ class Deployments:
             shape=shape,
             replicas=replicas,
             env=dict(env) if env is not None else None,
+            priority=priority,
+            preemptible=preemptible,
         )
         return self._api.send_model("POST", DeploymentOut, "/deployments", body)
 
@@ -143,6 +150,7 @@ class Deployments:
         timeout_s: float = 600.0,
         poll_s: float = 1.0,
         on_progress: Callable[[WaitProgress], None] | None = None,
+        max_restarts: int | None = 3,
     ) -> DeploymentOut:
         """Poll until every desired replica is ready.
 
@@ -152,13 +160,17 @@ class Deployments:
             poll_s: seconds between polls (one ``GET`` of the deployment and one of its
                 events per poll).
             on_progress: called after every poll with a :class:`WaitProgress`.
+            max_restarts: give up once a replica of the current generation that is not
+                ready has been restarted this many times (a crash loop, such as a service
+                that cannot be imported); ``None`` waits for the full ``timeout_s``.
 
         Returns:
             The ready deployment (status ``ready``, or a deployment of zero replicas).
 
         Raises:
             Unavailable: the deployment's status became ``failed`` (code
-                ``deployment_failed``); the message holds the reason and latest events.
+                ``deployment_failed``) or a replica keeps crashing (code
+                ``deployment_crashing``); the message holds the reason and latest events.
             Conflict: the deployment is being deleted.
             Timeout: not ready within ``timeout_s``; the message holds the status, the
                 pending reason and the latest events.
@@ -177,6 +189,13 @@ class Deployments:
                 raise Unavailable(
                     f"deployment {name!r} failed: {_explain(deployment, events)}",
                     code="deployment_failed",
+                )
+            crashing = _crash_looping(deployment, max_restarts)
+            if crashing is not None:
+                raise Unavailable(
+                    f"deployment {name!r} keeps crashing (replica {crashing.id[:8]} restarted "
+                    f"{crashing.restarts} times): {_explain(deployment, events, last=1)}",
+                    code="deployment_crashing",
                 )
             if deployment.status == DeploymentStatus.deleting:
                 raise Conflict(f"deployment {name!r} is being deleted")
@@ -207,21 +226,47 @@ def _is_ready(deployment: DeploymentOut) -> bool:
     return len(current) >= deployment.replicas
 
 
+def _crash_looping(deployment: DeploymentOut, max_restarts: int | None) -> ReplicaOut | None:
+    """The first replica of the current generation, not ready, restarted at least
+    ``max_restarts`` times."""
+    if max_restarts is None:
+        return None
+    for replica in deployment.replica_list:
+        if (
+            replica.generation == deployment.generation
+            and replica.status != ReplicaStatus.ready
+            and replica.restarts >= max_restarts
+        ):
+            return replica
+    return None
+
+
 def _explain(deployment: DeploymentOut, events: list[EventOut], last: int = 3) -> str:
-    """One line: status, ready count, pending reason, and the last few events."""
+    """One paragraph: status, ready count, pending reason, and the last few events, each
+    shortened by :func:`brief`."""
     parts = [
         f"status {deployment.status.value}, "
         f"{deployment.ready_replicas}/{deployment.replicas} replicas ready"
     ]
     if deployment.pending_reason:
-        parts.append(f"pending: {deployment.pending_reason}")
+        parts.append(f"pending: {brief(deployment.pending_reason)}")
     failing = [r.message for r in deployment.replica_list if r.message]
     if failing and not deployment.pending_reason:
-        parts.append(f"replica: {failing[-1]}")
+        parts.append(f"replica: {brief(failing[-1])}")
     if events:
-        recent = "; ".join(f"{e.reason}: {e.message}" for e in events[-last:])
+        recent = "; ".join(f"{e.reason}: {brief(e.message)}" for e in events[-last:])
         parts.append(f"last events: {recent}")
     return "; ".join(parts)
+
+
+def brief(message: str, limit: int = 240) -> str:
+    """A message on one line: a multi-line message keeps its first and last non-empty
+    lines (``first ... last``), and at most ``limit`` characters."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _path(name: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     token_cache_ttl_s: float = 5.0
     python: str | None = None
     """Interpreter that runs replicas; default: the control plane's own."""
+    secret_key: SecretStr | None = None
+    """Key that encrypts secrets at rest (``NEOCLOUD_SECRET_KEY``); default: a random key
+    generated once into ``<home>/secret.key``."""
+    job_stop_grace_s: float = 10.0
+    """Seconds a stopped job worker or pod gets between SIGTERM and SIGKILL."""
+    volume_max_file_bytes: int = 1 << 40
+    """Largest file one volume upload may store (bytes; default 1 TiB)."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -17,7 +17,8 @@ experiment script that sets ``--shuffle-pod=true -tune 1.3 -tuneseed <seed>``):
    fragmentation ratio (fragmented / free milli-GPU, against the trace's typical pods) are
    recorded against the arrived GPU request in % of capacity; the value "at x %" is the mean
    over arrivals whose arrived share rounds to x (or to x +/- 1 when none does), as in the
-   authors' ``merge_alloc_discrete`` analysis.
+   authors' ``merge_alloc_discrete`` analysis (for tiny traces with no arrival near x, the
+   value after the last arrival below x).
 
 The target workload that fragmentation is measured against is derived from the original
 pod list (``workload_from_requests``), for every policy.
@@ -85,7 +86,11 @@ class FragMeter:
 
     def _of(self, ordinal: int) -> float:
         idx = self._index
-        key = (idx.classes[idx.node_class[ordinal]].gpu_type, idx.cpu_free[ordinal], idx.dyn[ordinal][2])
+        key = (
+            idx.classes[idx.node_class[ordinal]].gpu_type,
+            idx.cpu_free[ordinal],
+            idx.dyn[ordinal][2],
+        )
         value = self._cache.get(key)
         if value is None:
             value = node_frag(key[0], key[1], key[2], self._wl)
@@ -156,7 +161,11 @@ def replay_fgd_protocol(
         if acc is None:
             near = [bins[k] for k in (x - 1, x, x + 1) if k in bins]
             if not near:
-                return None
+                # coarse traces (few large pods): the state after the last arrival below x
+                below = [k for k in bins if k < x]
+                if not below:
+                    return None
+                near = [bins[max(below)]]
             n = sum(a[0] for a in near)
             return sum(a[field] for a in near) / n
         return acc[field] / acc[0]

@@ -57,7 +57,9 @@ def make_node(
         cpu_milli_free=cpu_milli,
         memory_mib_total=memory_mib,
         memory_mib_free=memory_mib,
-        gpus=[GpuSlot(index=i, type=gpu_type, memory_mib=mem, free_milli=MILLI) for i in range(gpus)],
+        gpus=[
+            GpuSlot(index=i, type=gpu_type, memory_mib=mem, free_milli=MILLI) for i in range(gpus)
+        ],
         labels=dict(labels or {}),
         pool=pool,
         status=status,
@@ -112,12 +114,16 @@ class PodRecord:
     scheduled_time: float | None = None
 
 
-def openb_request(num_gpu: int, gpu_milli: int, cpu_milli: int, memory_mib: int, spec: str) -> ResourceRequest:
+def openb_request(
+    num_gpu: int, gpu_milli: int, cpu_milli: int, memory_mib: int, spec: str
+) -> ResourceRequest:
     """The request of one openb pod row (a fraction when one GPU is asked with < 1000 milli)."""
     types = tuple(t for t in (spec or "").split("|") if t and t.lower() != "nan")
     if num_gpu == 1 and 0 < gpu_milli < MILLI:
         return ResourceRequest(cpu_milli, memory_mib, gpu_milli=gpu_milli, gpu_types=types)
-    return ResourceRequest(cpu_milli, memory_mib, gpu_count=num_gpu, gpu_types=types if num_gpu else ())
+    return ResourceRequest(
+        cpu_milli, memory_mib, gpu_count=num_gpu, gpu_types=types if num_gpu else ()
+    )
 
 
 def _time(value: str | None) -> float | None:

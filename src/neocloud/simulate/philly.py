@@ -87,7 +87,13 @@ def load_philly_machines(path: Path) -> list[NodeSnapshot]:
         gpus = int(row[key_gpu])
         if gpus > 0:
             out.append(
-                make_node(row[key_id].strip(), cpu_milli=4 * MILLI * gpus, memory_mib=0, gpus=gpus, gpu_type="philly")
+                make_node(
+                    row[key_id].strip(),
+                    cpu_milli=4 * MILLI * gpus,
+                    memory_mib=0,
+                    gpus=gpus,
+                    gpu_type="philly",
+                )
             )
     return out
 
@@ -168,7 +174,9 @@ def replay_gang_queue(
         ValueError: unknown queue policy, or a job larger than the whole cluster.
     """
     if queue_policy not in QUEUE_POLICIES:
-        raise ValueError(f"unknown queue policy {queue_policy!r}; choose one of {', '.join(QUEUE_POLICIES)}")
+        raise ValueError(
+            f"unknown queue policy {queue_policy!r}; choose one of {', '.join(QUEUE_POLICIES)}"
+        )
     index = ClusterIndex(nodes)
     capacity = sum(len(g) for g in index.gpu_free)
     if any(j.gpus > capacity for j in jobs):
@@ -177,7 +185,9 @@ def replay_gang_queue(
     for j in jobs:
         for w in j.workers():
             sizes[w.gpu_count] = sizes.get(w.gpu_count, 0) + 1
-    workload = Workload.from_weights((WorkClass(0, MILLI, k, ()), float(n)) for k, n in sizes.items())
+    workload = Workload.from_weights(
+        (WorkClass(0, MILLI, k, ()), float(n)) for k, n in sizes.items()
+    )
     chooser = make_policy(placement, workload=workload)
     shares = shares or {}
     used_by_vc: dict[str, int] = {}

@@ -28,6 +28,7 @@ from neocloud.gateway import (
     Upstream,
     create_gateway,
 )
+from neocloud.gateway.server import serve
 from neocloud.gateway.static import StaticAuthenticator, StaticRouteTable
 
 TOKEN_A = "tok-a"
@@ -35,9 +36,11 @@ TOKEN_B = "tok-b"
 
 
 class ServerThread:
-    """An ASGI app served by uvicorn on 127.0.0.1 (free port) in a background thread."""
+    """An ASGI app served on 127.0.0.1 (free port) in a background thread, by uvicorn or by
+    the gateway's own server (``kind="neocloud"``)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, kind: str = "uvicorn") -> None:
+        self.kind = kind
         # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets of that proto
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,9 +51,25 @@ class ServerThread:
             timeout_graceful_shutdown=1, loop="asyncio", proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        if kind == "uvicorn":
+            self.thread = threading.Thread(
+                target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+            )
+        else:
+            self.thread = threading.Thread(target=self._run_own, args=(app,), daemon=True)
+
+    def _run_own(self, app: Any) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.sock.listen(128)
+            await serve(app, sock=self.sock, stop=self._stop, graceful_s=1,
+                        started=lambda _: self._ready.set())
+
+        asyncio.run(main())
 
     @property
     def url(self) -> str:
@@ -59,13 +78,18 @@ class ServerThread:
     def start(self) -> ServerThread:
         self.thread.start()
         for _ in range(500):  # bounded: 5 s
-            if self.server.started:
+            if self.server.started or self._ready.is_set():
                 return self
             time.sleep(0.01)
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        if not self.thread.is_alive():
+            return
+        if self.kind == "uvicorn":
+            self.server.should_exit = True
+        elif self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
         self.thread.join(10)
         self.sock.close()
 
@@ -278,18 +302,26 @@ class Cloud:
 
 
 def start_gateway(
-    routes: StaticRouteTable, sink: ListSink | None, settings: GatewaySettings
+    routes: StaticRouteTable, sink: ListSink | None, settings: GatewaySettings,
+    kind: str = "uvicorn",
 ) -> tuple[Any, ServerThread]:
     auth = StaticAuthenticator({
         TOKEN_A: Principal(token_id="t-a", workspace_id="ws-a", role="member"),
         TOKEN_B: Principal(token_id="t-b", workspace_id="ws-b", role="admin"),
     })
     gw = create_gateway(routes, auth, sink, settings)
-    return gw, ServerThread(gw).start()
+    return gw, ServerThread(gw, kind).start()
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "neocloud"])
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """The HTTP server in front of the gateway: uvicorn (as in the control plane) or the
+    gateway's own server (as in standalone copies)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def cloud() -> Iterator[Cloud]:
+def cloud(server_kind: str) -> Iterator[Cloud]:
     states = [ReplicaState("r1"), ReplicaState("r2")]
     servers = [ServerThread(make_replica(s)).start() for s in states]
     r1, r2 = (Upstream(f"rep-{s.name}", srv.url) for s, srv in zip(states, servers, strict=True))
@@ -305,7 +337,7 @@ def cloud() -> Iterator[Cloud]:
     ])
     sink = ListSink()
     settings = GatewaySettings(max_body_bytes=1024 * 1024, route_cache_ttl_s=0)
-    gw, server = start_gateway(routes, sink, settings)
+    gw, server = start_gateway(routes, sink, settings, server_kind)
     try:
         yield Cloud(states, servers, routes, sink, gw, server)
     finally:
@@ -315,13 +347,13 @@ def cloud() -> Iterator[Cloud]:
 
 
 @pytest.fixture()
-def make_gateway() -> Iterator[Callable[..., tuple[Any, ServerThread]]]:
+def make_gateway(server_kind: str) -> Iterator[Callable[..., tuple[Any, ServerThread]]]:
     """Start extra gateways (own settings/routes) that are stopped after the test."""
     started: list[ServerThread] = []
 
     def make(routes: StaticRouteTable, sink: ListSink | None = None,
              settings: GatewaySettings | None = None) -> tuple[Any, ServerThread]:
-        gw, server = start_gateway(routes, sink, settings or GatewaySettings())
+        gw, server = start_gateway(routes, sink, settings or GatewaySettings(), server_kind)
         started.append(server)
         return gw, server
 
@@ -333,3 +365,18 @@ def make_gateway() -> Iterator[Callable[..., tuple[Any, ServerThread]]]:
 @pytest.fixture()
 def list_sink() -> ListSink:
     return ListSink()
+
+
+@pytest.fixture()
+def serve_app() -> Iterator[Callable[[Any], ServerThread]]:
+    """Serve ASGI apps with the gateway's own HTTP server; stopped after the test."""
+    started: list[ServerThread] = []
+
+    def start(app: Any) -> ServerThread:
+        server = ServerThread(app, "neocloud").start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

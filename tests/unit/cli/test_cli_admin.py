@@ -111,7 +111,8 @@ def test_usage(run: Run) -> None:
     result = run("usage")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("Bill of workspace default")
+    assert lines[0].startswith("Workspace default: usage from the start to 20")
+    assert lines[0].endswith(" UTC")
     by_name = {line.split()[1]: line.split() for line in lines[2:-2]}
     assert by_name["web"] == ["replica", "web", "cpu.small", "2m00s", "0.0000", "7", "-",
                               "$0.001667"]

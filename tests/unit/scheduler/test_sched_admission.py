@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from neocloud.server.scheduler import Binding, Quota, ResourceRequest, Usage, check_quota, quota_gpu_types
+from neocloud.server.scheduler import (
+    Binding,
+    Quota,
+    ResourceRequest,
+    Usage,
+    check_quota,
+    quota_gpu_types,
+)
 
 
 def h100(n: int = 1) -> ResourceRequest:
@@ -22,15 +29,23 @@ def test_fractions_count_as_fractions() -> None:
     quota = Quota(gpus_total=1)
     half = ResourceRequest(1000, 1024, gpu_milli=500)
     assert check_quota(quota, Usage({"a10": 500}), half) is None
-    assert check_quota(quota, Usage({"a10": 750}), half) == "quota: 0.75/1 GPUs in use (0.5 more requested)"
+    assert (
+        check_quota(quota, Usage({"a10": 750}), half)
+        == "quota: 0.75/1 GPUs in use (0.5 more requested)"
+    )
 
 
 def test_star_limits_each_unlisted_type() -> None:
     quota = Quota(gpus_by_type={"h100": 8, "*": 2})
     a10 = ResourceRequest(1000, 1024, gpu_count=1, gpu_types=("a10",))
     assert check_quota(quota, Usage({"a10": 1000}), a10) is None
-    assert check_quota(quota, Usage({"a10": 2000}), a10) == "quota: 2/2 a10 GPUs in use (1 more requested)"
-    assert quota_gpu_types(quota, Usage({"h100": 8000}), ResourceRequest(1, 1, gpu_count=1)) == ("*",)
+    assert (
+        check_quota(quota, Usage({"a10": 2000}), a10)
+        == "quota: 2/2 a10 GPUs in use (1 more requested)"
+    )
+    assert quota_gpu_types(quota, Usage({"h100": 8000}), ResourceRequest(1, 1, gpu_count=1)) == (
+        "*",
+    )
 
 
 def test_request_with_several_types_fits_if_one_has_room() -> None:
@@ -49,17 +64,26 @@ def test_cpu_memory_and_total_limits() -> None:
     quota = Quota(gpus_total=4, cpu_milli=16_000, memory_mib=64 * 1024)
     ask = ResourceRequest(4000, 16 * 1024, gpu_count=1)
     assert check_quota(quota, Usage({}, 12_000, 0), ask) is None
-    assert check_quota(quota, Usage({}, 14_000, 0), ask) == "quota: 14/16 CPUs in use (4 more requested)"
+    assert (
+        check_quota(quota, Usage({}, 14_000, 0), ask)
+        == "quota: 14/16 CPUs in use (4 more requested)"
+    )
     assert check_quota(quota, Usage({}, 0, 60 * 1024), ask) == (
         "quota: 60/64 GiB of memory in use (16 GiB more requested)"
     )
-    assert check_quota(quota, Usage({"x": 4000}), ask) == "quota: 4/4 GPUs in use (1 more requested)"
+    assert (
+        check_quota(quota, Usage({"x": 4000}), ask) == "quota: 4/4 GPUs in use (1 more requested)"
+    )
     assert check_quota(Quota(), Usage({"x": 10**9}, 10**9, 10**9), ask) is None
 
 
 def test_usage_from_bindings() -> None:
     usage = Usage.from_bindings(
-        [Binding("n1", (0, 1), 1000, 2000, 100), Binding("n2", (3,), 250, 500, 50), Binding("n3", (), 0, 1, 1)],
+        [
+            Binding("n1", (0, 1), 1000, 2000, 100),
+            Binding("n2", (3,), 250, 500, 50),
+            Binding("n3", (), 0, 1, 1),
+        ],
         {"n1": "h100", "n2": "a10", "n3": ""},
     )
     assert usage.gpu_milli_by_type == {"h100": 2000, "a10": 250}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from sched_helpers import node  # noqa: E402
 
 from neocloud.errors import ValidationFailed
 from neocloud.server.scheduler import (
@@ -17,7 +18,6 @@ from neocloud.server.scheduler import (
     place_gang,
     release_binding,
 )
-from sched_helpers import node  # noqa: E402
 
 ALL = sorted(p for p in POLICIES if p != "default")
 PACKING = ["first-fit", "best-fit", "fgd", "fgd-pack"]
@@ -115,7 +115,9 @@ def test_node_selector_and_pool(policy: str) -> None:
     nodes = [node("plain"), node("zone-b", labels={"zone": "b"}), node("pooled", pool="spot")]
     by_label = place(nodes, ResourceRequest(1000, 1024, node_selector={"zone": "b"}), policy=policy)
     assert isinstance(by_label, Binding) and by_label.node_id == "zone-b"
-    by_pool = place(nodes, ResourceRequest(1000, 1024, node_selector={"pool": "spot"}), policy=policy)
+    by_pool = place(
+        nodes, ResourceRequest(1000, 1024, node_selector={"pool": "spot"}), policy=policy
+    )
     assert isinstance(by_pool, Binding) and by_pool.node_id == "pooled"
     missing = place(nodes, ResourceRequest(1000, 1024, node_selector={"zone": "c"}), policy=policy)
     assert isinstance(missing, Unschedulable)
@@ -203,7 +205,9 @@ def test_request_validation() -> None:
         ResourceRequest(-1, 1024)
     ask = ResourceRequest(1000, 1024, gpu_types=["A100"], node_selector={"b": "2", "a": "1"})
     assert ask.gpu_types == ("A100",) and ask.selector == (("a", "1"), ("b", "2"))
-    assert hash(ask) == hash(ResourceRequest(1000, 1024, gpu_types=("A100",), node_selector=[("a", "1"), ("b", "2")]))
+    assert hash(ask) == hash(
+        ResourceRequest(1000, 1024, gpu_types=("A100",), node_selector=[("a", "1"), ("b", "2")])
+    )
 
 
 def test_unknown_policy_names_the_known_ones() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sched_helpers import node  # noqa: E402
+
 from neocloud.server.scheduler import (
     Binding,
     NodeSnapshot,
@@ -11,7 +13,6 @@ from neocloud.server.scheduler import (
     apply_binding,
     select_victims,
 )
-from sched_helpers import node  # noqa: E402
 
 
 def run(nodes: list[NodeSnapshot], *works: RunningWork) -> list[NodeSnapshot]:
@@ -21,7 +22,9 @@ def run(nodes: list[NodeSnapshot], *works: RunningWork) -> list[NodeSnapshot]:
     return nodes
 
 
-def work(wid: str, prio: int, node_id: str, gpus: tuple[int, ...], *, preemptible: bool = True) -> RunningWork:
+def work(
+    wid: str, prio: int, node_id: str, gpus: tuple[int, ...], *, preemptible: bool = True
+) -> RunningWork:
     return RunningWork(wid, prio, preemptible, (Binding(node_id, gpus, 1000, 1000, 1024),))
 
 
@@ -40,7 +43,10 @@ def test_lowest_priority_and_fewest_victims() -> None:
     # node b frees 4 GPUs with one victim, node a needs two: fewer victims win.
     assert select_victims(nodes, [low_a, low_b, mid], FOUR, priority=5) == ["mid"]
     # with priority 3 the mid-priority work is not eligible: both low ones go.
-    assert sorted(select_victims(nodes, [low_a, low_b, mid], FOUR, priority=3)) == ["low-a", "low-b"]
+    assert sorted(select_victims(nodes, [low_a, low_b, mid], FOUR, priority=3)) == [
+        "low-a",
+        "low-b",
+    ]
 
 
 def test_equal_size_prefers_lower_priority() -> None:
@@ -57,11 +63,16 @@ def test_never_preempts_protected_or_higher_priority_work() -> None:
     nodes = run([node("a", gpus=4), node("b", gpus=4), node("c", gpus=4)], keep, peer, above)
     result = select_victims(nodes, [keep, peer, above], FOUR, priority=5)
     assert isinstance(result, Unschedulable)
-    assert "no room even after preempting all 0 preemptible workload(s) with priority below 5" == result.reason
+    assert (
+        "no room even after preempting all 0 preemptible workload(s) with priority below 5"
+        == result.reason
+    )
 
 
 def test_gang_victims_are_pruned_to_what_is_needed() -> None:
-    works = [work(f"w{i}", i, "a" if i < 2 else "b", (0, 1) if i % 2 == 0 else (2, 3)) for i in range(4)]
+    works = [
+        work(f"w{i}", i, "a" if i < 2 else "b", (0, 1) if i % 2 == 0 else (2, 3)) for i in range(4)
+    ]
     nodes = run([node("a", gpus=4), node("b", gpus=4)], *works)
     gang = [ResourceRequest(1000, 1024, gpu_count=2)] * 2
     victims = select_victims(nodes, works, gang, priority=10)

@@ -31,7 +31,7 @@ def test_home_dir_defaults_to_dot_neocloud(monkeypatch: pytest.MonkeyPatch, tmp_
 
 def test_missing_config_is_empty_and_url_defaults() -> None:
     assert config.load_config() == config.CliConfig()
-    assert config.resolve() == config.CliConfig(config.DEFAULT_URL, None)
+    assert config.resolve() == config.Connection(config.DEFAULT_URL, None)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"url": 5}'])
@@ -44,13 +44,13 @@ def test_malformed_config_names_the_file(isolated_home: Path, content: str) -> N
 
 def test_precedence_arguments_then_env_then_file(monkeypatch: pytest.MonkeyPatch) -> None:
     config.save_config("http://file:1", "file-token")
-    assert config.resolve() == config.CliConfig("http://file:1", "file-token")
+    assert config.resolve() == config.Connection("http://file:1", "file-token")
     monkeypatch.setenv("NEOCLOUD_URL", "http://env:2/")
-    assert config.resolve() == config.CliConfig("http://env:2", "file-token")
+    assert config.resolve() == config.Connection("http://env:2", "file-token")
     monkeypatch.setenv("NEOCLOUD_TOKEN", "env-token")
-    assert config.resolve() == config.CliConfig("http://env:2", "env-token")
-    assert config.resolve("http://arg:3", None) == config.CliConfig("http://arg:3", "env-token")
-    assert config.resolve(None, "arg-token") == config.CliConfig("http://env:2", "arg-token")
+    assert config.resolve() == config.Connection("http://env:2", "env-token")
+    assert config.resolve("http://arg:3", None) == config.Connection("http://arg:3", "env-token")
+    assert config.resolve(None, "arg-token") == config.Connection("http://env:2", "arg-token")
     client = Client("http://arg:3", "arg-token")
     assert (client.url, client.token) == ("http://arg:3", "arg-token")
     client.close()
@@ -63,4 +63,4 @@ def test_env_overrides_skip_a_broken_config_file(
     (isolated_home / "config.json").write_text("{broken")
     monkeypatch.setenv("NEOCLOUD_URL", "http://env:2")
     monkeypatch.setenv("NEOCLOUD_TOKEN", "env-token")
-    assert config.resolve() == config.CliConfig("http://env:2", "env-token")
+    assert config.resolve() == config.Connection("http://env:2", "env-token")

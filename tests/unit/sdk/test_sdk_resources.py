@@ -15,7 +15,7 @@ def test_deployment_crud(client: Client, cloud: FakeCloud) -> None:
     assert created.status == DeploymentStatus.pending and created.replicas == 1
     body = json.loads(cloud.requests[-1].content)
     assert body == {"name": "web", "service": "embeddings", "shape": "cpu.small",
-                    "replicas": 1, "env": {"A": "1"}}
+                    "replicas": 1, "env": {"A": "1"}, "priority": 0, "preemptible": False}
     assert [d.name for d in client.deployments.list()] == ["web"]
 
     updated = client.deployments.update("web", replicas=3)

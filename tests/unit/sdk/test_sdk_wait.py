@@ -9,16 +9,19 @@ import httpx
 import pytest
 from fakecloud import BASE
 
+from neocloud import errors
 from neocloud.sdk import Client
+from neocloud.sdk.deployments import brief
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC).isoformat()
 
 
-def _replica(generation: int, status: str = "ready") -> dict[str, Any]:
+def _replica(generation: int, status: str = "ready", restarts: int = 0,
+             message: str | None = None) -> dict[str, Any]:
     return {
-        "id": f"r-{generation}", "status": status, "generation": generation, "node": "local",
-        "gpu_indices": [], "port": 9000, "pid": 1, "restarts": 0, "message": None,
-        "created_at": NOW, "ready_at": NOW,
+        "id": f"r-{generation}-abcdef0123456789", "status": status, "generation": generation,
+        "node": "local", "gpu_indices": [], "port": 9000, "pid": 1, "restarts": restarts,
+        "message": message, "created_at": NOW, "ready_at": NOW,
     }
 
 
@@ -69,3 +72,33 @@ def test_partial_readiness_keeps_waiting(status: str) -> None:
     ])
     client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
     assert polls[0] == 2
+
+
+def test_a_crash_loop_stops_the_wait_early() -> None:
+    crash = "process exited with code 2; last log lines:\nImportError: no module 'x'\n"
+    looping = _deployment("pending", 1, 0, 1, [_replica(1, "failed", 3, crash)])
+    client, polls = _scripted([looping])
+    with pytest.raises(errors.Unavailable) as info:
+        client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
+    assert info.value.code == "deployment_crashing" and polls[0] == 1
+    assert "replica r-1-abcd restarted 3 times" in info.value.message
+    assert "last log lines: ... ImportError: no module 'x'" in info.value.message
+    assert "\n" not in info.value.message
+    # Without the limit it waits for the whole timeout.
+    patient, _ = _scripted([looping])
+    with pytest.raises(errors.Timeout):
+        patient.deployments.wait_ready("web", timeout_s=0, poll_s=0, max_restarts=None)
+    # Restarts of an older generation do not count.
+    rolled, _ = _scripted([
+        _deployment("pending", 1, 0, 2, [_replica(1, "stopping", 5), _replica(2, "starting")]),
+        _deployment("ready", 1, 1, 2, [_replica(2)]),
+    ])
+    assert rolled.deployments.wait_ready("web", timeout_s=30, poll_s=0).ready_replicas == 1
+
+
+def test_brief() -> None:
+    assert brief("one line") == "one line"
+    assert brief("first\n\nmiddle\n  last  \n") == "first ... last"
+    assert brief("") == ""
+    long = brief("x" * 500, limit=50)
+    assert len(long) == 50 and long.endswith("...")

@@ -54,8 +54,11 @@ class Backend(Protocol):
         """SIGTERM, wait up to ``grace_s`` seconds, then SIGKILL. Idempotent."""
         ...
 
-    def logs(self, handle: dict[str, Any], *, tail: int | None = None) -> str:
-        """The last ``tail`` lines of the process's output (all when ``None``)."""
+    def logs(
+        self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
+    ) -> str:
+        """The last ``tail`` lines of the output (all when ``None``); with ``this_run``, only
+        what this start of the process wrote (a log file may hold earlier runs too)."""
         ...
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
@@ -63,20 +66,21 @@ class Backend(Protocol):
         ...
 
 
-def tail_file(path: Path, lines: int | None) -> str:
-    """The last ``lines`` lines of a text file ('' if it does not exist).
+def tail_file(path: Path, lines: int | None, *, start: int = 0) -> str:
+    """The last ``lines`` lines of a text file from byte ``start`` on ('' if it does not
+    exist).
 
     Reads at most the last 4 MiB when ``lines`` is given, so a huge log costs little.
     """
     try:
         with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
             if lines is None:
-                data = f.read()
+                f.seek(min(start, size))
             else:
-                f.seek(0, 2)
-                size = f.tell()
-                f.seek(max(0, size - 4 * 1024 * 1024))
-                data = f.read()
+                f.seek(max(start, size - 4 * 1024 * 1024, 0) if start <= size else size)
+            data = f.read()
     except FileNotFoundError:
         return ""
     text = data.decode("utf-8", errors="replace")

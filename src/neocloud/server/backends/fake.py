@@ -53,7 +53,9 @@ class FakeBackend:
                     del self._running[fid]
                     self._exit[fid] = exit_code
 
-    def logs(self, handle: dict[str, Any], *, tail: int | None = None) -> str:
+    def logs(
+        self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
+    ) -> str:
         return ""
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:

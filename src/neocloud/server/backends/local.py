@@ -42,6 +42,7 @@ class LocalBackend:
         log_path = spec.log_path or Path(os.devnull)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
+            offset = log.seek(0, os.SEEK_END)
             proc = subprocess.Popen(
                 spec.command,
                 stdin=subprocess.DEVNULL,
@@ -57,7 +58,8 @@ class LocalBackend:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = 0.0
-        return {"pid": proc.pid, "create_time": created, "log_path": str(log_path)}
+        return {"pid": proc.pid, "create_time": created, "log_path": str(log_path),
+                "log_offset": offset}
 
     def _process(self, handle: dict[str, Any]) -> psutil.Process | None:
         pid = handle.get("pid")
@@ -119,9 +121,14 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
 
-    def logs(self, handle: dict[str, Any], *, tail: int | None = None) -> str:
+    def logs(
+        self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
+    ) -> str:
         path = handle.get("log_path")
-        return tail_file(Path(path), tail) if path else ""
+        if not path:
+            return ""
+        start = int(handle.get("log_offset", 0)) if this_run else 0
+        return tail_file(Path(path), tail, start=start)
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
         try:

@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import hashlib
+
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,6 +75,28 @@ class Database:
             raise
         finally:
             s.close()
+
+    @contextmanager
+    def try_lock(self, key: str) -> Iterator[bool]:
+        """Try to take a lock named ``key`` across every process using this database.
+
+        On PostgreSQL a session-level advisory lock, held on its own connection until the
+        block ends (``False`` when another process holds it). On SQLite, a single-host
+        database, always ``True``: one control plane runs the reconcilers there.
+        """
+        if not self.is_postgres:
+            yield True
+            return
+        k = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+        with self.engine.connect() as conn:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+                    conn.commit()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -72,6 +73,25 @@ class Workspace(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Quota(Base):
+    """Most a workspace may hold at once; ``None`` means no limit.
+
+    ``gpus`` maps a GPU type (``H100``) to whole GPUs (fractional shares count as their
+    fraction); the key ``"*"`` limits each type not listed; ``gpus_total`` limits all
+    types together.
+    """
+
+    __tablename__ = "quotas"
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    gpus: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gpus_total: Mapped[int | None] = mapped_column(Integer, default=None)
+    cpu_milli: Mapped[int | None] = mapped_column(Integer, default=None)
+    memory_mib: Mapped[int | None] = mapped_column(Integer, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Token(Base):
     __tablename__ = "tokens"
     __table_args__ = (UniqueConstraint("workspace_id", "name"),)
@@ -125,7 +145,11 @@ class Deployment(Base):
     shape: Mapped[str] = mapped_column(String(63))
     replicas: Mapped[int] = mapped_column(Integer, default=1)
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    """Environment variable -> secret name, resolved when a replica starts."""
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     pending_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -219,3 +243,127 @@ class UsageRecord(Base):
     price_per_hour_usd: Mapped[float] = mapped_column(Float, default=0.0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Secret(Base):
+    """A workspace secret. ``ciphertext`` is the value encrypted by ``server.crypto``
+    (never the value in clear)."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Volume(Base):
+    """A workspace volume; its files live in the volume store. ``size_bytes`` and
+    ``file_count`` are as measured at ``measured_at``."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    measured_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """A run-to-completion job of ``workers`` gang-scheduled workers.
+
+    ``attempt`` counts starts (the workers of the current one carry the same number);
+    ``failures`` counts failed attempts, compared with ``max_retries``.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    command: Mapped[list[Any]] = mapped_column(default=list)
+    shape: Mapped[str] = mapped_column(String(63))
+    workers: Mapped[int] = mapped_column(Integer, default=1)
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    volumes: Mapped[list[Any]] = mapped_column(default=list)
+    max_retries: Mapped[int] = mapped_column(Integer, default=0)
+    time_limit_s: Mapped[float | None] = mapped_column(Float, default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    preemptible: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobWorker(Base):
+    """One worker process of one attempt of a job (rank ``rank`` of ``workers``)."""
+
+    __tablename__ = "job_workers"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(32), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    rank: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="starting")
+    node_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    gpu_indices: Mapped[list[Any]] = mapped_column(default=list)
+    master_addr: Mapped[str] = mapped_column(String(255), default="127.0.0.1")
+    master_port: Mapped[int] = mapped_column(Integer, default=0)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    handle: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    log_path: Mapped[str | None] = mapped_column(String(1024), default=None)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    metered_until: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Pod(Base):
+    """A dev pod. ``desired`` is what the user asked for (``running``, ``stopped``,
+    ``deleted``); ``status`` is where it is."""
+
+    __tablename__ = "pods"
+    __table_args__ = (UniqueConstraint("workspace_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    shape: Mapped[str] = mapped_column(String(63))
+    volume: Mapped[str] = mapped_column(String(63))
+    ssh_public_key: Mapped[str | None] = mapped_column(Text, default=None)
+    jupyter: Mapped[bool] = mapped_column(Boolean, default=False)
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    volumes: Mapped[list[Any]] = mapped_column(default=list)
+    idle_timeout_s: Mapped[float | None] = mapped_column(Float, default=None)
+    desired: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    node_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    gpu_indices: Mapped[list[Any]] = mapped_column(default=list)
+    ssh_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    jupyter_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    jupyter_token: Mapped[str | None] = mapped_column(String(64), default=None)
+    pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    handle: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_activity_at: Mapped[datetime | None] = mapped_column(default=None)
+    metered_until: Mapped[datetime | None] = mapped_column(default=None)

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 LIVE = ("pending", "starting", "ready", "failed")
 """Replica states that count towards a deployment's replicas."""
 
+CRASH_LOOP_RESTARTS = 3
+"""A deployment whose every replica crashed this many times in a row, with none ready, is
+``failed`` (it keeps being restarted with back-off, and turns ready when one succeeds)."""
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -87,7 +91,10 @@ class DeploymentReconciler:
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> None:
         with self.db.session() as s:
-            ids = list(s.scalars(select(Deployment.id).order_by(Deployment.created_at)))
+            self._release_lost_nodes(s)
+            ids = list(s.scalars(
+                select(Deployment.id).order_by(Deployment.priority.desc(), Deployment.created_at)
+            ))
         for dep_id in ids:
             try:
                 self.reconcile(dep_id)
@@ -96,6 +103,27 @@ class DeploymentReconciler:
         if self.on_change is not None:
             self.on_change()
 
+    def _release_lost_nodes(self, s: Session) -> None:
+        """Replicas on nodes that are ``not_ready`` lose their allocation and are placed
+        again (on another node when one fits)."""
+        lost = {n.id: n.name for n in s.scalars(select(Node).where(Node.status == "not_ready"))}
+        if not lost:
+            return
+        for r in s.scalars(select(Replica).where(Replica.node_id.in_(lost),
+                                                  Replica.status.in_(LIVE))):
+            dep = s.get(Deployment, r.deployment_id)
+            self._meter_row(s, r, final=True)
+            placement.release(s, owner_id=r.id)
+            node_name = lost[r.node_id or ""]
+            r.status, r.node_id, r.handle, r.pid, r.port = "pending", None, {}, None, None
+            r.started_at, r.ready_at, r.metered_until = None, None, None
+            r.message = f"node {node_name} was lost; placing again"
+            if dep is not None:
+                events.record(s, workspace_id=dep.workspace_id, kind="deployment",
+                              name=dep.name, object_id=r.id, reason="NodeLost", warning=True,
+                              message=f"replica {r.id[:8]}: node {node_name} is not ready; "
+                                      "its allocation was freed")
+
     def _lock(self, s: Session, dep_id: str) -> Deployment | None:
         q = select(Deployment).where(Deployment.id == dep_id)
         if self.db.is_postgres:
@@ -103,7 +131,14 @@ class DeploymentReconciler:
         return s.scalars(q).first()
 
     def reconcile(self, dep_id: str) -> None:
-        """One pass over one deployment (several short transactions)."""
+        """One pass over one deployment (several short transactions), under a lock on the
+        deployment shared by every control-plane copy: another copy busy with it is
+        skipped, never raced."""
+        with self.db.try_lock(f"deployment:{dep_id}") as mine:
+            if mine:
+                self._reconcile(dep_id)
+
+    def _reconcile(self, dep_id: str) -> None:
         with self.db.session() as s:
             dep = self._lock(s, dep_id)
             if dep is None:
@@ -196,23 +231,34 @@ class DeploymentReconciler:
             if shape is None:
                 self._pending(s, dep, r, f"shape {dep.shape!r} no longer exists")
                 return
-            placement.lock_placement(s)
-            result = placement.try_place(s, request=placement.request_for_shape(shape))
+            result = placement.schedule(
+                s, workspace_id=dep.workspace_id,
+                requests=[placement.request_for_shape(shape)], priority=dep.priority,
+            )
+            if isinstance(result, placement.Preempt):
+                placement.preempt(s, victims=result.victims,
+                                  reason=f"preempted by deployment {dep.name} "
+                                         f"(priority {dep.priority})")
+                self._pending(s, dep, r, f"{placement.PREEMPTING}{len(result.victims)} "
+                                         f"lower-priority workload(s) to make room: "
+                                         f"{result.reason}")
+                return
             if isinstance(result, Unschedulable):
                 self._pending(s, dep, r, result.reason)
                 return
-            node = s.get(Node, result.node_id)
-            placement.bind(s, binding=result, workspace_id=dep.workspace_id, kind="replica",
-                           owner_id=r.id, gpu_type=shape.gpu_type)
-            r.node_id = result.node_id
-            r.gpu_indices = list(result.gpu_indices)
+            binding = result[0]
+            node = s.get(Node, binding.node_id)
+            placement.bind(s, binding=binding, workspace_id=dep.workspace_id, kind="replica",
+                           owner_id=r.id, priority=dep.priority, preemptible=dep.preemptible)
+            r.node_id = binding.node_id
+            r.gpu_indices = list(binding.gpu_indices)
             r.port = free_port()
             r.status = "starting"
             r.started_at = now()
             r.message = None
             dep.pending_reason = None
             where = node.name if node else "?"
-            gpus = f" GPUs {list(result.gpu_indices)}" if result.gpu_indices else ""
+            gpus = f" GPUs {list(binding.gpu_indices)}" if binding.gpu_indices else ""
             events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
                           object_id=r.id, reason="Scheduled",
                           message=f"replica {r.id[:8]} placed on node {where}{gpus}")
@@ -334,7 +380,7 @@ class DeploymentReconciler:
                     self._crashed(s, r, self._exit_message(be, handle, state.exit_code))
 
     def _exit_message(self, be: Backend, handle: dict[str, Any], code: int | None) -> str:
-        last = be.logs(handle, tail=5).strip()
+        last = be.logs(handle, tail=5, this_run=True).strip()
         msg = "process exited" + (f" with code {code}" if code is not None else "")
         return f"{msg}; last log lines:\n{last}" if last else msg
 
@@ -348,7 +394,9 @@ class DeploymentReconciler:
         r.next_restart_at = now() + timedelta(seconds=delay)
         r.ready_at = None
         if dep is not None:
-            dep.pending_reason = f"replica {r.id[:8]} failed: {message.splitlines()[0]}"
+            lines = [ln for ln in message.splitlines() if ln.strip()]
+            detail = lines[0] + (f": {lines[-1].strip()}" if len(lines) > 1 else "")
+            dep.pending_reason = f"replica {r.id[:8]} failed: {detail}"
             events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
                           object_id=r.id, reason="Crashed", warning=True,
                           message=f"replica {r.id[:8]} {message}; restart {r.restarts} "
@@ -428,8 +476,13 @@ class DeploymentReconciler:
             reps = s.scalars(select(Replica).where(Replica.deployment_id == dep_id)).all()
             ready = sum(1 for r in reps if r.status == "ready")
             old = any(r.generation != dep.generation and r.status in LIVE for r in reps)
+            cur = [r for r in reps if r.generation == dep.generation and r.status in LIVE]
+            crash_loop = bool(cur) and all(
+                r.status == "failed" and r.restarts >= CRASH_LOOP_RESTARTS for r in cur)
             if dep.replicas == 0 and ready == 0:
                 status = "scaled_to_zero"
+            elif crash_loop and ready == 0:
+                status = "failed"
             elif ready >= dep.replicas and not old:
                 status = "ready"
             elif ready > 0:
@@ -489,6 +542,24 @@ class DeploymentReconciler:
         record_running(s, workspace_id=r.workspace_id, kind="replica", object_id=r.id,
                        name=dep.name if dep else r.id, shape=shape, start=start, end=end)
         r.metered_until = end
+
+
+def preempt_replica(s: Session, replica_id: str, reason: str) -> None:
+    """Preemption handler of replicas: written ``stopping``; the reconciler stops it and
+    the deployment asks for a new replica, which waits for room."""
+    r = s.get(Replica, replica_id)
+    if r is None or r.status not in LIVE:
+        return
+    r.status = "stopping"
+    r.message = reason
+    dep = s.get(Deployment, r.deployment_id)
+    if dep is not None:
+        events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
+                      object_id=r.id, reason="Preempted", warning=True,
+                      message=f"replica {r.id[:8]} {reason}")
+
+
+placement.PREEMPT_HANDLERS["replica"] = preempt_replica
 
 
 class ReconcilerThread:

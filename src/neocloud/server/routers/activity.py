@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from neocloud.models import Bill, EventOut, Page
+from neocloud.models import Bill, EventOut, Page, QueueItem
 from neocloud.server.deps import CallerDep, SessionDep
 from neocloud.server.services import events
+from neocloud.server.services.quotas import queue as queue_items
 from neocloud.server.services.usage import bill
 
 router = APIRouter(tags=["activity"])
@@ -28,3 +29,12 @@ def list_events(
 @router.get("/usage", response_model=Bill)
 def usage(caller: CallerDep, s: SessionDep) -> Bill:
     return bill(s, workspace_id=caller.workspace_id, workspace_name=caller.workspace_name)
+
+
+@router.get("/queue", response_model=Page[QueueItem])
+def queue(caller: CallerDep, s: SessionDep, all_workspaces: bool = False) -> Page[QueueItem]:
+    """Work waiting for resources, with the reason; operators may ask for every workspace."""
+    if all_workspaces:
+        caller.require_operator()
+    items = queue_items(s, workspace_id=None if all_workspaces else caller.workspace_id)
+    return Page(data=items)

@@ -6,6 +6,8 @@ from fastapi import APIRouter, Response
 
 from neocloud.models import (
     Page,
+    QuotaOut,
+    QuotaSet,
     Role,
     TokenCreate,
     TokenCreated,
@@ -15,7 +17,8 @@ from neocloud.models import (
     WorkspaceOut,
 )
 from neocloud.server.db.tables import Token, Workspace
-from neocloud.server.deps import CallerDep, SessionDep
+from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.services import quotas as quota_svc
 from neocloud.server.services import workspaces as svc
 
 router = APIRouter(tags=["workspaces"])
@@ -75,3 +78,30 @@ def delete_token(name: str, caller: CallerDep, s: SessionDep) -> Response:
     caller.require(Role.admin)
     svc.delete_token(s, workspace_id=caller.workspace_id, name=name)
     return Response(status_code=204)
+
+
+@router.put("/workspaces/{name}/quota", response_model=QuotaOut)
+def set_quota(name: str, body: QuotaSet, caller: CallerDep, s: SessionDep,
+              state: StateDep) -> QuotaOut:
+    caller.require_operator()
+    ws = svc.get_workspace(s, name=name)
+    quota_svc.set_quota(s, workspace=ws, spec=body)
+    out = quota_svc.quota_out(s, workspace=ws)
+    s.commit()
+    state.wake_reconcilers()
+    return out
+
+
+@router.get("/workspaces/{name}/quota", response_model=QuotaOut)
+def get_workspace_quota(name: str, caller: CallerDep, s: SessionDep) -> QuotaOut:
+    ws = svc.get_workspace(s, name=name)
+    if ws.id != caller.workspace_id:
+        caller.require_operator()
+    return quota_svc.quota_out(s, workspace=ws)
+
+
+@router.get("/quota", response_model=QuotaOut)
+def get_quota(caller: CallerDep, s: SessionDep) -> QuotaOut:
+    ws = s.get(Workspace, caller.workspace_id)
+    assert ws is not None
+    return quota_svc.quota_out(s, workspace=ws)

@@ -100,7 +100,9 @@ def quota_gpu_types(
     return tuple(ok)
 
 
-def check_quota(quota: Quota, in_use: Usage, request: ResourceRequest, count: int = 1) -> str | None:
+def check_quota(
+    quota: Quota, in_use: Usage, request: ResourceRequest, count: int = 1
+) -> str | None:
     """Whether ``count`` more copies of ``request`` fit under ``quota``.
 
     Returns:

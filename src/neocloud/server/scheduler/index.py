@@ -301,7 +301,9 @@ class ClusterIndex:
             or self.mem_free[ordinal] + binding.memory_mib > self.mem_total[ordinal]
             or any(free[s] + binding.gpu_milli > MILLI for s in slots)
         ):
-            raise ValueError(f"releasing this binding would exceed node {binding.node_id}'s capacity")
+            raise ValueError(
+                f"releasing this binding would exceed node {binding.node_id}'s capacity"
+            )
         for s in slots:
             free[s] += binding.gpu_milli
         self.cpu_free[ordinal] += binding.cpu_milli
@@ -339,7 +341,9 @@ class ClusterIndex:
                     memory_mib_total=self.mem_total[o],
                     memory_mib_free=self.mem_free[o],
                     gpus=[
-                        GpuSlot(index=d, type=cls.gpu_type, memory_mib=cls.gpu_memory_mib, free_milli=f)
+                        GpuSlot(
+                            index=d, type=cls.gpu_type, memory_mib=cls.gpu_memory_mib, free_milli=f
+                        )
                         for d, f in zip(self._gpu_index_of[o], self.gpu_free[o], strict=True)
                     ],
                     labels=dict(cls.labels),

@@ -52,7 +52,9 @@ def place(
     return place_on(ClusterIndex(nodes), request, make_policy(policy, workload=workload, seed=seed))
 
 
-def place_on(index: ClusterIndex, request: ResourceRequest, chooser: Policy) -> Binding | Unschedulable:
+def place_on(
+    index: ClusterIndex, request: ResourceRequest, chooser: Policy
+) -> Binding | Unschedulable:
     """Place one request on a live index, booking it there when it fits."""
     choice = chooser.select(index, request)
     if choice is None:
@@ -205,7 +207,9 @@ def _book(nodes: Sequence[NodeSnapshot], binding: Binding, sign: int) -> list[No
         mem = node.memory_mib_free - sign * binding.memory_mib
         if not 0 <= cpu <= node.cpu_milli_total or not 0 <= mem <= node.memory_mib_total:
             raise ValueError(f"node {node.id} cannot take this change of CPU or memory")
-        out[i] = replace(node, cpu_milli_free=cpu, memory_mib_free=mem, gpus=gpus, labels=dict(node.labels))
+        out[i] = replace(
+            node, cpu_milli_free=cpu, memory_mib_free=mem, gpus=gpus, labels=dict(node.labels)
+        )
         return out
     raise ValueError(f"unknown node {binding.node_id!r}")
 

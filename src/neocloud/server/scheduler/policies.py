@@ -224,7 +224,9 @@ class _FragPolicy(Policy):
             seen = g
             after = list(gpus)
             after[i] = g - share
-            out.append((self.frag(gtype, after_cpu, tuple(sorted(after, reverse=True))) - before, g))
+            out.append(
+                (self.frag(gtype, after_cpu, tuple(sorted(after, reverse=True))) - before, g)
+            )
         return out
 
 
@@ -277,7 +279,12 @@ class FgdPack(_FragPolicy):
         free_total = sum(gpus)
         in_use = 1 if free_total < cls.gpu_count * MILLI else 0
         for delta, lvl in self.deltas(cls, dyn, request):
-            key = (int(_sigmoid(-delta / 1000.0) * 100), in_use, -free_total, -lvl if lvl >= 0 else 0)
+            key = (
+                int(_sigmoid(-delta / 1000.0) * 100),
+                in_use,
+                -free_total,
+                -lvl if lvl >= 0 else 0,
+            )
             if best is None or key > best:
                 best = key
                 level = lvl

@@ -140,7 +140,11 @@ def _single_node_victims(
                 for d in b.gpu_indices:
                     free[devices.index(d)] += b.gpu_milli
             if dyn_fits((cpu, mem, tuple(sorted(free, reverse=True))), request):
-                key = (len(victims), max(w.priority for w in victims), sum(w.priority for w in victims))
+                key = (
+                    len(victims),
+                    max(w.priority for w in victims),
+                    sum(w.priority for w in victims),
+                )
                 if best is None or key < best[0]:
                     best = (key, list(victims))
                 break

@@ -85,6 +85,7 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
     dep = Deployment(
         workspace_id=workspace_id, name=spec.name, service=spec.service, model=spec.model,
         shape=spec.shape, replicas=spec.replicas, env=dict(spec.env),
+        priority=spec.priority, preemptible=spec.preemptible,
         status=DeploymentStatus.pending.value if spec.replicas else
         DeploymentStatus.scaled_to_zero.value,
     )
@@ -123,6 +124,12 @@ def update_deployment(
         check_env(spec.env)
         dep.env, roll = dict(spec.env), True
         changes.append("env")
+    if spec.priority is not None and spec.priority != dep.priority:
+        changes.append(f"priority {dep.priority}->{spec.priority}")
+        dep.priority = spec.priority
+    if spec.preemptible is not None and spec.preemptible != dep.preemptible:
+        changes.append(f"preemptible={spec.preemptible}")
+        dep.preemptible = spec.preemptible
     if spec.replicas is not None and spec.replicas != dep.replicas:
         changes.append(f"replicas {dep.replicas}->{spec.replicas}")
         dep.replicas = spec.replicas
@@ -176,7 +183,8 @@ def deployment_out(s: Session, dep: Deployment) -> DeploymentOut:
         replicas=dep.replicas,
         ready_replicas=sum(1 for r in reps if r.status == ReplicaStatus.ready.value),
         status=DeploymentStatus(dep.status), pending_reason=dep.pending_reason,
-        generation=dep.generation, env=dep.env, endpoint=f"/endpoints/{dep.name}/",
+        generation=dep.generation, env=dep.env, priority=dep.priority,
+        preemptible=dep.preemptible, endpoint=f"/endpoints/{dep.name}/",
         created_at=dep.created_at, updated_at=dep.updated_at,
         replica_list=[replica_out(r, node_names) for r in reps if r.status != "stopped"],
     )

@@ -10,20 +10,61 @@ writers on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
-from neocloud.server.db.tables import Allocation, Node, Shape
+from neocloud.server.db.tables import Allocation, Node, Quota, Shape
 from neocloud.server.scheduler import (
     Binding,
     GpuSlot,
     NodeSnapshot,
     ResourceRequest,
+    RunningWork,
     Unschedulable,
+    Usage,
+    check_quota,
     place,
+    place_gang,
+    quota_gpu_types,
+    select_victims,
 )
+from neocloud.server.scheduler import Quota as SchedQuota
+
+#: Called to preempt one workload: ``handler(session, owner_id, reason)``; registered per
+#: allocation kind (``replica``, ``job``, ``pod``) by the reconciler of that kind. The
+#: handler writes the workload's new state (e.g. ``stopping``); its reconciler stops it.
+PreemptHandler = Callable[[Session, str, str], None]
+PREEMPT_HANDLERS: dict[str, PreemptHandler] = {}
+
+
+#: Start of the pending reason of work that preempted others and waits for them to stop.
+#: While such work waits, work of lower priority is not placed, so that it cannot take the
+#: room being freed (the idea of Kubernetes' nominated pods, without naming a node).
+PREEMPTING = "preempting "
+
+
+def preempting_priority(s: Session) -> tuple[int, str] | None:
+    """Highest priority among pending replicas that wait for preemption, and its name."""
+    from neocloud.server.db.tables import Deployment, Replica
+
+    row = s.execute(
+        select(Deployment.priority, Deployment.name)
+        .join(Replica, Replica.deployment_id == Deployment.id)
+        .where(Replica.status == "pending", Replica.message.startswith(PREEMPTING))
+        .order_by(Deployment.priority.desc()).limit(1)
+    ).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+@dataclass(frozen=True)
+class Preempt:
+    """No room now, but stopping ``victims`` (``(kind, owner_id)`` pairs) makes room."""
+
+    victims: tuple[tuple[str, str], ...]
+    reason: str
 
 #: Key of the PostgreSQL advisory lock held while placing (an arbitrary constant).
 PLACEMENT_LOCK_KEY = 0x6E656F63
@@ -87,6 +128,103 @@ def try_place(
     return place(snapshot(s), request, policy=policy)
 
 
+def quota_of(s: Session, workspace_id: str) -> SchedQuota | None:
+    """The scheduler's view of a workspace quota, or ``None`` when it has none."""
+    row = s.get(Quota, workspace_id)
+    if row is None:
+        return None
+    return SchedQuota(gpus_by_type={k: int(v) for k, v in (row.gpus or {}).items()},
+                      gpus_total=row.gpus_total, cpu_milli=row.cpu_milli,
+                      memory_mib=row.memory_mib)
+
+
+def usage_of(s: Session, workspace_id: str) -> Usage:
+    """What the workspace holds now, from its allocations (GPU shares per GPU type)."""
+    by_type: dict[str, int] = {}
+    cpu = mem = 0
+    for a in s.scalars(select(Allocation).where(Allocation.workspace_id == workspace_id)):
+        cpu += a.cpu_milli
+        mem += a.memory_mib
+        if a.gpu_indices:
+            t = a.gpu_type or "?"
+            by_type[t] = by_type.get(t, 0) + a.gpu_milli * len(a.gpu_indices)
+    return Usage(gpu_milli_by_type=by_type, cpu_milli=cpu, memory_mib=mem)
+
+
+def _running_work(s: Session) -> list[RunningWork]:
+    groups: dict[tuple[str, str], list[Allocation]] = {}
+    for a in s.scalars(select(Allocation)):
+        groups.setdefault((a.kind, a.owner_id), []).append(a)
+    out = []
+    for (kind, owner), allocs in groups.items():
+        out.append(RunningWork(
+            id=f"{kind}:{owner}", priority=allocs[0].priority,
+            preemptible=allocs[0].preemptible,
+            bindings=tuple(Binding(node_id=a.node_id, gpu_indices=tuple(a.gpu_indices),
+                                   gpu_milli=(a.gpu_milli or 1000) if a.gpu_indices else 0,
+                                   cpu_milli=a.cpu_milli, memory_mib=a.memory_mib)
+                           for a in allocs),
+        ))
+    return out
+
+
+def schedule(
+    s: Session,
+    *,
+    workspace_id: str,
+    requests: Sequence[ResourceRequest],
+    priority: int = 0,
+    policy: str = "default",
+) -> list[Binding] | Unschedulable | Preempt:
+    """Admission, then placement, then preemption, for one workload or a gang.
+
+    Takes the placement lock. Order: the workspace quota (a reason naming the limit);
+    then a place for every request at once (``place_gang``: all or nothing); failing
+    that, the lowest-priority preemptible work whose stopping makes room
+    (:class:`Preempt`); else the scheduler's reason.
+    """
+    lock_placement(s)
+    reqs = list(requests)
+    waiting = preempting_priority(s)
+    if waiting is not None and waiting[0] > priority:
+        return Unschedulable(f"waiting: {waiting[1]} (priority {waiting[0]}) is preempting "
+                             "work to make room")
+    quota = quota_of(s, workspace_id)
+    if quota is not None and reqs:
+        used = usage_of(s, workspace_id)
+        reason = check_quota(quota, used, reqs[0], count=len(reqs))
+        if reason:
+            return Unschedulable(reason)
+        allowed = quota_gpu_types(quota, used, reqs[0], count=len(reqs))
+        if allowed is not None and "*" not in allowed:
+            reqs = [replace(r, gpu_types=tuple(allowed)) for r in reqs]
+    nodes = snapshot(s)
+    result: list[Binding] | Unschedulable
+    if len(reqs) == 1:
+        one = place(nodes, reqs[0], policy=policy)
+        result = [one] if isinstance(one, Binding) else one
+    else:
+        result = place_gang(nodes, reqs, policy=policy)
+    if not isinstance(result, Unschedulable):
+        return result
+    victims = select_victims(nodes, _running_work(s), reqs, priority, policy=policy)
+    if isinstance(victims, list) and victims:
+        pairs = tuple((v.split(":", 1)[0], v.split(":", 1)[1]) for v in victims)
+        return Preempt(victims=pairs, reason=result.reason)
+    return result
+
+
+def preempt(s: Session, *, victims: Iterable[tuple[str, str]], reason: str) -> int:
+    """Ask each victim's reconciler to stop it; returns how many had a handler."""
+    n = 0
+    for kind, owner in victims:
+        handler = PREEMPT_HANDLERS.get(kind)
+        if handler is not None:
+            handler(s, owner, reason)
+            n += 1
+    return n
+
+
 def bind(
     s: Session,
     *,
@@ -98,7 +236,14 @@ def bind(
     priority: int = 0,
     preemptible: bool = False,
 ) -> Allocation:
-    """Write the allocation of ``binding`` for the workload ``owner_id``."""
+    """Write the allocation of ``binding`` for the workload ``owner_id``.
+
+    ``gpu_type`` defaults to the type of the first bound GPU on its node.
+    """
+    if gpu_type is None and binding.gpu_indices:
+        node = s.get(Node, binding.node_id)
+        types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
+        gpu_type = types.get(binding.gpu_indices[0])
     alloc = Allocation(
         workspace_id=workspace_id, kind=kind, owner_id=owner_id, node_id=binding.node_id,
         gpu_indices=list(binding.gpu_indices),

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-29 15:27:13.525818
+Create Date: 2026-11-29 15:39:48.532911
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def upgrade() -> None:
     sa.Column('replicas', sa.Integer(), nullable=False),
     sa.Column('env', sa.JSON(), nullable=False),
     sa.Column('generation', sa.Integer(), nullable=False),
+    sa.Column('priority', sa.Integer(), nullable=False),
+    sa.Column('preemptible', sa.Boolean(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('pending_reason', sa.Text(), nullable=True),
     sa.Column('created_at', neocloud.server.db.tables.UTCDateTime(timezone=True), nullable=False),
@@ -133,6 +135,16 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_deployments_workspace_id_workspaces'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_deployments')),
     sa.UniqueConstraint('workspace_id', 'name', name=op.f('uq_deployments_workspace_id'))
+    )
+    op.create_table('quotas',
+    sa.Column('workspace_id', sa.String(length=32), nullable=False),
+    sa.Column('gpus', sa.JSON(), nullable=False),
+    sa.Column('gpus_total', sa.Integer(), nullable=True),
+    sa.Column('cpu_milli', sa.Integer(), nullable=True),
+    sa.Column('memory_mib', sa.Integer(), nullable=True),
+    sa.Column('updated_at', neocloud.server.db.tables.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['workspace_id'], ['workspaces.id'], name=op.f('fk_quotas_workspace_id_workspaces'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('workspace_id', name=op.f('pk_quotas'))
     )
     op.create_table('tokens',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -184,6 +196,7 @@ def downgrade() -> None:
 
     op.drop_table('replicas')
     op.drop_table('tokens')
+    op.drop_table('quotas')
     op.drop_table('deployments')
     with op.batch_alter_table('allocations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_allocations_workspace_id'))

@@ -1,0 +1,140 @@
+"""Secrets: set, list and delete workspace secrets; resolve references for workloads.
+
+Values are encrypted with the control plane's :class:`~neocloud.server.crypto.SecretBox`
+before they reach the database, and are never returned by the API, written to events,
+logs or error messages: every message here names the secret, never its value.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neocloud.errors import InvalidRequest, NotFound
+from neocloud.models.secrets import MAX_SECRET_BYTES, SecretOut
+from neocloud.server.crypto import SecretBox
+from neocloud.server.db.tables import Secret
+from neocloud.server.services import events
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(name: str, *, param: str = "name") -> None:
+    """Raise :class:`InvalidRequest` unless ``name`` is a valid secret name."""
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            f"secret name {name!r} is invalid: letters, digits, '_', '-' and '.', starting "
+            "with a letter, at most 63 characters", param=param)
+
+
+def _owner(workspace_id: str, name: str) -> str:
+    return f"{workspace_id}/{name}"
+
+
+def _find(s: Session, *, workspace_id: str, name: str) -> Secret | None:
+    return s.scalars(
+        select(Secret).where(Secret.workspace_id == workspace_id, Secret.name == name)
+    ).first()
+
+
+def set_secret(
+    s: Session, *, workspace_id: str, name: str, value: str, box: SecretBox
+) -> tuple[Secret, bool]:
+    """Create or replace the secret ``name``; returns the row and whether it is new.
+
+    Raises:
+        InvalidRequest: bad name (``param="name"``), or a value over 64 KiB (``"value"``).
+    """
+    check_name(name)
+    if len(value.encode()) > MAX_SECRET_BYTES:
+        raise InvalidRequest(f"secret value is larger than {MAX_SECRET_BYTES} bytes",
+                             param="value")
+    sealed = box.encrypt(value, owner=_owner(workspace_id, name))
+    row = _find(s, workspace_id=workspace_id, name=name)
+    created = row is None
+    if row is None:
+        row = Secret(workspace_id=workspace_id, name=name, ciphertext=sealed, version=1)
+        s.add(row)
+    else:
+        row.ciphertext = sealed
+        row.version += 1
+        row.updated_at = datetime.now(UTC)
+    s.flush()
+    events.record(s, workspace_id=workspace_id, kind="secret", name=name, object_id=row.id,
+                  reason="Created" if created else "Updated",
+                  message=f"secret {name} {'created' if created else 'updated'} "
+                          f"(version {row.version})")
+    return row, created
+
+
+def get_secret(s: Session, *, workspace_id: str, name: str) -> Secret:
+    """The secret row (value still encrypted). Raises :class:`NotFound`."""
+    row = _find(s, workspace_id=workspace_id, name=name)
+    if row is None:
+        raise NotFound(f"secret {name!r} not found", param="name")
+    return row
+
+
+def list_secrets(s: Session, *, workspace_id: str) -> list[Secret]:
+    return list(s.scalars(
+        select(Secret).where(Secret.workspace_id == workspace_id).order_by(Secret.name)
+    ))
+
+
+def delete_secret(s: Session, *, workspace_id: str, name: str) -> None:
+    """Delete a secret; workloads that reference it fail to start until it is set again."""
+    row = get_secret(s, workspace_id=workspace_id, name=name)
+    events.record(s, workspace_id=workspace_id, kind="secret", name=name, object_id=row.id,
+                  reason="Deleted", message=f"secret {name} deleted")
+    s.delete(row)
+
+
+def secret_out(row: Secret) -> SecretOut:
+    return SecretOut(name=row.name, version=row.version, created_at=row.created_at,
+                     updated_at=row.updated_at)
+
+
+def check_refs(
+    s: Session, *, workspace_id: str, refs: dict[str, str], env: dict[str, str],
+    param: str = "secrets",
+) -> None:
+    """Check secret references ``{ENV_NAME: SECRET_NAME}`` of a workload spec.
+
+    Raises:
+        InvalidRequest: an env name is not a variable name or is also set in ``env``
+            (``param="secrets.<ENV>"``).
+        NotFound: the workspace has no secret of that name (``param="secrets.<ENV>"``).
+    """
+    for var, secret in refs.items():
+        where = f"{param}.{var}"
+        if not _ENV_NAME.match(var):
+            raise InvalidRequest(f"{var!r} is not a valid environment variable name",
+                                 param=where)
+        if var in env:
+            raise InvalidRequest(f"{var!r} is set both in env and from a secret", param=where)
+        check_name(secret, param=where)
+        if _find(s, workspace_id=workspace_id, name=secret) is None:
+            raise NotFound(f"secret {secret!r} (for {var}) not found in this workspace",
+                           param=where)
+
+
+def resolve(
+    s: Session, *, workspace_id: str, refs: dict[str, str], box: SecretBox
+) -> dict[str, str]:
+    """The environment ``{ENV_NAME: value}`` of secret references, decrypted.
+
+    Raises:
+        NotFound: a referenced secret no longer exists (the message names it).
+        SecretKeyError: the control plane's key cannot decrypt it.
+    """
+    out: dict[str, str] = {}
+    for var, secret in refs.items():
+        row = _find(s, workspace_id=workspace_id, name=secret)
+        if row is None:
+            raise NotFound(f"secret {secret!r} (for {var}) no longer exists", param="secrets")
+        out[var] = box.decrypt(row.ciphertext, owner=_owner(workspace_id, secret))
+    return out
