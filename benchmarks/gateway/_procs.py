@@ -33,15 +33,21 @@ def _wait_http(url: str, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up within {timeout_s} s")
 
 
-def start_upstream(port: int) -> subprocess.Popen[bytes]:
-    """The echo replica under uvicorn (httptools, uvloop), one process."""
+def start_upstream(port: int, uds: str | None = None) -> subprocess.Popen[bytes]:
+    """The echo replica under uvicorn (httptools, uvloop), one process, on TCP ``port`` or
+    on the Unix socket ``uds``."""
+    where = ["--uds", uds] if uds else ["--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "echo_upstream:app", "--app-dir", str(HERE),
-         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-         "--no-access-log", "--log-level", "warning"],
+        [sys.executable, "-m", "uvicorn", "echo_upstream:app", "--app-dir", str(HERE), *where,
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
         start_new_session=True,
     )
-    _wait_http(f"http://127.0.0.1:{port}/stream?n=1")
+    if uds:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(uds) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        _wait_http(f"http://127.0.0.1:{port}/stream?n=1")
     return proc
 
 

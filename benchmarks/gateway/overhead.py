@@ -6,6 +6,10 @@ uvicorn with httptools and uvloop), a standalone gateway copy routing ``echo`` t
 (``apt-get install -y wrk``), else ``loadgen.py``. For each concurrency it alternates
 direct and gateway runs for ``--rounds`` rounds and reports the median of each figure.
 
+Gateway modes: ``gateway`` (the runner on its own HTTP server), ``gateway_uvicorn`` (the
+runner on uvicorn, as inside the control plane) and, with ``--unix``, ``gateway_unix``
+(own server; the replica, a second copy of the same uvicorn app, on a Unix socket).
+
 Workloads:
     echo: ``POST /v1/embeddings`` with a small JSON body (the gateway reads ``model``,
         authenticates, balances and proxies; direct goes to the replica's same path).
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from urllib.parse import quote
 
 import psutil
 from _procs import HERE, free_port, start_gateway, start_upstream, stop
@@ -107,6 +112,8 @@ def main() -> None:
     ap.add_argument("--stream-concurrency", default="1,16")
     ap.add_argument("--gateway-workers", type=int, default=1)
     ap.add_argument("--loadgen", choices=["auto", "wrk", "asyncio"], default="auto")
+    ap.add_argument("--unix", action="store_true",
+                    help="also run a gateway whose replica listens on a Unix socket")
     args = ap.parse_args()
     use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
     up_port, gw_port, gwu_port = free_port(), free_port(), free_port()
@@ -116,8 +123,20 @@ def main() -> None:
     gateway_uv = start_gateway(gwu_port, up_url, TOKEN, args.gateway_workers, "uvicorn")
     procs = {"direct": psutil.Process(upstream.pid), "gateway": psutil.Process(gateway.pid),
              "gateway_uvicorn": psutil.Process(gateway_uv.pid)}
+    replica_of = dict.fromkeys(("direct", "gateway", "gateway_uvicorn"), procs["direct"])
     bases = {"direct": up_url, "gateway": f"http://127.0.0.1:{gw_port}",
              "gateway_uvicorn": f"http://127.0.0.1:{gwu_port}"}
+    extra: list[subprocess.Popen[bytes]] = []
+    if args.unix:
+        sock_dir = tempfile.mkdtemp()
+        uds = os.path.join(sock_dir, "replica.sock")
+        extra.append(start_upstream(0, uds))
+        gwx_port = free_port()
+        extra.append(start_gateway(gwx_port, "http+unix://" + quote(uds, safe=""), TOKEN,
+                                   args.gateway_workers, "neocloud"))
+        procs["gateway_unix"] = psutil.Process(extra[-1].pid)
+        replica_of["gateway_unix"] = psutil.Process(extra[0].pid)
+        bases["gateway_unix"] = f"http://127.0.0.1:{gwx_port}"
     print(f"cpus={os.cpu_count()} loadgen={'wrk' if use_wrk else 'asyncio'} "
           f"gateway_workers={args.gateway_workers} seconds={args.seconds} "
           f"rounds={args.rounds}", flush=True)
@@ -128,13 +147,13 @@ def main() -> None:
             for _ in range(args.rounds):
                 for mode, base in bases.items():
                     url = f"{base}/v1/embeddings"
-                    up0, gw0 = _cpu_s([procs["direct"]]), _cpu_s([procs[mode]])
+                    up0, gw0 = _cpu_s([replica_of[mode]]), _cpu_s([procs[mode]])
                     if use_wrk:
                         r = _wrk(url, c, args.seconds, TOKEN)
                     else:
                         r = _loadgen(url, "request", c, args.seconds, TOKEN)
                     n = max(1.0, r["rps"] * args.seconds)
-                    r["replica_cpu_us_per_req"] = (_cpu_s([procs["direct"]]) - up0) / n * 1e6
+                    r["replica_cpu_us_per_req"] = (_cpu_s([replica_of[mode]]) - up0) / n * 1e6
                     r["gateway_cpu_us_per_req"] = (
                         0.0 if mode == "direct" else (_cpu_s([procs[mode]]) - gw0) / n * 1e6)
                     runs[mode].append(r)
@@ -152,6 +171,8 @@ def main() -> None:
         stop(gateway)
         stop(gateway_uv)
         stop(upstream)
+        for proc in extra:
+            stop(proc)
 
     print(f"{'workload':12s} {'mode':16s} {'req/s':>10s} {'p50 ms':>8s} {'p99 ms':>8s} "
           f"{'errors':>6s} {'replica CPU us/req':>19s} {'gateway CPU us/req':>19s}")
@@ -171,7 +192,7 @@ def main() -> None:
         d = modes["direct"]
         if name.startswith("echo"):
             summary[f"{name}_replica_cpu_us_per_req"] = round(d["replica_cpu_us_per_req"], 1)
-        for gmode in ("gateway", "gateway_uvicorn"):
+        for gmode in [m for m in modes if m != "direct"]:
             g = modes[gmode]
             if name.startswith("echo"):
                 summary[f"{name}_{gmode}_over_direct_rps"] = round(g["rps"] / d["rps"], 3)

@@ -162,3 +162,12 @@ def test_shapes_defaults_and_operator_add(cloud: Cloud) -> None:
     r = cloud.api("POST", "/shapes", json={"name": "bad", "cpu_milli": 1, "memory_mib": 1,
                   "gpu_count": 1, "gpu_milli": 500, "price_per_hour_usd": 1})
     assert r.status_code == 422
+
+
+def test_revoked_token_is_refused_by_the_gateway_at_once(cloud: Cloud) -> None:
+    secret = cloud.api("POST", "/tokens", json={"name": "temp"}).json()["token"]
+    h = {"Authorization": f"Bearer {secret}"}
+    assert cloud.client.get("/v1/models", headers=h).status_code == 200  # now cached
+    assert cloud.api("DELETE", "/tokens/temp").status_code == 204
+    r = cloud.client.get("/v1/models", headers=h)
+    assert r.status_code == 401

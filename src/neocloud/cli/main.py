@@ -13,6 +13,10 @@ from typer.core import TyperGroup
 
 from neocloud import __version__
 from neocloud.cli import admission, deployments, inventory, local, tenancy, usage
+from neocloud.cli import jobs as job_cli
+from neocloud.cli import pods as pod_cli
+from neocloud.cli import secrets as secret_cli
+from neocloud.cli import volumes as volume_cli
 from neocloud.cli.context import CliState
 from neocloud.cli.output import note, print_error
 from neocloud.config import DEFAULT_URL
@@ -84,6 +88,10 @@ inventory.register(app)
 usage.register(app)
 local.register(app)
 admission.register(app)
+job_cli.register(app)
+pod_cli.register(app)
+secret_cli.register(app)
+volume_cli.register(app)
 
 
 def main() -> None:

@@ -57,11 +57,7 @@ from neocloud.gateway.types import (
 )
 from neocloud.gateway.usage import UsageScanner
 from neocloud.gateway.wake import Waker
-from neocloud.gateway.wire import (
-    Headers,
-    send_error,
-    send_json,
-)
+from neocloud.gateway.wire import Headers, send_error, send_json
 
 log = logging.getLogger("neocloud.gateway")
 
@@ -70,12 +66,25 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-def model_of(body: bytes) -> str:
-    """The ``model`` field of a JSON request body.
+
+
+#: The field each OpenAI route cannot do without, checked before a replica is chosen so a
+#: bad request gets its 400 even while no replica is ready (or a deployment sleeps).
+_REQUIRED = {
+    "/v1/embeddings": "input",
+    "/v1/completions": "prompt",
+    "/v1/chat/completions": "messages",
+}
+
+
+def model_of(body: bytes, path: str = "") -> str:
+    """The ``model`` field of a JSON request body (and, for the OpenAI routes, a check that
+    their main field is present and not empty).
 
     Raises:
         InvalidRequest: the body is not a JSON object (``code="invalid_json"``), or
-            ``model`` is missing or not a non-empty string (``param="model"``).
+            ``model`` is missing or not a non-empty string (``param="model"``), or the
+            route's main field (``input``, ``prompt``, ``messages``) is missing or empty.
     """
     try:
         obj = json.loads(body)
@@ -94,6 +103,15 @@ def model_of(body: bytes) -> str:
         )
     if not isinstance(model, str) or not model:
         raise InvalidRequest("the field 'model' must be a non-empty string", param="model")
+    field = _REQUIRED.get(path)
+    if field is not None:
+        value = obj.get(field)
+        if value is None:
+            raise InvalidRequest(f"you must provide the field '{field}'", param=field,
+                                 code="missing_field")
+        if value in ("", []):
+            raise InvalidRequest(f"the field '{field}' must not be empty", param=field,
+                                 code="empty_field")
     return model
 
 
@@ -193,6 +211,10 @@ class Gateway:
             return
         self._route_cache.discard_where(lambda key: key[0] == workspace_id)
 
+    def forget_deployment(self, deployment_id: str) -> None:
+        """Drop the statistics of a deleted deployment (they are kept until then)."""
+        self._stats.deployments.pop(deployment_id, None)
+
     def invalidate_tokens(self) -> None:
         """Forget cached token look-ups; call after a token is revoked."""
         self._auth_cache.clear()
@@ -221,7 +243,7 @@ class Gateway:
                 if method != "POST":
                     raise NotFound(f"no route for {method} {path}", code="unknown_route")
                 body = await self._read_body(scope, receive)
-                name = model_of(body)
+                name = model_of(body, path)
                 route = await self._resolve(principal.workspace_id, name)
                 if route is None:
                     raise NotFound(

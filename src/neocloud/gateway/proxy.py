@@ -164,8 +164,13 @@ class Forwarder:
                 flight.conn = None
                 if flight.gone:
                     raise ClientGone() from None
-                if not exc.response_started and retry_unsent and attempt < s.max_attempts:
+                if (
+                    not exc.response_started
+                    and (retry_unsent or not exc.request_sent)
+                    and attempt < s.max_attempts
+                ):
                     if not conn.reused:  # a fresh connection broke: suspect the replica
+                        load.mark_failed(rid)
                         if tried is None:
                             tried = set()
                         tried.add(rid)

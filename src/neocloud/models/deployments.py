@@ -55,6 +55,8 @@ class DeploymentCreate(WireModel):
     shape: ShapeName = "cpu.small"
     replicas: int = Field(default=1, ge=0, le=64)
     env: dict[str, str] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    """Environment variable -> name of a secret of the workspace (injected at start)."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Larger is more important; work of higher priority may preempt lower-priority,
     preemptible work when no node has room."""
@@ -71,6 +73,7 @@ class DeploymentUpdate(WireModel):
     shape: ShapeName | None = None
     replicas: int | None = Field(default=None, ge=0, le=64)
     env: dict[str, str] | None = None
+    secrets: dict[str, str] | None = None
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     preemptible: bool | None = None
 
@@ -101,6 +104,8 @@ class DeploymentOut(OutModel):
     pending_reason: str | None
     generation: int
     env: dict[str, str]
+    secrets: dict[str, str] = Field(default_factory=dict)
+    """Environment variable -> secret name (never the value)."""
     priority: int = 0
     preemptible: bool = False
     endpoint: str

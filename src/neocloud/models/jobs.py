@@ -98,7 +98,9 @@ class JobOut(OutModel):
     volumes: list[VolumeMount]
     max_retries: int
     attempt: int
-    """1 for the first run, 2 for the first retry, ...; 0 while never started."""
+    """How many times the workers were started (0 while never started)."""
+    failures: int
+    """Failed attempts so far; the job is retried while ``failures <= max_retries``."""
     time_limit_s: float | None
     priority: int
     preemptible: bool

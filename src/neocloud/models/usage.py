@@ -19,6 +19,8 @@ class BillLine(OutModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
+    storage_bytes: int = 0
+    """For ``kind == "volume"``: the bytes the volume holds (last measured)."""
     cost_usd: float
 
 

@@ -15,7 +15,11 @@ from neocloud.sdk.activity import Events, Usage
 from neocloud.sdk.admission import Queue, Quotas
 from neocloud.sdk.deployments import Deployments
 from neocloud.sdk.inventory import Nodes, Shapes
+from neocloud.sdk.jobs import Jobs
+from neocloud.sdk.pods import Pods
+from neocloud.sdk.secrets import Secrets
 from neocloud.sdk.tenancy import Tokens, Workspaces
+from neocloud.sdk.volumes import Volumes
 
 if TYPE_CHECKING:
     import openai
@@ -67,6 +71,10 @@ class Client:
         self.usage = Usage(self._api)
         self.quotas = Quotas(self._api)
         self.queue = Queue(self._api)
+        self.jobs = Jobs(self._api)
+        self.pods = Pods(self._api)
+        self.secrets = Secrets(self._api)
+        self.volumes = Volumes(self._api)
 
     def whoami(self) -> WhoAmI:
         """The caller's workspace and token."""

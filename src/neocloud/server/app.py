@@ -25,15 +25,23 @@ from neocloud.gateway import GatewaySettings, create_gateway
 from neocloud.server.backends import FakeBackend, LocalBackend
 from neocloud.server.backends.base import Backend
 from neocloud.server.backends.discovery import discover_machine
+from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database, migrate
 from neocloud.server.errors_http import install as install_errors
 from neocloud.server.gateway_host import DbAuthenticator, DbRouteTable, UsageBuffer
 from neocloud.server.reconcilers.deployments import DeploymentReconciler, ReconcilerThread
+from neocloud.server.reconcilers.jobs import JobReconciler
+from neocloud.server.reconcilers.pods import PodReconciler
 from neocloud.server.routers import activity, deployments, inventory, tenancy
+from neocloud.server.routers import jobs as jobs_router
+from neocloud.server.routers import pods as pods_router
+from neocloud.server.routers import secrets as secrets_router
+from neocloud.server.routers import volumes as volumes_router
 from neocloud.server.services import nodes as node_svc
 from neocloud.server.services import shapes as shape_svc
 from neocloud.server.settings import Settings
 from neocloud.server.state import AppState
+from neocloud.server.storage import LocalVolumeStore
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +121,9 @@ class ControlPlane:
             if path.startswith("/v1/") or path == "/v1" or path.startswith("/endpoints/"):
                 await self.gateway(scope, receive, send)
                 return
+        if scope["type"] == "http" and volumes_router.is_upload(scope["method"], scope["path"]):
+            await self.api(scope, receive, send)  # streamed to disk; its own size limit
+            return
         await self._api(scope, receive, send)
 
 
@@ -141,14 +152,24 @@ def create_app(
     state = AppState(settings=settings, db=db, backends=backends)
     routes = DbRouteTable(db)
     usage = UsageBuffer(db)
-    reconciler = DeploymentReconciler(db, backends, settings, on_change=routes.refresh)
-    thread = ReconcilerThread([reconciler.run_once, usage.flush], settings.reconcile_interval_s)
+    secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
+    box = SecretBox.for_home(settings.home, secret_key)
+    reconciler = DeploymentReconciler(db, backends, settings, on_change=routes.refresh, box=box)
+    store = LocalVolumeStore(settings.home / "volumes")
+    job_reconciler = JobReconciler(db, backends, settings, box=box, store=store)
+    pod_reconciler = PodReconciler(db, backends, settings, box=box, store=store)
+    thread = ReconcilerThread(
+        [reconciler.run_once, job_reconciler.run_once, pod_reconciler.run_once, usage.flush],
+        settings.reconcile_interval_s)
     state.wake = thread.wake
-    state.extras.update(reconciler=reconciler, routes=routes, usage=usage, thread=thread)
+    state.extras.update(reconciler=reconciler, routes=routes, usage=usage, thread=thread,
+                        job_reconciler=job_reconciler, pod_reconciler=pod_reconciler,
+                        secret_box=box, volume_store=store)
     gateway = create_gateway(
         routes, DbAuthenticator(db), usage,
         GatewaySettings(max_body_bytes=settings.max_body_bytes,
-                        auth_cache_ttl_s=settings.token_cache_ttl_s),
+                        auth_cache_ttl_s=settings.token_cache_ttl_s,
+                        route_cache_ttl_s=0.0),
     )
     state.extras["gateway"] = gateway
 
@@ -166,6 +187,8 @@ def create_app(
                 await asyncio.to_thread(thread.stop)
             if stop_replicas_on_exit:
                 await asyncio.to_thread(reconciler.stop_local_replicas)
+                await asyncio.to_thread(job_reconciler.stop_local_jobs)
+                await asyncio.to_thread(pod_reconciler.stop_local_pods)
             await asyncio.to_thread(usage.flush)
             await gateway.shutdown()
             db.dispose()
@@ -178,7 +201,9 @@ def create_app(
     )
     api.state.neocloud = state
     install_errors(api)
-    for r in (tenancy.router, inventory.router, deployments.router, activity.router):
+    for r in (tenancy.router, inventory.router, deployments.router, activity.router,
+              jobs_router.router, pods_router.router, secrets_router.router,
+              volumes_router.router):
         api.include_router(r, prefix="/api/v1")
 
     @api.get("/healthz", include_in_schema=False)

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grace-period", type=float, default=None,
                     help="seconds in-flight requests get after SIGTERM (default 30)")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args.service, host=args.host, port=args.port, name=args.name, model=args.model,
             workers=args.workers, reload=args.reload, grace_period_s=args.grace_period,
-            log_level=args.log_level)
+            log_level=args.log_level, reuse_port=args.reuse_port)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from types import FrameType
 from typing import Any
 
@@ -40,6 +44,11 @@ class ReplicaServer(uvicorn.Server):
         if _app is not None:
             _app.begin_drain()
         super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after shutdown (the process would then die
+        # by SIGTERM); a replica that drained cleanly exits 0 instead.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list) and sig == signal.SIGTERM and sig in captured:
+            captured.remove(sig)
 
     async def serve(self, sockets: Any = None) -> None:
         global _server
@@ -61,6 +70,49 @@ def app_factory() -> ServingApp:
     name = os.environ.get(_ENV_NAME) or None
     _app = build_app(os.environ[_ENV_SERVICE], name=name, model=model, on_fatal=_on_fatal)
     return _app
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_pool(service: str, *, host: str, port: int, name: str | None, model: str | None,
+              workers: int, grace: float, log_level: str) -> int:
+    """Start ``workers`` replica processes on one port; returns the exit code."""
+    base = [sys.executable, "-m", "neocloud.serving", service, "--host", host, "--port",
+            str(port), "--reuse-port", "--grace-period", str(grace), "--log-level", log_level]
+    if name:
+        base += ["--name", name]
+    if model:
+        base += ["--model", model]
+    children = [subprocess.Popen(base) for _ in range(workers)]
+    stopping = False
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes: dict[int, int] = {}
+    while len(codes) < len(children):
+        for i, child in enumerate(children):
+            if i not in codes and child.poll() is not None:
+                codes[i] = child.returncode
+                if not stopping:  # a worker died on its own: stop the pool
+                    log.error("worker %d exited with %s; stopping the pool", child.pid,
+                              child.returncode)
+                    forward(signal.SIGTERM, None)
+        time.sleep(0.1)
+    return 0 if all(c == 0 for c in codes.values()) else 1
 
 
 def _reload_dirs(service: str) -> list[str]:
@@ -86,6 +138,7 @@ def run(
     reload: bool = False,
     grace_period_s: float | None = None,
     log_level: str = "info",
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``service`` on ``host:port`` until SIGTERM/SIGINT (blocking).
 
@@ -93,10 +146,13 @@ def run(
         service: ``embeddings``, ``chat``, ``package.module:Class`` or ``file.py:Class``.
         name: served model name (default ``NEOCLOUD_SERVED_MODEL_NAME`` or the service's).
         model: model reference handed to the service (``hf:org/name``, a folder...).
-        workers: processes sharing the port (each loads the model once).
+        workers: processes sharing the port through ``SO_REUSEPORT`` (the kernel spreads
+            connections); each loads the model once. The parent forwards SIGTERM/SIGINT
+            and exits 0 when every worker did, else 1.
         reload: restart when the service's files change (development; one worker).
         grace_period_s: seconds in-flight requests get after SIGTERM (default
             ``NEOCLOUD_GRACE_PERIOD_S`` or 30).
+        reuse_port: bind with ``SO_REUSEPORT`` (used by the workers of a pool).
 
     Raises:
         SystemExit: code 1 when ``setup()`` failed.
@@ -118,32 +174,26 @@ def run(
         timeout_graceful_shutdown=grace,
         log_level=log_level,
     )
-    if workers > 1 or reload:
+    if reload:
         os.environ[_ENV_SERVICE] = service
         os.environ[_ENV_NAME] = name or ""
         os.environ[_ENV_MODEL] = model or ""
-        config = uvicorn.Config(
-            "neocloud.serving.runner:app_factory",
-            factory=True,
-            workers=1 if reload else workers,
-            reload=reload,
-            reload_dirs=_reload_dirs(service) if reload else None,
-            **common,
-        )
+        config = uvicorn.Config("neocloud.serving.runner:app_factory", factory=True, reload=True,
+                                reload_dirs=_reload_dirs(service), **common)
+        from uvicorn.supervisors import ChangeReload
+
         server = ReplicaServer(config)
-        sock = config.bind_socket()
-        if reload:
-            from uvicorn.supervisors import ChangeReload
-
-            ChangeReload(config, target=server.run, sockets=[sock]).run()
-        else:
-            from uvicorn.supervisors import Multiprocess
-
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+        ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
         return
+    if workers > 1:
+        sys.exit(_run_pool(service, host=host, port=port, name=name, model=model,
+                           workers=workers, grace=grace, log_level=log_level))
     _app = build_app(service, name=name, model=model, on_fatal=_on_fatal)
     server = ReplicaServer(uvicorn.Config(_app, **common))
-    server.run()
+    if reuse_port:
+        server.run(sockets=[_reuse_port_socket(host, port)])
+    else:
+        server.run()
     if _fatal:
         log.error("setup() failed; exiting")
         sys.exit(1)

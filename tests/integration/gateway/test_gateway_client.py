@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -187,5 +189,67 @@ def test_stale_idle_connections_are_not_reused() -> None:
         assert len(accepted) == 2
         await pool.close()
         server.close()
+
+    run(main())
+
+
+def test_a_pooled_connection_found_closed_reports_nothing_was_sent() -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter, body: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await w.drain()
+        return False  # closes although the response allowed keep-alive
+
+    async def main() -> None:
+        server, url, _ = await _serve(script)
+        pool = UpstreamPool()
+        target = pool.target(url)
+        conn = await pool.connect(target)
+        conn.send(request_head("GET", b"/", target.host_header, [], 0), b"")
+        await conn.wait_head(5)
+        for _ in range(200):  # bounded: wait for the replica's close to be noticed
+            if conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        conn._reset()  # pretend it had been handed out again
+        conn.send(request_head("GET", b"/", target.host_header, [], 0), b"")
+        with pytest.raises(UpstreamClosedError) as err:
+            await conn.wait_head(5)
+        assert err.value.request_sent is False and err.value.response_started is False
+        server.close()
+
+    run(main())
+
+
+def test_replica_on_a_unix_socket(tmp_path: Any) -> None:
+    from urllib.parse import quote
+
+    from neocloud.gateway.server import serve
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        body = scope["path"].encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def main() -> None:
+        path = str(tmp_path / "replica.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(16)
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(app, sock=sock, stop=stop, graceful_s=1))
+        pool = UpstreamPool()
+        url = "http+unix://" + quote(path, safe="") + "/base"
+        assert await _fetch(pool, url) == (200, b"/base/x")
+        assert await _fetch(pool, url) == (200, b"/base/x")
+        assert pool.idle_count() == 1  # the connection was kept alive and reused
+        await pool.close()
+        stop.set()
+        await server
+        with pytest.raises(UpstreamConnectError, match="replica.sock"):
+            await pool.connect(pool.target(url))
 
     run(main())

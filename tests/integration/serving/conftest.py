@@ -173,3 +173,9 @@ class ScriptedLM:
         out.logits = logits  # type: ignore[attr-defined]
         out.past_key_values = pos  # type: ignore[attr-defined]
         return out
+
+
+@pytest.fixture
+def scripted_lm() -> type[ScriptedLM]:
+    """The :class:`ScriptedLM` class."""
+    return ScriptedLM

@@ -115,7 +115,7 @@ def test_route_of_another_workspace_is_never_served() -> None:
 
     async def main() -> None:
         gw = create_gateway(Leaky(), AUTH)
-        status, _, body = await call(gw, "POST", "/v1/embeddings", b'{"model": "x"}')
+        status, _, body = await call(gw, "POST", "/v1/embeddings", b'{"model": "x", "input": "hi"}')
         assert status == 404 and body["error"]["code"] == "model_not_found"
 
     asyncio.run(main())

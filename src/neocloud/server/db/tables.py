@@ -301,6 +301,9 @@ class Job(Base):
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
+    requeue: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Once the workers have stopped, queue the job again instead of ending it
+    (preemption, control-plane shutdown); no retry is used up."""
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     message: Mapped[str | None] = mapped_column(Text, default=None)

@@ -30,12 +30,15 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from neocloud.errors import NeocloudError
 from neocloud.server.backends.base import Backend, WorkloadSpec
+from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
 from neocloud.server.metering.records import record_running
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import events, placement
+from neocloud.server.services import secrets as secret_svc
 from neocloud.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,11 +84,14 @@ class DeploymentReconciler:
         settings: Settings,
         *,
         on_change: Callable[[], None] | None = None,
+        box: SecretBox | None = None,
     ):
         self.db = db
         self.backends = backends
         self.settings = settings
         self.on_change = on_change
+        self.box = box
+        """Decrypts the secrets a deployment references (``None``: none can be injected)."""
         self._health_failures: dict[str, int] = {}
 
     # -- the loop ---------------------------------------------------------------------
@@ -295,10 +301,17 @@ class DeploymentReconciler:
                 r.status, r.message = "failed", "node or backend is gone"
                 return
             be, node = found
+            try:
+                secret_env = secret_svc.resolve(s, workspace_id=dep.workspace_id,
+                                                refs=dict(dep.secrets or {}), box=self.box) \
+                    if dep.secrets and self.box is not None else {}
+            except NeocloudError as e:
+                self._crashed(s, r, f"could not start: {e.message}")
+                return
             spec = WorkloadSpec(
                 workload_id=r.id,
                 command=self.command_for(dep, r.port or 0),
-                env={**{k: str(v) for k, v in dep.env.items()},
+                env={**{k: str(v) for k, v in dep.env.items()}, **secret_env,
                      "NEOCLOUD_SERVED_MODEL_NAME": dep.name},
                 gpu_indices=tuple(r.gpu_indices),
                 log_path=self.settings.logs_dir / "replicas" / f"{r.id}.log",

@@ -74,9 +74,13 @@ def create_token(body: TokenCreate, caller: CallerDep, s: SessionDep) -> TokenCr
 
 
 @router.delete("/tokens/{name}", status_code=204)
-def delete_token(name: str, caller: CallerDep, s: SessionDep) -> Response:
+def delete_token(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
     caller.require(Role.admin)
     svc.delete_token(s, workspace_id=caller.workspace_id, name=name)
+    s.commit()
+    gateway = state.extras.get("gateway")
+    if gateway is not None:
+        gateway.invalidate_tokens()  # the gateway refuses the token from now on
     return Response(status_code=204)
 
 

@@ -82,8 +82,19 @@ def dyn_fits(dyn: DynKey, request: ResourceRequest) -> bool:
     return True
 
 
+_EMPTY: list[int] = []
+"""Shared member list of a group that has no node now (never appended to)."""
+
+
 class ClusterIndex:
     """Mutable, grouped view of an inventory for fast repeated placement.
+
+    Every (class, state) pair ever seen gets a stable *group id* (``gid``):
+    :attr:`group_class` and :attr:`group_dyn` give its class and state,
+    :attr:`group_members` its node ordinals now (ascending; empty when no node is in that
+    state), and :attr:`changes` is an append-only log of the ids whose membership changed,
+    in order. Policies use the log to keep per-request rankings up to date without
+    rescanning every group (see ``policies.py``).
 
     Args:
         nodes: the inventory; each node's current free amounts are copied in.
@@ -106,6 +117,12 @@ class ClusterIndex:
         self._gpu_index_of: list[list[int]] = []
         self.dyn: list[DynKey] = []
         self.groups: list[dict[DynKey, list[int]]] = []
+        self.group_ids: dict[tuple[int, DynKey], int] = {}
+        self.group_class: list[int] = []
+        self.group_dyn: list[DynKey] = []
+        self.group_members: list[list[int]] = []
+        self.changes: list[int] = []
+        self.live_groups = 0
         self.version = 0
         self._admit_cache: dict[tuple[object, ...], tuple[int, list[int]]] = {}
         for node in nodes:
@@ -160,23 +177,44 @@ class ClusterIndex:
             tuple(sorted(self.gpu_free[ordinal], reverse=True)),
         )
 
+    def _gid(self, cid: int, key: DynKey) -> int:
+        gid = self.group_ids.get((cid, key))
+        if gid is None:
+            gid = len(self.group_class)
+            self.group_ids[(cid, key)] = gid
+            self.group_class.append(cid)
+            self.group_dyn.append(key)
+            self.group_members.append(_EMPTY)
+        return gid
+
     def _group_add(self, ordinal: int) -> None:
-        groups = self.groups[self.node_class[ordinal]]
+        cid = self.node_class[ordinal]
+        groups = self.groups[cid]
         key = self.dyn[ordinal]
         members = groups.get(key)
         if members is None:
-            groups[key] = [ordinal]
+            members = groups[key] = [ordinal]
+            gid = self._gid(cid, key)
+            self.group_members[gid] = members
+            self.live_groups += 1
         else:
             insort(members, ordinal)
+            gid = self.group_ids[(cid, key)]
+        self.changes.append(gid)
 
     def _group_remove(self, ordinal: int) -> None:
-        groups = self.groups[self.node_class[ordinal]]
+        cid = self.node_class[ordinal]
+        groups = self.groups[cid]
         key = self.dyn[ordinal]
         members = groups[key]
+        gid = self.group_ids[(cid, key)]
         if len(members) == 1:
             del groups[key]
+            self.group_members[gid] = _EMPTY
+            self.live_groups -= 1
         else:
             del members[bisect_left(members, ordinal)]
+        self.changes.append(gid)
 
     def _refresh(self, ordinal: int) -> None:
         self._group_remove(ordinal)

@@ -31,13 +31,14 @@ Policies:
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections.abc import Callable
 from typing import Any
 
 from neocloud.server.scheduler.frag import DEFAULT_WORKLOAD, Workload, node_frag
-from neocloud.server.scheduler.index import ClusterIndex, DynKey, NodeClass
+from neocloud.server.scheduler.index import ClusterIndex, DynKey, NodeClass, dyn_fits
 from neocloud.server.scheduler.types import MILLI, ResourceRequest
 
 Choice = tuple[int, tuple[int, ...]]
@@ -70,6 +71,8 @@ class Policy:
     def __init__(self, workload: Workload | None = None, seed: int = 0) -> None:
         self.workload = workload or DEFAULT_WORKLOAD
         self.rng = random.Random(seed)
+        self._ranked_index: ClusterIndex | None = None
+        self._rankings: dict[ResourceRequest, Ranking] = {}
 
     # -- to override -------------------------------------------------------------------
     def score(self, cls: NodeClass, dyn: DynKey, request: ResourceRequest) -> tuple[Any, Any]:
@@ -88,8 +91,23 @@ class Policy:
         raise AssertionError("chosen node has no GPU with room")  # pragma: no cover
 
     # -- driver ------------------------------------------------------------------------
+    static_scores = True
+    """True when :meth:`score` depends only on the node class, its state and the request;
+    with ``tie_break == "first"`` this lets :meth:`select` keep rankings between calls."""
+
     def select(self, index: ClusterIndex, request: ResourceRequest) -> Choice | None:
         """Choose a node and GPUs for ``request``; ``None`` when no node has room."""
+        if self.tie_break == "first" and self.static_scores:
+            found = self._select_ranked(index, request)
+        else:
+            found = self._select_scan(index, request)
+        if found is None:
+            return None
+        ordinal, aux = found
+        return ordinal, self.pick_slots(index.gpu_free[ordinal], request, aux)
+
+    def _select_scan(self, index: ClusterIndex, request: ResourceRequest) -> tuple[int, Any] | None:
+        """Score every feasible group now; the best node and its ``aux``."""
         best: Any = None
         ties: list[tuple[list[int], Any]] = []
         classes = index.classes
@@ -103,8 +121,19 @@ class Policy:
                 ties.append((members, aux))
         if not ties:
             return None
-        ordinal, aux = self._break_tie(ties)
-        return ordinal, self.pick_slots(index.gpu_free[ordinal], request, aux)
+        return self._break_tie(ties)
+
+    def _select_ranked(
+        self, index: ClusterIndex, request: ResourceRequest
+    ) -> tuple[int, Any] | None:
+        """The best node through a ranking kept per distinct request (see :class:`Ranking`)."""
+        if index is not self._ranked_index:
+            self._ranked_index = index
+            self._rankings = {}
+        ranking = self._rankings.get(request)
+        if ranking is None:
+            ranking = self._rankings[request] = Ranking(self, index, request)
+        return ranking.best()
 
     def _break_tie(self, ties: list[tuple[list[int], Any]]) -> tuple[int, Any]:
         """The chosen node ordinal among tied groups, with its group's ``aux``."""
@@ -126,6 +155,110 @@ class Policy:
         if request.gpu_milli:
             return (self.pick_share(free, request, aux),)
         return ()
+
+
+def _negate(score: Any) -> Any:
+    """A key that sorts ascending where ``score`` sorts descending (numbers or tuples)."""
+    if isinstance(score, tuple):
+        return tuple(-x for x in score)
+    return -score
+
+
+_UNSEEN = object()
+
+
+class Ranking:
+    """The feasible groups of an index ranked for one request, kept up to date lazily.
+
+    A policy with static scores gives a group (class, state) the same score for the same
+    request every time, so the score is computed once per group id and cached. A min-heap
+    holds ``(negated score, first member ordinal, group id)``; :meth:`best` first replays
+    the index's change log since its last call (pushing a fresh entry for each changed group
+    that still has members and room), then drops heap tops whose group is empty or whose
+    first member changed. The top is then the best score with the lowest node ordinal among
+    equals, exactly what a full scan with ties to the first node returns. Cost per call:
+    the changes since the previous call for this request, not the number of groups.
+    """
+
+    __slots__ = ("policy", "index", "request", "admitting", "n_classes", "scores", "heap", "pos")
+
+    def __init__(self, policy: Policy, index: ClusterIndex, request: ResourceRequest) -> None:
+        self.policy = policy
+        self.index = index
+        self.request = request
+        self.scores: dict[int, tuple[Any, Any] | None] = {}
+        self.admitting: frozenset[int] = frozenset()
+        self.n_classes = -1
+        self.heap: list[tuple[Any, int, int]] = []
+        self.pos = 0
+
+    def _score(self, gid: int) -> tuple[Any, Any] | None:
+        index = self.index
+        cid = index.group_class[gid]
+        dyn = index.group_dyn[gid]
+        if cid not in self.admitting or not dyn_fits(dyn, self.request):
+            return None
+        s, aux = self.policy.score(index.classes[cid], dyn, self.request)
+        return _negate(s), aux
+
+    def _rebuild(self) -> None:
+        index = self.index
+        if self.n_classes != len(index.classes):
+            self.n_classes = len(index.classes)
+            self.admitting = frozenset(index.admitting_classes(self.request))
+            self.scores = {}
+        heap = []
+        scores = self.scores
+        ids = index.group_ids
+        for cid in self.admitting:
+            for dyn, members in index.groups[cid].items():
+                gid = ids[(cid, dyn)]
+                sc = scores.get(gid, _UNSEEN)
+                if sc is _UNSEEN:
+                    sc = scores[gid] = self._score(gid)
+                if sc is not None:
+                    heap.append((sc[0], members[0], gid))
+        heapq.heapify(heap)
+        self.heap = heap
+        self.pos = len(index.changes)
+
+    def best(self) -> tuple[int, Any] | None:
+        """``(node ordinal, aux)`` of the best node with room, or ``None``."""
+        index = self.index
+        changes = index.changes
+        pending = len(changes) - self.pos
+        if (
+            self.n_classes != len(index.classes)
+            or pending > index.live_groups
+            or len(self.heap) > 4 * index.live_groups + 64
+        ):
+            self._rebuild()
+        elif pending:
+            heap = self.heap
+            scores = self.scores
+            members_of = index.group_members
+            push = heapq.heappush
+            for gid in set(changes[self.pos :]):
+                members = members_of[gid]
+                if not members:
+                    continue
+                sc = scores.get(gid, _UNSEEN)
+                if sc is _UNSEEN:
+                    sc = scores[gid] = self._score(gid)
+                if sc is not None:
+                    push(heap, (sc[0], members[0], gid))
+            self.pos = len(changes)
+        heap = self.heap
+        members_of = index.group_members
+        while heap:
+            _, first, gid = heap[0]
+            members = members_of[gid]
+            if members and members[0] == first:
+                sc = self.scores[gid]
+                assert sc is not None
+                return first, sc[1]
+            heapq.heappop(heap)
+        return None
 
 
 class FirstFit(Policy):
@@ -165,6 +298,8 @@ class RandomFit(Policy):
     """A uniformly random node with room, and a random GPU on it that fits."""
 
     name = "random"
+
+    static_scores = False
 
     def select(self, index: ClusterIndex, request: ResourceRequest) -> Choice | None:
         groups = [members for _, _, members in index.feasible_groups(request)]

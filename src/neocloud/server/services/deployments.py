@@ -23,6 +23,7 @@ from neocloud.models import (
 )
 from neocloud.server.db.tables import Deployment, Node, Replica
 from neocloud.server.services import events
+from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services.shapes import get_shape
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -76,6 +77,7 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
     check_service_ref(spec.service)
     check_env(spec.env)
     get_shape(s, name=spec.shape, param="shape")
+    secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
     old = _find(s, workspace_id=workspace_id, name=spec.name)
     if old is not None:
         if old.status == DeploymentStatus.deleting.value:
@@ -85,6 +87,7 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
     dep = Deployment(
         workspace_id=workspace_id, name=spec.name, service=spec.service, model=spec.model,
         shape=spec.shape, replicas=spec.replicas, env=dict(spec.env),
+        secrets=dict(spec.secrets),
         priority=spec.priority, preemptible=spec.preemptible,
         status=DeploymentStatus.pending.value if spec.replicas else
         DeploymentStatus.scaled_to_zero.value,
@@ -124,6 +127,11 @@ def update_deployment(
         check_env(spec.env)
         dep.env, roll = dict(spec.env), True
         changes.append("env")
+    if spec.secrets is not None and spec.secrets != dep.secrets:
+        secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets,
+                              env=spec.env if spec.env is not None else dep.env)
+        dep.secrets, roll = dict(spec.secrets), True
+        changes.append("secrets")
     if spec.priority is not None and spec.priority != dep.priority:
         changes.append(f"priority {dep.priority}->{spec.priority}")
         dep.priority = spec.priority
@@ -183,7 +191,8 @@ def deployment_out(s: Session, dep: Deployment) -> DeploymentOut:
         replicas=dep.replicas,
         ready_replicas=sum(1 for r in reps if r.status == ReplicaStatus.ready.value),
         status=DeploymentStatus(dep.status), pending_reason=dep.pending_reason,
-        generation=dep.generation, env=dep.env, priority=dep.priority,
+        generation=dep.generation, env=dep.env, secrets=dict(dep.secrets or {}),
+        priority=dep.priority,
         preemptible=dep.preemptible, endpoint=f"/endpoints/{dep.name}/",
         created_at=dep.created_at, updated_at=dep.updated_at,
         replica_list=[replica_out(r, node_names) for r in reps if r.status != "stopped"],

@@ -9,7 +9,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.models import Bill, BillLine
-from neocloud.server.db.tables import Deployment, Replica, Shape, UsageRecord
+from neocloud.server.db.tables import (
+    Deployment,
+    Job,
+    JobWorker,
+    Pod,
+    Replica,
+    Shape,
+    UsageRecord,
+    Volume,
+)
 from neocloud.server.metering.records import gpus_of, running_cost
 
 
@@ -53,6 +62,34 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         ln.seconds += secs
         ln.gpu_seconds += secs * gpus_of(shape)
         ln.cost_usd += running_cost(shape, secs)
+    open_work = [
+        ("job", job.name, job.shape, shape, w.metered_until or w.started_at)
+        for w, job, shape in s.execute(
+            select(JobWorker, Job, Shape)
+            .join(Job, Job.id == JobWorker.job_id)
+            .join(Shape, Shape.name == Job.shape, isouter=True)
+            .where(JobWorker.workspace_id == workspace_id,
+                   JobWorker.status.in_(("starting", "running", "stopping")),
+                   JobWorker.started_at.is_not(None))
+        ).all()
+    ] + [
+        ("pod", pod.name, pod.shape, shape, pod.metered_until or pod.started_at)
+        for pod, shape in s.execute(
+            select(Pod, Shape).join(Shape, Shape.name == Pod.shape, isouter=True)
+            .where(Pod.workspace_id == workspace_id,
+                   Pod.status.in_(("starting", "running", "stopping")),
+                   Pod.started_at.is_not(None), Pod.node_id.is_not(None))
+        ).all()
+    ]
+    for kind, name, shape_name, shape, start in open_work:
+        secs = max(0.0, (now - start).total_seconds())
+        first = start if first is None else min(first, start)
+        ln = line(kind, name, shape_name)
+        ln.seconds += secs
+        ln.gpu_seconds += secs * gpus_of(shape)
+        ln.cost_usd += running_cost(shape, secs)
+    for vol in s.scalars(select(Volume).where(Volume.workspace_id == workspace_id)):
+        line("volume", vol.name, None).storage_bytes = vol.size_bytes
     out = sorted(lines.values(), key=lambda ln: (ln.kind, ln.name))
     return Bill(
         workspace=workspace_name, period_start=first, period_end=now, lines=out,

@@ -1,0 +1,71 @@
+"""The process that runs one job worker: ``python -m neocloud.jobrun --exit-file F -- CMD...``.
+
+It starts ``CMD`` (no shell; output goes where its own goes: the worker's log), waits,
+and writes the exit code to ``F`` as JSON
+``{"exit_code": N}`` (negative N: killed by signal -N) through a temporary file and a
+rename, so the control plane reads a complete code even after its own restart, when the
+worker is no longer its child. It exits with the command's code (128 + signal for a
+signal, as shells do).
+
+Stop signals reach the command directly: the backend signals the worker's whole process
+group, which the command shares. This process lets SIGTERM, SIGINT and SIGHUP pass it by
+(it must outlive the command to record its code) and forwards nothing, so the command
+sees each signal exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+
+def write_exit(path: Path, code: int) -> None:
+    """Write ``{"exit_code": code}`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"exit_code": code}))
+    os.replace(tmp, path)
+
+
+def read_exit(path: Path) -> int | None:
+    """The exit code recorded in ``path``, or ``None`` when there is none (yet)."""
+    try:
+        return int(json.loads(path.read_text())["exit_code"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neocloud.jobrun")
+    parser.add_argument("--exit-file", required=True, type=Path)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        parser.error("no command given")
+    try:
+        proc = subprocess.Popen(cmd)
+    except OSError as e:
+        print(f"neocloud: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr, flush=True)
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        write_exit(args.exit_file, code)
+        return code
+
+    def outlive(_signum: int, _frame: FrameType | None) -> None:
+        pass  # the command got the same signal through the process group
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, outlive)
+    code = proc.wait()
+    write_exit(args.exit_file, code)
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

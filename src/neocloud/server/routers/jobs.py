@@ -1,0 +1,112 @@
+"""Jobs, their events and the logs of their workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from neocloud.errors import NeocloudError, NotFound
+from neocloud.models import EventOut, Page, Role
+from neocloud.models.jobs import JobCreate, JobOut
+from neocloud.server.backends.base import tail_file
+from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.reconcilers.jobs import redact
+from neocloud.server.routers.secrets import secret_box
+from neocloud.server.services import events
+from neocloud.server.services import jobs as svc
+from neocloud.server.services import secrets as secret_svc
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/jobs", response_model=JobOut, status_code=201)
+def create_job(body: JobCreate, caller: CallerDep, s: SessionDep, state: StateDep) -> JobOut:
+    caller.require(Role.member)
+    job = svc.create_job(s, workspace_id=caller.workspace_id, spec=body)
+    out = svc.job_out(s, job)
+    s.commit()
+    state.wake_reconcilers()
+    return out
+
+
+@router.get("/jobs", response_model=Page[JobOut])
+def list_jobs(caller: CallerDep, s: SessionDep) -> Page[JobOut]:
+    return Page(data=[svc.job_out(s, j) for j in svc.list_jobs(
+        s, workspace_id=caller.workspace_id)])
+
+
+@router.get("/jobs/{name}", response_model=JobOut)
+def get_job(name: str, caller: CallerDep, s: SessionDep) -> JobOut:
+    return svc.job_out(s, svc.get_job(s, workspace_id=caller.workspace_id, name=name))
+
+
+@router.post("/jobs/{name}/stop", response_model=JobOut)
+def stop_job(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> JobOut:
+    """Stop the job (SIGTERM to its workers, SIGKILL after the grace period); logs stay."""
+    caller.require(Role.member)
+    job = svc.stop_job(s, workspace_id=caller.workspace_id, name=name)
+    out = svc.job_out(s, job)
+    s.commit()
+    state.wake_reconcilers()
+    return out
+
+
+@router.delete("/jobs/{name}", status_code=204)
+def delete_job(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
+    """Delete a finished job with its logs (409 while it is live)."""
+    caller.require(Role.member)
+    svc.delete_job(s, workspace_id=caller.workspace_id, name=name,
+                   logs_root=state.settings.logs_dir)
+    return Response(status_code=204)
+
+
+@router.get("/jobs/{name}/events", response_model=Page[EventOut])
+def job_events(name: str, caller: CallerDep, s: SessionDep,
+               limit: int = Query(100, ge=1, le=1000)) -> Page[EventOut]:
+    svc.get_job(s, workspace_id=caller.workspace_id, name=name)
+    rows = events.list_events(s, workspace_id=caller.workspace_id, kind="job", name=name,
+                              limit=limit)
+    return Page(data=[EventOut.model_validate(e) for e in rows])
+
+
+@router.get("/jobs/{name}/logs", response_class=PlainTextResponse)
+def job_logs(
+    name: str,
+    caller: CallerDep,
+    s: SessionDep,
+    state: StateDep,
+    worker: int | None = Query(None, ge=0),
+    attempt: int | None = Query(None, ge=1),
+    tail: int | None = Query(None, ge=0, le=100_000),
+) -> PlainTextResponse:
+    """Output of one worker (``worker``), or of every worker under ``==> worker R <==``
+    headers (a job of one worker: its output alone), of one attempt (default: the latest).
+    Secret values are shown as ``***``."""
+    job = svc.get_job(s, workspace_id=caller.workspace_id, name=name)
+    k = attempt or job.attempt
+    if k == 0:
+        return PlainTextResponse("")
+    if k > job.attempt:
+        raise NotFound(f"job {name!r} has no attempt {k} (it has {job.attempt})",
+                       param="attempt")
+    workers = svc.workers_of(s, job, k)
+    if worker is not None:
+        workers = [w for w in workers if w.rank == worker]
+        if not workers:
+            raise NotFound(f"job {name!r} has no worker {worker} (workers 0..{job.workers - 1})",
+                           param="worker")
+    try:
+        values = list(secret_svc.resolve(s, workspace_id=job.workspace_id, refs=job.secrets,
+                                         box=secret_box(state)).values())
+    except NeocloudError:
+        values = []
+
+    def text(path: str | None) -> str:
+        return redact(tail_file(Path(path), tail), values) if path else ""
+
+    if worker is not None or len(workers) == 1:
+        return PlainTextResponse(text(workers[0].log_path))
+    parts = [f"==> worker {w.rank} <==\n{text(w.log_path)}" for w in workers]
+    return PlainTextResponse("\n".join(parts))

@@ -1,0 +1,123 @@
+"""Volumes of the caller's workspace and their files (streamed both ways)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from neocloud.models import Page, Role
+from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeOut
+from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.services import volumes as svc
+from neocloud.server.state import AppState
+from neocloud.server.storage import VolumeStore, clean_path
+
+router = APIRouter(tags=["volumes"])
+
+#: Path prefix of uploads, which the control plane lets past its request-body limit.
+UPLOAD_PREFIX = "/api/v1/volumes/"
+
+
+def volume_store(state: AppState) -> VolumeStore:
+    store: VolumeStore = state.extras["volume_store"]
+    return store
+
+
+def is_upload(method: str, path: str) -> bool:
+    """Whether a request is a file upload (``PUT /api/v1/volumes/{name}/files/...``)."""
+    return method == "PUT" and path.startswith(UPLOAD_PREFIX) and "/files/" in path
+
+
+@router.post("/volumes", response_model=VolumeOut, status_code=201)
+def create_volume(body: VolumeCreate, caller: CallerDep, s: SessionDep,
+                  state: StateDep) -> VolumeOut:
+    caller.require(Role.member)
+    vol = svc.create_volume(s, workspace_id=caller.workspace_id, name=body.name,
+                            store=volume_store(state))
+    return svc.volume_out(s, vol)
+
+
+@router.get("/volumes", response_model=Page[VolumeOut])
+def list_volumes(caller: CallerDep, s: SessionDep) -> Page[VolumeOut]:
+    return Page(data=[svc.volume_out(s, v) for v in svc.list_volumes(
+        s, workspace_id=caller.workspace_id)])
+
+
+@router.get("/volumes/{name}", response_model=VolumeOut)
+def get_volume(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> VolumeOut:
+    """The volume, with its size measured now."""
+    vol = svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+    svc.measure(vol, volume_store(state))
+    return svc.volume_out(s, vol)
+
+
+@router.delete("/volumes/{name}", status_code=204)
+def delete_volume(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
+    caller.require(Role.member)
+    svc.delete_volume(s, workspace_id=caller.workspace_id, name=name, store=volume_store(state))
+    return Response(status_code=204)
+
+
+@router.get("/volumes/{name}/files", response_model=Page[VolumeFile])
+def list_files(name: str, caller: CallerDep, s: SessionDep, state: StateDep,
+               path: str = Query("", max_length=4096)) -> Page[VolumeFile]:
+    """Every file and folder under ``path`` (the whole volume by default)."""
+    svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+    prefix = clean_path(path, allow_root=True)
+    entries = volume_store(state).list(caller.workspace_id, name, prefix)
+    return Page(data=[VolumeFile(path=e.path, size_bytes=e.size_bytes, is_dir=e.is_dir,
+                                 modified_at=e.modified_at) for e in entries])
+
+
+@router.put("/volumes/{name}/files/{path:path}", response_model=VolumeFile, status_code=201)
+async def upload_file(name: str, path: str, request: Request, caller: CallerDep,
+                      state: StateDep) -> VolumeFile:
+    """Store the request body as the file ``path`` (streamed; replaces an existing file
+    once complete)."""
+    caller.require(Role.member)
+    rel = clean_path(path)
+    store = volume_store(state)
+
+    def check() -> None:
+        with state.db.session() as s:
+            svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+
+    await run_in_threadpool(check)
+    await store.write(caller.workspace_id, name, rel, request.stream(),
+                      max_bytes=state.settings.volume_max_file_bytes)
+
+    def remeasure() -> VolumeFile:
+        with state.db.session() as s:
+            vol = svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+            svc.measure(vol, store)
+        entry = store.list(caller.workspace_id, name, rel)[0]
+        return VolumeFile(path=entry.path, size_bytes=entry.size_bytes, is_dir=False,
+                          modified_at=entry.modified_at)
+
+    return await run_in_threadpool(remeasure)
+
+
+@router.get("/volumes/{name}/files/{path:path}", response_class=StreamingResponse)
+def download_file(name: str, path: str, caller: CallerDep, s: SessionDep,
+                  state: StateDep) -> StreamingResponse:
+    """The file's bytes, streamed, with its ``Content-Length``."""
+    svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+    size, chunks = volume_store(state).read(caller.workspace_id, name, clean_path(path))
+    filename = quote(path.rsplit("/", 1)[-1])
+    return StreamingResponse(chunks, media_type="application/octet-stream", headers={
+        "Content-Length": str(size),
+        "Content-Disposition": f"attachment; filename*=UTF-8''{filename}"})
+
+
+@router.delete("/volumes/{name}/files/{path:path}", status_code=204)
+def delete_file(name: str, path: str, caller: CallerDep, s: SessionDep,
+                state: StateDep) -> Response:
+    caller.require(Role.member)
+    vol = svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+    store = volume_store(state)
+    store.remove(caller.workspace_id, name, clean_path(path))
+    svc.measure(vol, store)
+    return Response(status_code=204)

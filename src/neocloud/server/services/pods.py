@@ -1,0 +1,157 @@
+"""Dev pods: validate, write the row with its desired state, wake the reconciler.
+
+The reconciler (``server.reconcilers.pods``) places, starts, watches, idles out and stops
+them. A pod's working directory is a volume, so stop and start keep its files.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.util
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from neocloud.errors import AlreadyExists, Conflict, NotFound, Unsupported
+from neocloud.models.pods import PodCreate, PodOut, PodSsh, PodStatus
+from neocloud.models.volumes import VolumeMount
+from neocloud.podrun import find_sshd
+from neocloud.server.db.tables import Node, Pod
+from neocloud.server.services import events
+from neocloud.server.services import secrets as secret_svc
+from neocloud.server.services import volumes as volume_svc
+from neocloud.server.services.deployments import check_env
+from neocloud.server.services.shapes import get_shape
+from neocloud.server.storage import VolumeStore
+
+#: Pod states that hold (or are about to hold) a node.
+ACTIVE = (PodStatus.starting, PodStatus.running, PodStatus.stopping)
+
+
+def _find(s: Session, *, workspace_id: str, name: str) -> Pod | None:
+    return s.scalars(select(Pod).where(Pod.workspace_id == workspace_id, Pod.name == name)).first()
+
+
+def get_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
+    """The pod ``name`` of the workspace; :class:`NotFound` for any other workspace's."""
+    pod = _find(s, workspace_id=workspace_id, name=name)
+    if pod is None or pod.desired == "deleted":
+        raise NotFound(f"pod {name!r} not found", param="name")
+    return pod
+
+
+def home_volume(name: str) -> str:
+    """Default working-directory volume of pod ``name``: ``<name>-home``."""
+    return f"{name[:58].rstrip('-')}-home"
+
+
+def create_pod(s: Session, *, workspace_id: str, spec: PodCreate, store: VolumeStore) -> Pod:
+    """Store a new pod (desired ``running``, status ``queued``) and its volume if missing.
+
+    Raises:
+        AlreadyExists: a pod of that name exists (409).
+        NotFound: unknown shape, secret or mounted volume (404, naming the field).
+        InvalidRequest: bad env names (400).
+        Unsupported: ``sshd`` is not installed on this machine, or ``jupyter`` was asked
+            for without JupyterLab installed (400).
+    """
+    check_env(spec.env)
+    get_shape(s, name=spec.shape, param="shape")
+    secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
+    volume_svc.check_mounts(s, workspace_id=workspace_id, mounts=spec.volumes)
+    if find_sshd() is None:
+        raise Unsupported("pods need the OpenSSH server (sshd) on the node; install it "
+                          "(Debian/Ubuntu: apt-get install openssh-server)")
+    if spec.jupyter and importlib.util.find_spec("jupyterlab") is None:
+        raise Unsupported("JupyterLab is not installed on the node (pip install jupyterlab)",
+                          param="jupyter")
+    old = _find(s, workspace_id=workspace_id, name=spec.name)
+    if old is not None:
+        if old.desired == "deleted":
+            raise Conflict(f"pod {spec.name!r} is being deleted; retry in a moment",
+                           param="name")
+        raise AlreadyExists(f"pod {spec.name!r} already exists", param="name")
+    volume = spec.volume or home_volume(spec.name)
+    volume_svc.ensure_volume(s, workspace_id=workspace_id, name=volume, store=store)
+    pod = Pod(
+        workspace_id=workspace_id, name=spec.name, shape=spec.shape, volume=volume,
+        ssh_public_key=spec.ssh_public_key, jupyter=spec.jupyter, env=dict(spec.env),
+        secrets=dict(spec.secrets), volumes=[m.model_dump() for m in spec.volumes],
+        idle_timeout_s=spec.idle_timeout_s, desired="running",
+        status=PodStatus.queued.value, reason="waiting to be scheduled",
+    )
+    s.add(pod)
+    s.flush()
+    events.record(s, workspace_id=workspace_id, kind="pod", name=pod.name, object_id=pod.id,
+                  reason="Created", message=f"pod {pod.name} created: {spec.shape}, "
+                                            f"working directory on volume {volume}")
+    return pod
+
+
+def start_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
+    """Start a stopped or failed pod again (its files are where it left them)."""
+    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    pod.desired = "running"
+    if pod.status in (PodStatus.stopped, PodStatus.failed):
+        pod.status, pod.reason = PodStatus.queued.value, "waiting to be scheduled"
+        events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,
+                      reason="Starting", message="start requested")
+    pod.updated_at = datetime.now(UTC)
+    return pod
+
+
+def stop_pod(s: Session, *, workspace_id: str, name: str, reason: str = "stopped by the user"
+             ) -> Pod:
+    """Stop a pod; billing stops once its process has ended. Files stay on its volume."""
+    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    if pod.desired != "stopped":
+        pod.desired, pod.reason = "stopped", reason
+        pod.updated_at = datetime.now(UTC)
+        events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,
+                      reason="Stopping", message=f"stop requested: {reason}")
+    return pod
+
+
+def delete_pod(s: Session, *, workspace_id: str, name: str) -> None:
+    """Stop and delete a pod; its working-directory volume is kept (delete it with
+    ``neocloud volume rm``)."""
+    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    pod.desired = "deleted"
+    pod.updated_at = datetime.now(UTC)
+    events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,
+                  reason="Deleting", message=f"deletion requested; volume {pod.volume} is kept")
+
+
+def list_pods(s: Session, *, workspace_id: str) -> list[Pod]:
+    return list(s.scalars(
+        select(Pod).where(Pod.workspace_id == workspace_id, Pod.desired != "deleted")
+        .order_by(Pod.created_at)
+    ))
+
+
+def ssh_user() -> str:
+    """The account pods run as on the local backend (the control plane's user)."""
+    return getpass.getuser()
+
+
+def pod_out(s: Session, pod: Pod) -> PodOut:
+    node = s.get(Node, pod.node_id) if pod.node_id else None
+    up = pod.status == PodStatus.running and node is not None and pod.ssh_port
+    ssh = None
+    if up and node is not None and pod.ssh_port:
+        user = ssh_user()
+        ssh = PodSsh(host=node.address, port=pod.ssh_port, user=user,
+                     command=f"ssh -p {pod.ssh_port} {user}@{node.address}")
+    jupyter_url = None
+    if up and node is not None and pod.jupyter and pod.jupyter_port:
+        jupyter_url = f"http://{node.address}:{pod.jupyter_port}/lab?token={pod.jupyter_token}"
+    return PodOut(
+        id=pod.id, name=pod.name, shape=pod.shape, status=PodStatus(pod.status),
+        reason=pod.reason, volume=pod.volume, jupyter=pod.jupyter, env=dict(pod.env),
+        secrets=dict(pod.secrets), volumes=[VolumeMount.model_validate(m) for m in pod.volumes],
+        idle_timeout_s=pod.idle_timeout_s, has_ssh_key=bool(pod.ssh_public_key),
+        node=node.name if node else None, gpu_indices=list(pod.gpu_indices), ssh=ssh,
+        jupyter_url=jupyter_url, created_at=pod.created_at, started_at=pod.started_at,
+        stopped_at=pod.stopped_at, last_activity_at=pod.last_activity_at,
+    )
