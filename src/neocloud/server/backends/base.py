@@ -65,6 +65,25 @@ class Backend(Protocol):
         """Whether the workload answers ready at ``url`` (HTTP 200)."""
         ...
 
+    def find(self, workload_id: str) -> dict[str, Any] | None:
+        """The handle of a running process started for ``workload_id``, if there is one."""
+        ...
+
+
+#: Environment variable carrying the workload id into every process a backend starts.
+WORKLOAD_ENV = "NEOCLOUD_WORKLOAD_ID"
+
+
+def start_or_adopt(backend: Backend, spec: WorkloadSpec) -> dict[str, Any]:
+    """Start ``spec``'s process unless one for the same workload already runs.
+
+    Closes the one window where a process could be started twice: the control plane
+    wrote the workload as starting, started the process, and died before it recorded the
+    handle. The next start finds that process by its workload id and adopts it.
+    """
+    found = backend.find(spec.workload_id)
+    return found if found is not None else backend.start(spec)
+
 
 def tail_file(path: Path, lines: int | None, *, start: int = 0) -> str:
     """The last ``lines`` lines of a text file from byte ``start`` on ('' if it does not

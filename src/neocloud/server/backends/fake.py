@@ -53,6 +53,13 @@ class FakeBackend:
                     del self._running[fid]
                     self._exit[fid] = exit_code
 
+    def find(self, workload_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            for fid, spec in self._running.items():
+                if spec.workload_id == workload_id:
+                    return {"fake_id": fid}
+        return None
+
     def logs(
         self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
     ) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import psutil
 
-from neocloud.server.backends.base import WorkloadSpec, WorkloadState, tail_file
+from neocloud.server.backends.base import WORKLOAD_ENV, WorkloadSpec, WorkloadState, tail_file
 
 #: Variables of the control plane that must not leak into workloads.
 _SCRUB = ("NEOCLOUD_TOKEN", "NEOCLOUD_DATABASE_URL", "NEOCLOUD_SECRET_KEY")
@@ -38,6 +38,7 @@ class LocalBackend:
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env.update(spec.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
+        env[WORKLOAD_ENV] = spec.workload_id
         env.setdefault("PYTHONUNBUFFERED", "1")
         log_path = spec.log_path or Path(os.devnull)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,35 @@ class LocalBackend:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+    def find(self, workload_id: str) -> dict[str, Any] | None:
+        """The running process started for ``workload_id`` (found by its environment; the
+        topmost one when it has children), as a handle; ``None`` if there is none."""
+        found: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["pid", "ppid"]):
+            try:
+                if p.environ().get(WORKLOAD_ENV) == workload_id and \
+                        p.status() != psutil.STATUS_ZOMBIE:
+                    found[p.pid] = p
+            except psutil.Error:
+                continue
+        tops = [p for p in found.values() if p.info["ppid"] not in found]
+        if not tops:
+            return None
+        top = tops[0]
+        try:
+            created = top.create_time()
+        except psutil.Error:
+            return None
+        log_path = ""
+        try:
+            for f in top.open_files():
+                if f.path.endswith(".log"):
+                    log_path = f.path
+                    break
+        except psutil.Error:
+            pass
+        return {"pid": top.pid, "create_time": created, "log_path": log_path, "adopted": True}
 
     def logs(
         self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False

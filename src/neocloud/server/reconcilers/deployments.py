@@ -31,7 +31,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import NeocloudError
-from neocloud.server.backends.base import Backend, WorkloadSpec
+from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
@@ -319,7 +319,7 @@ class DeploymentReconciler:
                 node_address=node.address,
             )
         try:
-            handle = be.start(spec)
+            handle = start_or_adopt(be, spec)
         except OSError as e:
             with self.db.session() as s:
                 r = s.get(Replica, rid)

@@ -32,7 +32,7 @@ from neocloud.errors import NeocloudError
 from neocloud.jobrun import read_exit
 from neocloud.models.jobs import LAST_LINES, JobStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec
+from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Job, JobWorker, Node, Shape
@@ -255,7 +255,7 @@ class JobReconciler:
                 node_address=node.address,
             )
         try:
-            handle = be.start(spec)
+            handle = start_or_adopt(be, spec)
         except OSError as e:
             with self.db.session() as s:
                 w = s.get(JobWorker, wid)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from neocloud.errors import NeocloudError
 from neocloud.models.pods import PodStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec
+from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Node, Pod, Shape, Volume
@@ -237,7 +237,7 @@ class PodReconciler:
                                 log_path=self.log_path(pod.id), port=pod.ssh_port,
                                 node_address=node.address)
         try:
-            handle = be.start(spec)
+            handle = start_or_adopt(be, spec)
         except OSError as e:
             with self.db.session() as s:
                 pod = s.get(Pod, pod_id)
