@@ -134,3 +134,16 @@ def test_usage_accrues_for_running_replicas(cloud: Cloud) -> None:
     line2 = next(ln for ln in after["lines"] if ln["name"] == "u")
     assert line2["seconds"] >= line["seconds"]
     assert after["total_usd"] >= bill["total_usd"] > 0
+
+
+def test_utilization_and_metrics_for_operators(cloud: Cloud) -> None:
+    cloud.add_fake_node("gpu-1", gpus=H100)
+    cloud.api("POST", "/deployments", json={"name": "u", "service": "chat",
+              "shape": "gpu.h100", "replicas": 2})
+    cloud.reconcile(2)
+    util = cloud.api("GET", "/utilization").json()
+    assert util["gpus"] == 8 and util["allocated_gpus"] == 2.0
+    assert util["gpu_allocation_pct"] == 25.0
+    text = cloud.client.get("/metrics").text
+    assert 'neocloud_gpus_allocated{gpu_type="H100",pool="-"} 2.0' in text
+    assert 'neocloud_replicas{status="ready"} 2.0' in text

@@ -80,6 +80,24 @@ def queue(
     output.out.print(table(("KIND", "NAME", "ID", "PRIORITY", "WAITING", "REASON"), rows))
 
 
+def utilization(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Capacity and allocation of the fleet, per node pool and GPU type."""
+    u = client(ctx).fleet.utilization()
+    if json_out:
+        print_json(u)
+        return
+    rows = [(p.pool, p.gpu_type, p.nodes, f"{p.allocated_gpus:g}/{p.gpus}",
+             f"{p.allocated_cpu_milli / 1000:g}/{p.cpu_milli / 1000:g}",
+             f"{p.allocated_memory_mib / 1024:.0f}/{p.memory_mib / 1024:.0f}")
+            for p in u.pools]
+    output.out.print(table(("POOL", "GPU TYPE", "NODES", "GPUS", "CPUS", "MEMORY GiB"), rows,
+                           title=f"GPU allocation {u.gpu_allocation_pct:.1f} %"))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(quota_app, name="quota")
     app.command()(queue)
+    app.command()(utilization)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from neocloud.models import QueueItem, QuotaOut, QuotaSet
+from neocloud.models.utilization import Utilization
 from neocloud.sdk._http import HttpApi, build, parse
 
 
@@ -50,3 +51,14 @@ class Queue:
     def list(self, *, all_workspaces: bool = False) -> list[QueueItem]:
         params = {"all_workspaces": "true"} if all_workspaces else None
         return self._api.get_list(QueueItem, "/queue", params=params)
+
+
+class Fleet:
+    """Capacity and allocation of the whole fleet (nodes of every pool)."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+
+    def utilization(self) -> Utilization:
+        """GPUs, CPU and memory per node pool and GPU type, and what is allocated now."""
+        return self._api.get_model(Utilization, "/utilization")

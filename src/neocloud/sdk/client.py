@@ -12,7 +12,7 @@ from neocloud.errors import Unsupported
 from neocloud.models import WhoAmI
 from neocloud.sdk._http import HttpApi
 from neocloud.sdk.activity import Events, Usage
-from neocloud.sdk.admission import Queue, Quotas
+from neocloud.sdk.admission import Fleet, Queue, Quotas
 from neocloud.sdk.deployments import Deployments
 from neocloud.sdk.inventory import Nodes, Shapes
 from neocloud.sdk.jobs import Jobs
@@ -71,6 +71,7 @@ class Client:
         self.usage = Usage(self._api)
         self.quotas = Quotas(self._api)
         self.queue = Queue(self._api)
+        self.fleet = Fleet(self._api)
         self.jobs = Jobs(self._api)
         self.pods = Pods(self._api)
         self.secrets = Secrets(self._api)

@@ -29,6 +29,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database, migrate
 from neocloud.server.errors_http import install as install_errors
 from neocloud.server.gateway_host import DbAuthenticator, DbRouteTable, UsageBuffer
+from neocloud.server.metering.metrics import ControlPlaneCollector
 from neocloud.server.reconcilers.deployments import DeploymentReconciler, ReconcilerThread
 from neocloud.server.reconcilers.jobs import JobReconciler
 from neocloud.server.reconcilers.pods import PodReconciler
@@ -211,6 +212,7 @@ def create_app(
         return {"status": "ok"}
 
     registry = CollectorRegistry()
+    registry.register(ControlPlaneCollector(db))  # type: ignore[arg-type]
     collector = getattr(gateway, "collector", None)
     if collector is not None:
         registry.register(collector)

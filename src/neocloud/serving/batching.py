@@ -27,7 +27,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -101,6 +101,24 @@ class Batcher:
         self._is_async = inspect.iscoroutinefunction(self.fn)
 
     # ------------------------------------------------------------------ callers
+    def _enqueue(self, values: Sequence[Any], timeout_s: float | None) -> list[asyncio.Future[Any]]:
+        if self._closed:
+            raise Unavailable(f"{self.name}: shutting down")
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
+        now = time.monotonic()
+        deadline = now + timeout_s if timeout_s else None
+        futures: list[asyncio.Future[Any]] = []
+        for value in values:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._queue.append(_Item(value, fut, now, deadline))
+            futures.append(fut)
+        assert self._wake is not None
+        self._wake.set()
+        return futures
+
     async def submit(self, value: Any, *, timeout_s: float | None = None) -> Any:
         """Queue one item and wait for its output.
 
@@ -109,17 +127,7 @@ class Batcher:
             Unavailable: the batcher was closed (replica shutting down).
             Exception: whatever the batch function raised for this item.
         """
-        if self._closed:
-            raise Unavailable(f"{self.name}: shutting down")
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = loop.create_task(self._run(), name=f"batcher:{self.name}")
-        now = time.monotonic()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Item(value, fut, now, now + timeout_s if timeout_s else None))
-        assert self._wake is not None
-        self._wake.set()
+        (fut,) = self._enqueue((value,), timeout_s)
         tracker: LoadTracker | None = getattr(self.owner, TRACKER_ATTR, None)
         if tracker is None:
             return await fut
@@ -128,6 +136,25 @@ class Batcher:
             return await fut
         finally:
             tracker.parked -= 1
+
+    async def submit_many(self, values: Sequence[Any], *, timeout_s: float | None = None
+                          ) -> list[Any]:
+        """Queue several items of one request (they may share batches with others) and
+        wait for all outputs, in order. If one item fails, the others are cancelled and
+        its error is raised (same errors as :meth:`submit`)."""
+        futures = self._enqueue(values, timeout_s)
+        tracker: LoadTracker | None = getattr(self.owner, TRACKER_ATTR, None)
+        if tracker is not None:
+            tracker.parked += 1
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            if tracker is not None:
+                tracker.parked -= 1
 
     __call__ = submit
 
@@ -312,16 +339,3 @@ class batched:  # noqa: N801 - used as a decorator, like ``property``
 def batchers_of(obj: Any) -> list[Batcher]:
     """Every :class:`Batcher` already created on ``obj`` (for metrics and shutdown)."""
     return [v for v in vars(obj).values() if isinstance(v, Batcher)]
-
-
-async def gather_outputs(calls: Sequence[Awaitable[Any]]) -> list[Any]:
-    """Await several batched calls; if one fails the others are cancelled and it raises."""
-    if len(calls) == 1:
-        return [await calls[0]]
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        raise

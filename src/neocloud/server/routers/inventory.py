@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from neocloud.models import NodeCreate, NodeOut, NodeUpdate, Page, ShapeCreate, ShapeOut
+from neocloud.models.utilization import Utilization
 from neocloud.server.deps import CallerDep, SessionDep, StateDep
 from neocloud.server.services import nodes as node_svc
 from neocloud.server.services import shapes as shape_svc
+from neocloud.server.services.utilization import utilization
 
 router = APIRouter(tags=["inventory"])
 
@@ -65,3 +67,9 @@ def create_shape(body: ShapeCreate, caller: CallerDep, s: SessionDep) -> ShapeOu
 @router.get("/shapes/{name}", response_model=ShapeOut)
 def get_shape(name: str, caller: CallerDep, s: SessionDep) -> ShapeOut:
     return ShapeOut.model_validate(shape_svc.get_shape(s, name=name))
+
+
+@router.get("/utilization", response_model=Utilization)
+def get_utilization(caller: CallerDep, s: SessionDep) -> Utilization:
+    """Capacity and allocation of the fleet per node pool and GPU type."""
+    return utilization(s)

@@ -22,7 +22,7 @@ from typing import Any
 
 from neocloud.errors import InvalidRequest, Unsupported
 from neocloud.models.openai import EmbeddingRequest
-from neocloud.serving.batching import Batcher, gather_outputs
+from neocloud.serving.batching import Batcher
 from neocloud.serving.builtin.common import check_model, env_float, env_int
 from neocloud.serving.modelref import parse_model_ref
 from neocloud.serving.service import Service, endpoint
@@ -117,7 +117,7 @@ class EmbeddingsService(Service):
         dims = body.dimensions
         if dims is not None and dims > self.dimensions:
             raise InvalidRequest(f"dimensions must be <= {self.dimensions}", param="dimensions")
-        results = await gather_outputs([self.encode(t) for t in texts])
+        results = await self.encode.submit_many(texts)
         data = []
         tokens = 0
         for i, (vec, n) in enumerate(results):

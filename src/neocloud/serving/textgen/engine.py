@@ -16,6 +16,7 @@ when absent).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import secrets
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,8 @@ class TextGenerator:
     Args:
         model: a transformers causal LM (or any module with the same call signature:
             ``model(input_ids=..., past_key_values=..., use_cache=True)`` returning
-            ``.logits`` of shape ``(batch, seq, vocab)`` and ``.past_key_values``).
+            ``.logits`` of shape ``(batch, seq, vocab)`` and ``.past_key_values``; the
+            argument and attribute are named ``cache`` when ``forward`` takes ``cache``).
         tokenizer: its tokenizer (``apply_chat_template``, ``encode``, ``decode``).
         device: torch device string of the model.
         context_length: prompt + output limit in tokens (default from the model config).
@@ -92,6 +94,12 @@ class TextGenerator:
             getattr(cfg, "max_position_embeddings", 0) or 2048
         )
         self.eos_ids = _eos_ids(model, tokenizer)
+        # transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output)
+        try:
+            names = set(inspect.signature(model.forward).parameters)
+        except (AttributeError, TypeError, ValueError):
+            names = set()
+        self._cache_arg = "cache" if "cache" in names else "past_key_values"
         self._lock = asyncio.Lock()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="textgen")
 
@@ -121,8 +129,11 @@ class TextGenerator:
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use /v1/completions",
                                  param="messages")
-        text = self.tokenizer.apply_chat_template(flat, add_generation_prompt=True,
-                                                  tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(flat, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as exc:  # the template itself refuses (jinja raise_exception)
+            raise InvalidRequest(f"messages: {exc}", param="messages") from exc
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def text_prompt(self, prompt: str) -> list[int]:
@@ -159,8 +170,8 @@ class TextGenerator:
         import torch
 
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, past_key_values=past, use_cache=True)
-        return out.logits[:, -1, :], out.past_key_values
+            out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: past})
+        return out.logits[:, -1, :], getattr(out, self._cache_arg)
 
     def _sample(self, logits: Any, params: SamplingParams, gen: Any) -> list[int]:
         import torch

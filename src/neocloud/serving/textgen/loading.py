@@ -135,6 +135,6 @@ def load_causal_lm(ref: str | None, device: str | None = None) -> tuple[Any, Any
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() narrowly
     model.eval()
     return model, tokenizer, device
