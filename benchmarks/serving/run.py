@@ -331,17 +331,49 @@ def stream_once(url: str, max_tokens: int, auth: str | None) -> tuple[float, flo
     return tokens / (time.perf_counter() - t0), first or 0.0, tokens
 
 
+class InProcess:
+    """The chat replica's engine loaded in this process (the in-process reference)."""
+
+    def __init__(self, max_tokens: int) -> None:
+        import torch
+
+        from neocloud.serving.textgen.engine import SamplingParams, TextGenerator
+        from neocloud.serving.textgen.loading import load_causal_lm
+
+        torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "2")))
+        model, tokenizer, device = load_causal_lm(None)
+        self.gen = TextGenerator(model, tokenizer, device)
+        self.ids = self.gen.chat_prompt([{"role": "user", "content": PROMPT}])
+        self.params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+
+    def once(self) -> tuple[float, float, int]:
+        import asyncio
+
+        async def go() -> tuple[float, float, int]:
+            t0 = time.perf_counter()
+            first = None
+            tokens = 0
+            async for deltas in self.gen.generate(self.ids, self.params):
+                if first is None and any(d.text for d in deltas):
+                    first = time.perf_counter() - t0
+                tokens += sum(d.tokens for d in deltas)
+            return tokens / (time.perf_counter() - t0), first or 0.0, tokens
+
+        return asyncio.run(go())
+
+
 def generation(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
+    """Streamed generation direct and through the gateway vs the engine in-process; the
+    three are interleaved run by run so that they see the same machine load."""
     res: dict[str, Any] = {}
-    log("generation: in-process engine ...")
-    res["inproc"] = inproc(["generate", "--prompt", PROMPT, "--max-tokens",
-                            str(args.gen_tokens), "--runs", str(args.gen_runs)], logdir, "gen")
     p, g = free_port(), free_port()
     procs = [Proc("chat", neocloud_cmd("chat", p), env_for("generate"), HERE, logdir)]
     try:
         if gateway_available():
             procs.append(Proc("gateway-chat", gateway_cmd(g, "chat", p), env_for("generate"),
                               HERE, logdir))
+        log("generation: loading the model in-process too ...")
+        local = InProcess(args.gen_tokens)
         deadline = time.monotonic() + args.startup_timeout
         while time.monotonic() < deadline:
             try:
@@ -350,12 +382,13 @@ def generation(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
             except httpx.HTTPError:
                 pass
             if not procs[0].alive():
-                return {**res, "error": f"chat replica exited (log {procs[0].log_path})"}
+                return {"error": f"chat replica exited (log {procs[0].log_path})"}
             time.sleep(0.5)
-        time.sleep(1.0)
-        routes = {"direct": (f"http://127.0.0.1:{p}/v1/chat/completions", None)}
+        routes: dict[str, tuple[str, str | None]] = {
+            "direct": (f"http://127.0.0.1:{p}/v1/chat/completions", None)}
         if gateway_available():
             routes["gateway"] = (f"http://127.0.0.1:{g}/v1/chat/completions", TOKEN)
+        local.once()  # warm-up
         for url, auth in routes.values():  # warm-up; waits for the gateway to start
             for attempt in range(60):
                 try:
@@ -365,8 +398,10 @@ def generation(args: argparse.Namespace, logdir: str) -> dict[str, Any]:
                     if attempt == 59:
                         raise
                     time.sleep(0.5)
-        runs: dict[str, list[tuple[float, float, int]]] = {k: [] for k in routes}
-        for _ in range(args.gen_runs):  # interleaved so both see the same machine state
+        runs: dict[str, list[tuple[float, float, int]]] = {"inproc": []}
+        runs.update({k: [] for k in routes})
+        for _ in range(args.gen_runs):
+            runs["inproc"].append(local.once())
             for name, (url, auth) in routes.items():
                 runs[name].append(stream_once(url, args.gen_tokens, auth))
         for name, rs in runs.items():
@@ -473,7 +508,7 @@ def main() -> None:
             continue
         if wl == "embed":
             log("in-process embedding limit ...")
-            limit_by_batch = inproc(["embed", "--sentence", SENTENCE, "--seconds",
+            limit_by_batch = inproc(["--sentence", SENTENCE, "--seconds",
                                      str(args.inproc_seconds)], logdir, "embed")
             log(f"  sentences/s by batch size: {limit_by_batch}")
         for t in neocloud_targets(wl) + peer_targets(wl, peers, args.venv_root):

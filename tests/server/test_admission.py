@@ -120,7 +120,7 @@ def test_parallel_requests_never_exceed_quota(
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(create, range(20)))
     assert codes == [201] * 20
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # generous: the machine may be busy
     while time.monotonic() < deadline:
         deps = httpx.get(f"{base}/api/v1/deployments", headers=h).json()["data"]
         ready = sum(d["ready_replicas"] for d in deps)

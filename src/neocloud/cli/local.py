@@ -103,6 +103,11 @@ def serve(
 ) -> None:
     """Serve a model service on this machine, without a control plane."""
     runner = _load("neocloud.serving.runner", "`neocloud serve`")
+    loader = _load("neocloud.serving.loader", "`neocloud serve`")
+    try:
+        loader.resolve_service(service)  # a bad reference is a usage error, said at once
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'SERVICE'") from None
     runner.run(
         service, host=host, port=port, name=name, model=model, workers=workers, reload=reload
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 T = TypeVar("T")
 
@@ -20,6 +20,25 @@ Name = Annotated[
 ShapeName = Annotated[
     str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ]
+
+
+#: The largest integer a 32-bit database column holds (PostgreSQL ``INTEGER``); every
+#: amount on the wire is bounded by it so an oversized number is a 422, not a 500.
+INT32_MAX = 2**31 - 1
+
+#: A non-negative amount that fits the database (millicores, MiB, counts).
+Amount = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\x00) characters")
+    return value
+
+
+#: A string passed to a process (environment, command line): no NUL characters, which
+#: no operating system can carry there.
+ProcessText = Annotated[str, AfterValidator(_no_nul)]
 
 
 class Role(StrEnum):

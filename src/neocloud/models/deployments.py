@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from neocloud.models.common import Name, OutModel, ShapeName, WireModel
+from neocloud.models.common import Name, OutModel, ProcessText, ShapeName, WireModel
 
 #: A service reference: ``embeddings``, ``chat``, ``package.module:Class`` or ``file.py:Class``.
 ServiceRef = str
@@ -54,7 +54,7 @@ class DeploymentCreate(WireModel):
     model: str | None = Field(default=None, max_length=512)
     shape: ShapeName = "cpu.small"
     replicas: int = Field(default=1, ge=0, le=64)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, ProcessText] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     """Environment variable -> name of a secret of the workspace (injected at start)."""
     priority: int = Field(default=0, ge=-1000, le=1000)
@@ -72,7 +72,7 @@ class DeploymentUpdate(WireModel):
     model: str | None = Field(default=None, max_length=512)
     shape: ShapeName | None = None
     replicas: int | None = Field(default=None, ge=0, le=64)
-    env: dict[str, str] | None = None
+    env: dict[str, ProcessText] | None = None
     secrets: dict[str, str] | None = None
     priority: int | None = Field(default=None, ge=-1000, le=1000)
     preemptible: bool | None = None

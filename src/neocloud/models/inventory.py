@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from neocloud.models.common import Name, OutModel, ShapeName, WireModel
+from neocloud.models.common import INT32_MAX, Name, OutModel, ShapeName, WireModel
 
 
 class NodeStatus(StrEnum):
@@ -25,19 +25,27 @@ class GpuSpec(WireModel):
 
     type: ShapeName
     count: int = Field(ge=1, le=64)
-    memory_mib: int = Field(ge=0)
+    memory_mib: int = Field(ge=0, le=INT32_MAX)
 
 
 class NodeCreate(WireModel):
     """Register a node (operators only). CPU in millicores, memory in MiB."""
 
     name: Name
-    cpu_milli: int = Field(ge=1)
-    memory_mib: int = Field(ge=1)
+    cpu_milli: int = Field(ge=1, le=INT32_MAX)
+    memory_mib: int = Field(ge=1, le=INT32_MAX)
     gpus: list[GpuSpec] = Field(default_factory=list, max_length=8)
+    """One GPU type per node (as in a node pool); mixed types are refused."""
     labels: dict[str, str] = Field(default_factory=dict)
     pool: Name | None = None
     backend: str = Field(default="fake", pattern=r"^(local|ray|fake)$")
+
+    @field_validator("gpus")
+    @classmethod
+    def _one_gpu_type(cls, gpus: list[GpuSpec]) -> list[GpuSpec]:
+        if len({g.type for g in gpus}) > 1:
+            raise ValueError("a node has GPUs of one type only; register one node per type")
+        return gpus
 
 
 class NodeUpdate(WireModel):

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from neocloud.models.common import Name, OutModel, ShapeName, WireModel
+from neocloud.models.common import Name, OutModel, ProcessText, ShapeName, WireModel
 from neocloud.models.volumes import VolumeMount
 
 #: Lines of output kept in a failed job's ``message`` (the last ones of the failing worker).
@@ -60,10 +60,10 @@ class JobCreate(WireModel):
     """
 
     name: Name
-    command: list[str] = Field(min_length=1, max_length=1024)
+    command: list[ProcessText] = Field(min_length=1, max_length=1024)
     shape: ShapeName = "cpu.small"
     workers: int = Field(default=1, ge=1, le=256)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, ProcessText] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     volumes: list[VolumeMount] = Field(default_factory=list, max_length=16)
     max_retries: int = Field(default=0, ge=0, le=100)

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import Field, field_validator
 
-from neocloud.models.common import Name, OutModel, ShapeName, WireModel
+from neocloud.models.common import Name, OutModel, ProcessText, ShapeName, WireModel
 from neocloud.models.volumes import VolumeMount
 
 _SSH_KEY = re.compile(
@@ -47,7 +47,7 @@ class PodCreate(WireModel):
     volume: Name | None = None
     ssh_public_key: str | None = Field(default=None, max_length=16384)
     jupyter: bool = False
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, ProcessText] = Field(default_factory=dict)
     secrets: dict[str, str] = Field(default_factory=dict)
     volumes: list[VolumeMount] = Field(default_factory=list, max_length=16)
     idle_timeout_s: float | None = Field(default=DEFAULT_IDLE_TIMEOUT_S, gt=0, le=30 * 86400)

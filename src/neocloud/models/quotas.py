@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from neocloud.models.common import OutModel, WireModel
+from neocloud.models.common import Amount, OutModel, WireModel
 
 
 class QuotaSet(WireModel):
@@ -17,10 +17,10 @@ class QuotaSet(WireModel):
     MiB.
     """
 
-    gpus: dict[str, int] = Field(default_factory=dict)
-    gpus_total: int | None = Field(default=None, ge=0)
-    cpu_milli: int | None = Field(default=None, ge=0)
-    memory_mib: int | None = Field(default=None, ge=0)
+    gpus: dict[str, Amount] = Field(default_factory=dict)
+    gpus_total: Amount | None = None
+    cpu_milli: Amount | None = None
+    memory_mib: Amount | None = None
 
 
 class QuotaOut(OutModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from neocloud.models.common import OutModel, ShapeName, WireModel
+from neocloud.models.common import INT32_MAX, OutModel, ShapeName, WireModel
 
 
 class ShapeCreate(WireModel):
@@ -15,8 +15,8 @@ class ShapeCreate(WireModel):
     """
 
     name: ShapeName
-    cpu_milli: int = Field(ge=1)
-    memory_mib: int = Field(ge=1)
+    cpu_milli: int = Field(ge=1, le=INT32_MAX)
+    memory_mib: int = Field(ge=1, le=INT32_MAX)
     gpu_count: int = Field(default=0, ge=0, le=64)
     gpu_milli: int = Field(default=0, ge=0, le=999)
     gpu_type: ShapeName | None = None

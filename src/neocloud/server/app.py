@@ -76,25 +76,43 @@ class BodyLimit:
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
                 await _send_error(send, too_big)
                 return
+        if any(k == b"content-length" for k, _ in scope.get("headers", ())):
+            # Declared and within the limit: the server enforces the declared length.
+            await self.app(scope, receive, send)
+            return
+        # Streamed (chunked) body: read it here, up to the limit, then hand it on whole,
+        # so the app never starts on a body that turns out too large.
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooBig
-            return msg
+            if msg["type"] != "http.request":
+                await self.app(scope, _replay([msg]), send)
+                return
+            body = msg.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                await _send_error(send, too_big)
+                return
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([whole], receive), send)
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooBig:
-            await _send_error(send, too_big)
 
+def _replay(messages: list[dict[str, Any]], then: Any = None) -> Any:
+    """A ``receive`` that returns ``messages`` first, then defers to ``then``."""
+    queue = list(messages)
 
-class _TooBig(Exception):
-    pass
+    async def receive() -> Any:
+        if queue:
+            return queue.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _send_error(send: Any, err: Any) -> None:

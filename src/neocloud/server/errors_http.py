@@ -8,9 +8,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from neocloud.errors import InvalidRequest, NeocloudError, ValidationFailed
+from neocloud.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidRequest,
+    NeocloudError,
+    ValidationFailed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,16 @@ def install(app: FastAPI) -> None:
         typ, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
         body = {"error": {"message": str(exc.detail), "type": typ, "param": None, "code": code}}
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:
+        # A unique name taken by a request that raced this one past the service's check.
+        text = str(exc.orig).lower()
+        if "unique" in text or "duplicate" in text:
+            return error_response(AlreadyExists(
+                "a resource of that name already exists (created at the same moment)",
+                param="name"))
+        return error_response(Conflict("the request conflicts with the current state; retry"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -36,11 +36,26 @@ from neocloud.serving.service import EndpointSpec
 _FORBID = ConfigDict(extra="forbid")
 
 
+#: Parts of a pydantic error location that name a union member, not a field.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "list", "dict", "tuple",
+                        "set"})
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """``("input", "list[str]", 0)`` -> ``input.0``: the field as the client wrote it."""
+    parts = [str(p) for p in loc
+             if isinstance(p, int) or ("[" not in str(p) and str(p) not in _TYPE_TAGS)]
+    return ".".join(parts)
+
+
 def validation_error(exc: ValidationError, prefix: str = "body") -> InvalidRequest:
-    """An :class:`InvalidRequest` describing the first error of a pydantic error."""
+    """An :class:`InvalidRequest` describing the first error of a pydantic error; ``param``
+    is the field's path in the request (``input``, ``messages.0.content``), as the gateway
+    and the control plane name it."""
     err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in (prefix, *err.get("loc", ())) if p != "")
-    return InvalidRequest(f"{loc}: {err.get('msg', 'invalid value')}", param=loc)
+    field = _field_path(tuple(err.get("loc", ())))
+    where = ".".join(p for p in (prefix, field) if p)
+    return InvalidRequest(f"{where}: {err.get('msg', 'invalid value')}", param=field or prefix)
 
 
 def _is_model(ann: Any) -> bool:

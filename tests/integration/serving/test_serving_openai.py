@@ -118,7 +118,7 @@ def test_errors_come_before_the_stream(serve, tiny_lm_dir) -> None:
                                        stream=True)
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="tiny", messages=[], stream=True)
-    assert exc.value.body["param"] == "body.messages"  # type: ignore[index]
+    assert exc.value.body["param"] == "messages"  # type: ignore[index]
     r = httpx.post(run.url + "/v1/chat/completions",
                    json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
                          "temperature": 5, "stream": True})

@@ -53,17 +53,19 @@ def test_workspaces_and_foreign_tokens(run: Run) -> None:
 
 def test_nodes(run: Run, cloud: FakeCloud) -> None:
     added = run("node", "add", "gpu-1", "--cpu-milli", "32000", "--memory-mib", "262144",
-                "--gpu", "H100:8:81559", "--gpu", "A10:1:24000", "--label", "zone=eu-1",
+                "--gpu", "H100:8:81559", "--label", "zone=eu-1",
                 "--backend", "fake", "--json")
     assert added.exit_code == 0, added.stderr
     body = json.loads(cloud.requests[-1].content)
-    assert body["gpus"] == [{"type": "H100", "count": 8, "memory_mib": 81559},
-                            {"type": "A10", "count": 1, "memory_mib": 24000}]
+    assert body["gpus"] == [{"type": "H100", "count": 8, "memory_mib": 81559}]
     assert body["labels"] == {"zone": "eu-1"}
-    assert len(json.loads(added.stdout)["gpus"]) == 9
+    assert len(json.loads(added.stdout)["gpus"]) == 8
     rows = _rows(run("node", "ls").stdout)
     assert rows["gpu-1"][1:3] == ["ready", "fake"]
-    assert rows["gpu-1"][4:8] == ["0/32", "0.0/256.0", "0/8xH100", "0/1xA10"]
+    assert rows["gpu-1"][4:7] == ["0/32", "0.0/256.0", "0/8xH100"]
+    mixed = run("node", "add", "gpu-2", "--cpu-milli", "1000", "--memory-mib", "1000",
+                "--gpu", "H100:1:1", "--gpu", "A10:1:1")
+    assert mixed.exit_code == 2 and "one type" in mixed.stderr
     assert run("node", "cordon", "gpu-1").stdout.strip() == "Cordoned gpu-1."
     assert _rows(run("node", "ls").stdout)["gpu-1"][1] == "cordoned"
     assert json.loads(run("node", "uncordon", "gpu-1", "--json").stdout)["status"] == "ready"

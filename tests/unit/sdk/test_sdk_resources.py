@@ -125,11 +125,11 @@ def test_tokens_and_workspaces(client: Client, cloud: FakeCloud) -> None:
 def test_nodes_and_shapes(client: Client, cloud: FakeCloud) -> None:
     node = client.nodes.create(
         "gpu-1", cpu_milli=32000, memory_mib=256000,
-        gpus=[GpuSpec(type="H100", count=2, memory_mib=81559), {"type": "A10", "count": 1,
-                                                              "memory_mib": 24000}],
+        gpus=[GpuSpec(type="H100", count=2, memory_mib=81559), {"type": "H100", "count": 1,
+                                                              "memory_mib": 81559}],
         labels={"zone": "a"}, backend="fake",
     )
-    assert [g.type for g in node.gpus] == ["H100", "H100", "A10"]
+    assert [g.type for g in node.gpus] == ["H100", "H100", "H100"]
     assert client.nodes.get("gpu-1").labels == {"zone": "a"}
     assert client.nodes.cordon("gpu-1").status == NodeStatus.cordoned
     assert json.loads(cloud.requests[-1].content) == {"status": "cordoned"}

@@ -168,3 +168,26 @@ def test_batched_decorator_makes_one_batcher_per_instance() -> None:
 def test_invalid_sizes_are_refused() -> None:
     with pytest.raises(ValueError):
         Batcher(lambda xs: xs, max_batch_size=0)
+
+
+def test_submit_many_keeps_order_and_parks_once() -> None:
+    class Owner:
+        pass
+
+    owner = Owner()
+    tracker = LoadTracker()
+    setattr(owner, TRACKER_ATTR, tracker)
+    seen: list[int] = []
+
+    def f(xs: list[int]) -> list[int]:
+        seen.append(tracker.parked)
+        return [x * 10 for x in xs]
+
+    async def main() -> list[int]:
+        tracker.active = 1
+        b = Batcher(f, max_batch_size=2, max_wait_s=5.0, owner=owner)
+        return await asyncio.wait_for(b.submit_many([1, 2, 3]), timeout=5)
+
+    assert run(main()) == [10, 20, 30]
+    assert seen and all(p == 1 for p in seen)  # one request parked, not three
+    assert tracker.parked == 0

@@ -49,7 +49,7 @@ def test_decoding_modes() -> None:
     assert h.decoder.decode(_req(query=b"a=3&b=q"), True) == {"a": 3, "b": "q"}
     with pytest.raises(InvalidRequest) as exc:
         h.decoder.decode(_req(b'{"b": "x"}'), False)
-    assert exc.value.param == "body.a"
+    assert exc.value.param == "a"
     assert _handler(model).decoder.decode(_req(b'{"x": 2}'), False) == In(x=2)
     assert _handler(raw).decoder.decode(_req(b"\x00\x01"), False) == b"\x00\x01"
     hb = _handler(batched, max_batch_size=4)

@@ -68,9 +68,23 @@ def discover_gpus() -> list[dict[str, Any]]:
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             gpus.append({"index": i, "type": gpu_type_from_name(name),
                          "memory_mib": int(mem.total // 2**20)})
-        return gpus
     finally:
         pynvml.nvmlShutdown()
+    return one_type(gpus)
+
+
+def one_type(gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The GPUs of the most common type only: a node holds one GPU type (as a node pool
+    does); the others are left out with a warning."""
+    counts: dict[str, int] = {}
+    for g in gpus:
+        counts[g["type"]] = counts.get(g["type"], 0) + 1
+    if len(counts) <= 1:
+        return gpus
+    keep = max(counts, key=lambda t: (counts[t], t))
+    log.warning("this machine mixes GPU types %s; registering the %s GPUs only",
+                sorted(counts), keep)
+    return [g for g in gpus if g["type"] == keep]
 
 
 def discover_machine(*, with_gpus: bool = True) -> MachineInfo:

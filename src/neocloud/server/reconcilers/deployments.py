@@ -320,7 +320,7 @@ class DeploymentReconciler:
             )
         try:
             handle = start_or_adopt(be, spec)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             with self.db.session() as s:
                 r = s.get(Replica, rid)
                 if r is not None:
@@ -399,6 +399,9 @@ class DeploymentReconciler:
 
     def _crashed(self, s: Session, r: Replica, message: str) -> None:
         dep = s.get(Deployment, r.deployment_id)
+        if dep is not None and dep.secrets:
+            message = secret_svc.redact(message, secret_svc.values_of(
+                s, workspace_id=dep.workspace_id, refs=dict(dep.secrets), box=self.box))
         r.restarts += 1
         delay = backoff_s(r.restarts, base=self.settings.restart_backoff_base_s,
                           cap=self.settings.restart_backoff_max_s)

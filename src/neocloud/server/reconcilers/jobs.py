@@ -43,6 +43,7 @@ from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services.jobs import LIVE, worker_log_path, workers_of
+from neocloud.server.services.secrets import redact
 from neocloud.server.settings import Settings
 from neocloud.server.storage import VolumeStore
 
@@ -57,14 +58,6 @@ ALLOC_KIND = "job"
 def exit_file(log_path: str | Path) -> Path:
     """Where ``jobrun`` records a worker's exit code: beside its log, ``.exit``."""
     return Path(log_path).with_suffix(".exit")
-
-
-def redact(text: str, values: list[str]) -> str:
-    """``text`` with every occurrence of each secret value replaced by ``***``."""
-    for v in sorted(values, key=len, reverse=True):
-        if v:
-            text = text.replace(v, "***")
-    return text
 
 
 class JobReconciler:
@@ -256,7 +249,7 @@ class JobReconciler:
             )
         try:
             handle = start_or_adopt(be, spec)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             with self.db.session() as s:
                 w = s.get(JobWorker, wid)
                 if w is not None:

@@ -238,7 +238,7 @@ class PodReconciler:
                                 node_address=node.address)
         try:
             handle = start_or_adopt(be, spec)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             with self.db.session() as s:
                 pod = s.get(Pod, pod_id)
                 if pod is not None:

@@ -22,6 +22,7 @@ from neocloud.server.db.tables import Replica
 from neocloud.server.deps import CallerDep, SessionDep, StateDep
 from neocloud.server.services import deployments as svc
 from neocloud.server.services import events
+from neocloud.server.services import secrets as secret_svc
 
 router = APIRouter(tags=["deployments"])
 
@@ -85,10 +86,14 @@ def deployment_logs(
     name: str,
     caller: CallerDep,
     s: SessionDep,
+    state: StateDep,
     tail: int | None = Query(None, ge=0, le=100_000),
     replica: str | None = None,
 ) -> PlainTextResponse:
+    """The replicas' output; secret values the deployment references are shown as ``***``."""
     dep = svc.get_deployment(s, workspace_id=caller.workspace_id, name=name)
+    values = secret_svc.values_of(s, workspace_id=dep.workspace_id, refs=dict(dep.secrets or {}),
+                                  box=state.extras.get("secret_box"))
     reps = list(s.scalars(
         select(Replica).where(Replica.deployment_id == dep.id).order_by(Replica.created_at)
     ))
@@ -99,9 +104,9 @@ def deployment_logs(
                            param="replica")
     reps = [r for r in reps if r.handle.get("log_path")]
     if len(reps) == 1:
-        return PlainTextResponse(tail_file(_path(reps[0]), tail))
+        return PlainTextResponse(secret_svc.redact(tail_file(_path(reps[0]), tail), values))
     parts = [f"==> replica {r.id} <==\n{tail_file(_path(r), tail)}" for r in reps]
-    return PlainTextResponse("\n".join(parts))
+    return PlainTextResponse(secret_svc.redact("\n".join(parts), values))
 
 
 def _path(r: Replica) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
+from neocloud.errors import NotFound
 from neocloud.models import (
     Page,
     QuotaOut,
@@ -98,10 +99,10 @@ def set_quota(name: str, body: QuotaSet, caller: CallerDep, s: SessionDep,
 
 @router.get("/workspaces/{name}/quota", response_model=QuotaOut)
 def get_workspace_quota(name: str, caller: CallerDep, s: SessionDep) -> QuotaOut:
-    ws = svc.get_workspace(s, name=name)
-    if ws.id != caller.workspace_id:
-        caller.require_operator()
-    return quota_svc.quota_out(s, workspace=ws)
+    if name != caller.workspace_name and not (caller.operator and caller.role is Role.admin):
+        # Same answer whether or not the workspace exists: names are not probed this way.
+        raise NotFound(f"workspace {name!r} not found", param="name")
+    return quota_svc.quota_out(s, workspace=svc.get_workspace(s, name=name))
 
 
 @router.get("/quota", response_model=QuotaOut)

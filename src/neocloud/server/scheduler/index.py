@@ -4,10 +4,11 @@ Placement must look at every node that could take a request. Nodes that are alik
 GPU model, GPU count, labels, pool and status) and in the same state (same free CPU, free
 memory and multiset of free GPU shares) score the same under every policy here, so the
 index keeps them together: one group per distinct state, holding the node ordinals in
-ascending order. A placement then scores each group once instead of each node, and moving
-one node between groups after a binding costs O(group size) at worst. On the openb
-cluster of 1,213 nodes there are a few dozen groups when it is empty and some hundreds
-when it is full.
+ascending order. A policy then scores each group instead of each node, and moving one node
+between groups after a binding costs O(group size) at worst. On the openb cluster of 1,213
+nodes there are a few dozen groups when it is empty and about a thousand when it is full.
+Groups have stable ids and the index logs which ones changed, so a policy can keep its
+rankings between placements and only rescore what changed (``policies.Ranking``).
 
 The index owns copies of the numbers it is built from; it never changes the
 :class:`~neocloud.server.scheduler.types.NodeSnapshot` objects it was given.

@@ -7,6 +7,11 @@ simulator breaks ties by node order too (its nodes are renamed in a seeded rando
 the first of the best-scored nodes wins), which the packing replay reproduces by permuting
 the inventory with the seed.
 
+A policy whose score depends only on (node class, node state, request) and whose ties go
+to the first node keeps one :class:`Ranking` per distinct request for the index it last
+worked on, so repeated placements on one :class:`ClusterIndex` rescore only the groups
+that changed since (the answer is the same as a full scan's).
+
 Policies:
 
 ``first-fit``
@@ -14,8 +19,8 @@ Policies:
 ``best-fit``
     The "BestFit" baseline of the FGD paper's simulator (``best_fit_score.go``): prefer
     the node whose free CPU and free GPU after placement, each normalised by the largest
-    node (128 cores, 8 GPUs) and weighted 1/2, is smallest; integer scores 0..100; ties at
-    random; a fractional task goes on the fullest GPU that fits.
+    node (128 cores, 8 GPUs) and weighted 1/2, is smallest; integer scores 0..100; ties to
+    the first node; a fractional task goes on the fullest GPU that fits.
 ``random``
     A uniformly random node with room; a random GPU that fits.
 ``fgd``
@@ -25,8 +30,9 @@ Policies:
     fragmentation against the target workload (``frag.py``); ties to the first node; a
     fractional task goes on the GPU with the best score (the lowest index among equals).
 ``fgd-pack`` (ours, the default)
-    See ``README.md`` beside this file: FGD's fragmentation score, then packing tie-breaks
-    that keep empty nodes and empty GPUs whole.
+    See ``README.md`` beside this file: FGD's fragmentation gradient plus the change of the
+    node's CPU deficit (free GPUs its free CPU cannot serve), on FGD's scale; then packing
+    tie-breaks that keep empty nodes and empty GPUs whole.
 """
 
 from __future__ import annotations
@@ -37,7 +43,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from neocloud.server.scheduler.frag import DEFAULT_WORKLOAD, Workload, node_frag
+from neocloud.server.scheduler.frag import (
+    DEFAULT_WORKLOAD,
+    CompiledWorkload,
+    Workload,
+    node_frag,
+)
 from neocloud.server.scheduler.index import ClusterIndex, DynKey, NodeClass, dyn_fits
 from neocloud.server.scheduler.types import MILLI, ResourceRequest
 
@@ -395,30 +406,59 @@ class FGD(_FragPolicy):
         raise AssertionError("no GPU at the chosen level")  # pragma: no cover
 
 
-class FgdPack(_FragPolicy):
-    """Ours: FGD's fragmentation score, then packing tie-breaks (see ``README.md``).
+def cpu_per_gpu_milli(workload: CompiledWorkload) -> float:
+    """CPU the GPU classes of a workload ask per milli-GPU (millicores per milli-GPU).
 
-    Score, compared left to right: the fragmentation gradient on FGD's 0..100 scale (so
-    differences below about 1/25 GPU count as equal), then "the node is already in use",
-    then less free GPU capacity left on the node, then (for a fraction) the fullest GPU that
-    fits; remaining ties go to the first node in inventory order.
+    ``sum_m p_m * cpu_m / sum_m p_m * gpu_milli_m * gpu_count_m`` over the classes that use
+    GPUs; 0.0 when there are none.
+    """
+    gpu = sum(p * milli * count for _, milli, count, _, p in workload.gpu_classes)
+    if gpu <= 0:
+        return 0.0
+    return sum(p * cpu for cpu, _, _, _, p in workload.gpu_classes) / gpu
+
+
+class FgdPack(_FragPolicy):
+    """Ours: FGD's gradient plus a CPU-reserve penalty, then packing tie-breaks.
+
+    See ``README.md`` beside this file. The change of fragmentation of a placement is
+    ``F_after - F_before + R_after - R_before``, where ``R`` is the node's *CPU deficit*:
+    the milli-GPU of its free GPUs that its free CPU cannot serve at the workload's CPU per
+    GPU (:func:`cpu_per_gpu_milli`), ``max(0, free_gpu - free_cpu / cpu_per_gpu)``. The score,
+    compared left to right, is that change on FGD's 0..100 sigmoid scale, then "the node is
+    already in use", then for a fraction the fullest GPU that fits, for CPU-only work a node
+    whose GPUs are all taken; remaining ties go to the first node in inventory order.
     """
 
     name = "fgd-pack"
     tie_break = "first"
 
+    def __init__(self, workload: Workload | None = None, seed: int = 0) -> None:
+        super().__init__(workload, seed)
+        self.cpu_per_gpu = cpu_per_gpu_milli(self._wl)
+
+    def cpu_deficit(self, cpu_free: int, gpu_free: int) -> float:
+        """Milli-GPU of ``gpu_free`` that ``cpu_free`` millicores cannot serve (see class doc)."""
+        if self.cpu_per_gpu <= 0:
+            return 0.0
+        return max(0.0, gpu_free - cpu_free / self.cpu_per_gpu)
+
     def score(self, cls: NodeClass, dyn: DynKey, request: ResourceRequest) -> tuple[Any, Any]:
         best: Any = None
         level = -1
-        gpus = dyn[2]
-        free_total = sum(gpus)
+        cpu = dyn[0]
+        free_total = sum(dyn[2])
         in_use = 1 if free_total < cls.gpu_count * MILLI else 0
+        reserve = self.cpu_deficit(
+            cpu - request.cpu_milli, free_total - request.total_gpu_milli
+        ) - self.cpu_deficit(cpu, free_total)
+        # CPU-only work: prefer a node whose GPUs are all taken (its CPU has no other use)
+        gpus_taken = 0 if request.wants_gpu or free_total else 1
         for delta, lvl in self.deltas(cls, dyn, request):
             key = (
-                int(_sigmoid(-delta / 1000.0) * 100),
+                int(_sigmoid(-(delta + reserve) / 1000.0) * 100),
                 in_use,
-                -free_total,
-                -lvl if lvl >= 0 else 0,
+                -lvl if lvl >= 0 else gpus_taken,
             )
             if best is None or key > best:
                 best = key

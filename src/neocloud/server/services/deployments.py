@@ -24,11 +24,9 @@ from neocloud.models import (
 from neocloud.server.db.tables import Deployment, Node, Replica
 from neocloud.server.services import events
 from neocloud.server.services import secrets as secret_svc
+from neocloud.server.services.envvars import check_env
 from neocloud.server.services.shapes import get_shape
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Variables the platform sets itself; a deployment may not override them.
-RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NEOCLOUD_SERVED_MODEL_NAME", "PORT"})
 _BUILTINS = ("embeddings", "chat")
 _REF = re.compile(r"^([A-Za-z_][\w.]*|[\w./-]+\.py):[A-Za-z_]\w*$")
 
@@ -42,14 +40,6 @@ def check_service_ref(ref: str, *, param: str = "service") -> None:
         "'package.module:Class' / 'file.py:Class'",
         param=param,
     )
-
-
-def check_env(env: dict[str, str], *, param: str = "env") -> None:
-    for key in env:
-        if not _ENV_NAME.match(key):
-            raise InvalidRequest(f"env name {key!r} is not a valid variable name", param=param)
-        if key in RESERVED_ENV:
-            raise InvalidRequest(f"env name {key!r} is set by neocloud itself", param=param)
 
 
 def _find(s: Session, *, workspace_id: str, name: str) -> Deployment | None:

@@ -20,7 +20,7 @@ from neocloud.server.db.tables import Job, JobWorker, Node
 from neocloud.server.services import events
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
-from neocloud.server.services.deployments import check_env
+from neocloud.server.services.envvars import check_env
 from neocloud.server.services.shapes import get_shape
 
 #: Variables neocloud sets in every job worker; a job may not set them itself.

@@ -21,7 +21,7 @@ from neocloud.server.db.tables import Node, Pod
 from neocloud.server.services import events
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
-from neocloud.server.services.deployments import check_env
+from neocloud.server.services.envvars import check_env
 from neocloud.server.services.shapes import get_shape
 from neocloud.server.storage import VolumeStore
 

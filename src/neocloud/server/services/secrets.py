@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from neocloud.errors import InvalidRequest, NotFound
+from neocloud.errors import InvalidRequest, NeocloudError, NotFound
 from neocloud.models.secrets import MAX_SECRET_BYTES, SecretOut
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.tables import Secret
 from neocloud.server.services import events
+from neocloud.server.services.envvars import ENV_NAME, RESERVED_ENV
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def check_name(name: str, *, param: str = "name") -> None:
@@ -61,9 +61,10 @@ def set_secret(
         s.add(row)
     else:
         row.ciphertext = sealed
-        row.version += 1
+        row.version = Secret.version + 1  # computed by the database: no lost update
         row.updated_at = datetime.now(UTC)
     s.flush()
+    s.refresh(row, ["version"])
     events.record(s, workspace_id=workspace_id, kind="secret", name=name, object_id=row.id,
                   reason="Created" if created else "Updated",
                   message=f"secret {name} {'created' if created else 'updated'} "
@@ -111,11 +112,13 @@ def check_refs(
     """
     for var, secret in refs.items():
         where = f"{param}.{var}"
-        if not _ENV_NAME.match(var):
+        if not ENV_NAME.match(var):
             raise InvalidRequest(f"{var!r} is not a valid environment variable name",
                                  param=where)
         if var in env:
             raise InvalidRequest(f"{var!r} is set both in env and from a secret", param=where)
+        if var in RESERVED_ENV:
+            raise InvalidRequest(f"{var!r} is set by neocloud itself", param=where)
         check_name(secret, param=where)
         if _find(s, workspace_id=workspace_id, name=secret) is None:
             raise NotFound(f"secret {secret!r} (for {var}) not found in this workspace",
@@ -138,3 +141,24 @@ def resolve(
             raise NotFound(f"secret {secret!r} (for {var}) no longer exists", param="secrets")
         out[var] = box.decrypt(row.ciphertext, owner=_owner(workspace_id, secret))
     return out
+
+
+def redact(text: str, values: list[str]) -> str:
+    """``text`` with every occurrence of each secret value replaced by ``***``."""
+    for v in sorted(values, key=len, reverse=True):
+        if v:
+            text = text.replace(v, "***")
+    return text
+
+
+def values_of(
+    s: Session, *, workspace_id: str, refs: dict[str, str], box: SecretBox | None
+) -> list[str]:
+    """The clear values of the secrets ``refs`` names, to redact them from output
+    (empty when none can be decrypted)."""
+    if not refs or box is None:
+        return []
+    try:
+        return list(resolve(s, workspace_id=workspace_id, refs=refs, box=box).values())
+    except NeocloudError:
+        return []

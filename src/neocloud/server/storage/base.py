@@ -21,6 +21,11 @@ class FileEntry:
     modified_at: datetime
 
 
+#: Limits of a volume path (Linux's PATH_MAX is 4,096 bytes for the whole path).
+MAX_DEPTH = 64
+MAX_PATH_BYTES = 1024
+
+
 def clean_path(path: str, *, param: str = "path", allow_root: bool = False) -> str:
     """A volume path normalised to ``a/b/c`` (no leading ``/``, no ``.`` parts).
 
@@ -35,6 +40,9 @@ def clean_path(path: str, *, param: str = "path", allow_root: bool = False) -> s
         raise InvalidRequest(f"path {path!r} may not contain '..'", param=param)
     if any(len(p.encode()) > 255 for p in parts):
         raise InvalidRequest("a path part is longer than 255 bytes", param=param)
+    if len(parts) > MAX_DEPTH or len(path.encode()) > MAX_PATH_BYTES:
+        raise InvalidRequest(f"path is deeper than {MAX_DEPTH} folders or longer than "
+                             f"{MAX_PATH_BYTES} bytes", param=param)
     if not parts and not allow_root:
         raise InvalidRequest("path must name a file", param=param)
     return "/".join(parts)

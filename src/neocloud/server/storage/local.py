@@ -15,7 +15,7 @@ from pathlib import Path
 
 import anyio
 
-from neocloud.errors import InvalidRequest, NotFound, PayloadTooLarge
+from neocloud.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
 from neocloud.server.storage.base import FileEntry
 
 
@@ -50,6 +50,11 @@ class LocalVolumeStore:
         target = self._file(workspace_id, volume, path)
         if target.is_dir():
             raise InvalidRequest(f"{path!r} is a folder", param="path")
+        vol = self._vol(workspace_id, volume)
+        for parent in target.relative_to(vol).parents:
+            if parent != Path(".") and (vol / parent).is_file():
+                raise Conflict(f"{parent.as_posix()!r} is a file, so {path!r} cannot be "
+                               "written under it", param="path")
         tmp_dir = self.root / ".uploads"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / uuid.uuid4().hex
