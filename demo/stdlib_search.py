@@ -119,6 +119,12 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -
 
 
 def main() -> int:
+    import argparse
+
+    argparse.ArgumentParser(
+        description="Start a local neocloud, serve all-MiniLM-L6-v2, search the standard "
+        "library's docstrings with it, print the bill and one JSON line of figures."
+    ).parse_args()
     home = ROOT / ".neocloud-demo"
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)

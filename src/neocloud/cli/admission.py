@@ -8,8 +8,14 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import age, print_json, table
 
-quota_app = typer.Typer(help="Workspace quotas (setting them is for operators).",
-                        no_args_is_help=True)
+quota_app = typer.Typer(help="Workspace quotas (setting them is for operators); "
+                        "without a command: your own quota.", invoke_without_command=True)
+
+
+@quota_app.callback()
+def _quota(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        show(ctx, workspace=None, json_out=False)
 
 
 def _parse_gpus(values: list[str]) -> dict[str, int]:
@@ -75,9 +81,10 @@ def queue(
     if json_out:
         print_json(items)
         return
-    rows = [(i.kind, i.name, i.id[:8], i.priority, age(i.since), i.reason or "-")
+    rows = [(i.workspace, i.kind, i.name, i.id[:8], i.priority, age(i.since), i.reason or "-")
             for i in items]
-    output.out.print(table(("KIND", "NAME", "ID", "PRIORITY", "WAITING", "REASON"), rows))
+    output.out.print(table(("WORKSPACE", "KIND", "NAME", "ID", "PRIORITY", "WAITING", "REASON"),
+                           rows))
 
 
 def utilization(

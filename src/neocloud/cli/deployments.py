@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -37,6 +38,24 @@ JSON_HELP = "Print JSON to stdout instead of a table."
 REPLICA_ID_CHARS = 12
 
 
+def local_service_path(service: str | None) -> str | None:
+    """``file.py:Class`` with the file made absolute (the control plane runs elsewhere, in
+    another folder); other references unchanged.
+
+    Raises:
+        typer.BadParameter: the file does not exist here.
+    """
+    if service is None or ":" not in service:
+        return service
+    path, cls = service.rsplit(":", 1)
+    if not path.endswith(".py"):
+        return service
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise typer.BadParameter(f"service file {path!r} not found", param_hint="'--service'")
+    return f"{file.resolve()}:{cls}"
+
+
 def deploy(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Deployment name (also its OpenAI model name)."),
@@ -60,6 +79,11 @@ def deploy(
         help="Environment variable KEY=VALUE (repeatable; with --update the "
         "given set replaces the old one).",
     ),
+    secret: list[str] | None = typer.Option(
+        None, "--secret",
+        help="ENV=SECRET: give a workspace secret to every replica as variable ENV "
+        "(repeatable).",
+    ),
     priority: int = typer.Option(
         0, "--priority", min=-1000, max=1000,
         help="Larger is more important; may preempt lower-priority preemptible work.",
@@ -80,6 +104,8 @@ def deploy(
 ) -> None:
     """Create a deployment (or change it with --update) and wait until it is ready."""
     env_map = parse_pairs(env, option="--env") if env else None
+    secret_map = parse_pairs(secret, option="--secret") if secret else None
+    service = local_service_path(service)
     api = client(ctx)
     existing = _get_or_none(api, name) if update else None
     if existing is None:
@@ -99,6 +125,7 @@ def deploy(
                 env=env_map,
                 priority=priority,
                 preemptible=preemptible,
+                secrets=secret_map,
             )
         except AlreadyExists as exc:
             raise AlreadyExists(

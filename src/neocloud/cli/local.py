@@ -116,11 +116,25 @@ def serve(
 def simulate(
     nodes: Path = typer.Option(..., "--nodes", exists=True, dir_okay=False, help="Nodes CSV."),
     pods: Path = typer.Option(..., "--pods", exists=True, dir_okay=False, help="Pods CSV."),
-    policy: str = typer.Option(..., "--policy", help="Scheduling policy name."),
+    policy: str = typer.Option(
+        ..., "--policy",
+        help="Scheduling policy: default (ours), fgd, best-fit, first-fit or random.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
 ) -> None:
-    """Replay a cluster trace through a scheduling policy (no control plane needed)."""
+    """Replay a cluster trace through a scheduling policy (no control plane needed).
+
+    NODES is an openb node list (columns sn,cpu_milli,memory_mib,gpu,model) or a YAML node
+    list; PODS an openb pod list (name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,...).
+    Pods arrive in order, then are sampled again until 130 % of the GPUs are asked for.
+    """
+    from neocloud.server.scheduler import POLICIES
+
+    if policy not in POLICIES:
+        raise typer.BadParameter(
+            f"unknown policy {policy!r}; known: {', '.join(sorted(POLICIES))}",
+            param_hint="'--policy'")
     sim = _load("neocloud.simulate", "`neocloud simulate`")
     try:
         result = sim.simulate_fgd_protocol(nodes, pods, policy=policy, seed=seed)

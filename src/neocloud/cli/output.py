@@ -19,9 +19,15 @@ from rich.text import Text
 
 from neocloud.errors import NeocloudError
 
+
 #: stdout for tables and details; stderr for progress, notes and errors.
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+def _width(stream_is_tty: bool) -> int | None:
+    """Rich's own width on a terminal; wide when piped, so tables never wrap cells."""
+    return None if stream_is_tty else 200
+
+
+out = Console(highlight=False, soft_wrap=False, width=_width(sys.stdout.isatty()))
+err = Console(stderr=True, highlight=False, width=_width(sys.stderr.isatty()))
 
 STATUS_STYLES = {
     "ready": "green",

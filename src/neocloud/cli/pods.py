@@ -257,7 +257,11 @@ def relay(conn: ShellConnection, stdin_fd: int, stdout_fd: int) -> int:
             if not data:
                 eof = True  # piped input ended: wait for the shell to finish
                 continue
-            conn.send(data)
+            try:
+                conn.send(data)
+            except Exception:  # the shell exited and closed the connection first
+                done.wait(2.0)
+                break
     finally:
         if tty_state is not None:
             import termios

@@ -39,8 +39,10 @@ class QueueItem(OutModel):
     """One workload waiting for resources, and why."""
 
     kind: str
+    """``replica``, ``job`` or ``pod``."""
     name: str
     id: str
     priority: int
     reason: str | None
     since: datetime
+    workspace: str = ""

@@ -58,6 +58,7 @@ class Deployments:
         env: Mapping[str, str] | None = None,
         priority: int = 0,
         preemptible: bool = False,
+        secrets: Mapping[str, str] | None = None,
     ) -> DeploymentOut:
         """Create a deployment (``POST /deployments``); replicas start in the background.
 
@@ -70,6 +71,8 @@ class Deployments:
             env: environment variables for every replica.
             priority: larger is more important; may preempt lower-priority preemptible work.
             preemptible: whether higher-priority work may stop these replicas.
+            secrets: ``{ENV_NAME: SECRET_NAME}``: workspace secrets given to every replica
+                as environment variables.
 
         Raises:
             ValidationFailed: a field is malformed (checked before sending).
@@ -86,6 +89,7 @@ class Deployments:
             env=dict(env) if env is not None else None,
             priority=priority,
             preemptible=preemptible,
+            secrets=dict(secrets) if secrets is not None else None,
         )
         return self._api.send_model("POST", DeploymentOut, "/deployments", body)
 

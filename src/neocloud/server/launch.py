@@ -44,6 +44,7 @@ def _run(settings: Settings, *, stop_replicas_on_exit: bool) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness probe
     app = create_app(settings, stop_replicas_on_exit=stop_replicas_on_exit)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
@@ -93,7 +94,7 @@ def up(
     boot = bootstrap(db, known_token=saved.token if saved else None)
     db.dispose()
     url = f"http://{settings.host}:{settings.port}"
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     token = boot.token or (saved.token if saved else None)
     if token:
         import os

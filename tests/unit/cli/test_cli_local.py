@@ -95,7 +95,9 @@ def test_simulate(run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     data = json.loads(run(*args, "--json", login=False).stdout)
     assert data["unallocated_gpu_pct"] == 12.3456789
     unknown = run(*args[:6], "nope", login=False)
-    assert unknown.exit_code == 1 and unknown.stderr.strip() == "Error: unknown policy 'nope'"
+    # An unknown policy is a usage error naming the known ones, before any replay.
+    assert unknown.exit_code == 2 and "unknown policy 'nope'" in unknown.stderr
+    assert "fgd" in unknown.stderr and len(calls) == 2
     missing = run("simulate", "--nodes", str(tmp_path / "none.csv"), "--pods", str(pods),
                   "--policy", "fgd", login=False)
     assert missing.exit_code == 2 and "'--nodes'" in missing.stderr

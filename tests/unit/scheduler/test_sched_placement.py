@@ -147,7 +147,8 @@ def test_cpu_and_memory_must_fit_beside_gpus() -> None:
     result = place(nodes, ask)
     assert isinstance(result, Unschedulable)
     assert result.reason.startswith("no node has 16 CPUs and 4 GiB of memory free beside the 1 GPU")
-    assert "1 not enough free CPU" in result.reason and "1 not enough free memory" in result.reason
+    assert "1 node(s) without enough free CPU" in result.reason
+    assert "1 node(s) without enough free memory" in result.reason
 
 
 def test_cpu_only_work_avoids_gpu_nodes_with_fgd_pack() -> None:

@@ -22,8 +22,11 @@ import psutil
 
 from neocloud.server.backends.base import WORKLOAD_ENV, WorkloadSpec, WorkloadState, tail_file
 
-#: Variables of the control plane that must not leak into workloads.
-_SCRUB = ("NEOCLOUD_TOKEN", "NEOCLOUD_DATABASE_URL", "NEOCLOUD_SECRET_KEY")
+
+def _inherited(environ: dict[str, str]) -> dict[str, str]:
+    """The control plane's environment minus its own settings (``NEOCLOUD_*``: data folder,
+    database URL, tokens, keys), which a workload must never see."""
+    return {k: v for k, v in environ.items() if not k.startswith("NEOCLOUD_")}
 
 
 class LocalBackend:
@@ -35,7 +38,7 @@ class LocalBackend:
         self._http = httpx.Client(timeout=2.0)
 
     def start(self, spec: WorkloadSpec) -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env = _inherited(dict(os.environ))
         env.update(spec.env)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
         env[WORKLOAD_ENV] = spec.workload_id

@@ -126,11 +126,11 @@ def explain(index: ClusterIndex, request: ResourceRequest) -> str:
         gpu_fits = dyn_fits((1 << 62, 1 << 62, gpus), request)
         gpu_ok_somewhere |= gpu_fits
         if not gpu_fits:
-            blocked["not enough free GPU"] += 1
+            blocked["node(s) without enough free GPU"] += 1
         elif cpu < request.cpu_milli:
-            blocked["not enough free CPU"] += 1
+            blocked["node(s) without enough free CPU"] += 1
         elif mem < request.memory_mib:
-            blocked["not enough free memory"] += 1
+            blocked["node(s) without enough free memory"] += 1
     kind = f" of type {'|'.join(request.gpu_types)}" if request.gpu_types else ""
     if best_id is None:
         head = f"no node can run {request.describe()}"

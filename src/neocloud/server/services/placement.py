@@ -47,16 +47,21 @@ PREEMPTING = "preempting "
 
 
 def preempting_priority(s: Session) -> tuple[int, str] | None:
-    """Highest priority among pending replicas that wait for preemption, and its name."""
-    from neocloud.server.db.tables import Deployment, Replica
+    """Highest priority among waiting work (replicas, jobs) that preempted others and
+    waits for them to stop, with its name."""
+    from neocloud.server.db.tables import Deployment, Job, Replica
 
-    row = s.execute(
-        select(Deployment.priority, Deployment.name)
-        .join(Replica, Replica.deployment_id == Deployment.id)
-        .where(Replica.status == "pending", Replica.message.startswith(PREEMPTING))
-        .order_by(Deployment.priority.desc()).limit(1)
-    ).first()
-    return (int(row[0]), str(row[1])) if row else None
+    rows = [
+        s.execute(select(Deployment.priority, Deployment.name)
+                  .join(Replica, Replica.deployment_id == Deployment.id)
+                  .where(Replica.status == "pending", Replica.message.startswith(PREEMPTING))
+                  .order_by(Deployment.priority.desc()).limit(1)).first(),
+        s.execute(select(Job.priority, Job.name)
+                  .where(Job.status == "queued", Job.reason.startswith(PREEMPTING))
+                  .order_by(Job.priority.desc()).limit(1)).first(),
+    ]
+    found = [(int(r[0]), str(r[1])) for r in rows if r is not None]
+    return max(found) if found else None
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ def request_for_shape(shape: Shape) -> ResourceRequest:
 
 
 def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSnapshot]:
-    """Every node with its free CPU, memory and per-GPU free milli-GPU, from allocations."""
+    """Every node with its free CPU, memory and per-GPU free milli-GPU, from allocations.
+
+    Nodes are identified by *name* in the snapshot (the scheduler's reasons name them);
+    :func:`schedule` maps its answer back to node ids.
+    """
     node_rows = list(nodes) if nodes is not None else list(s.scalars(select(Node)))
     allocs = s.scalars(select(Allocation)).all()
     by_node: dict[str, list[Allocation]] = {}
@@ -103,7 +112,7 @@ def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSna
                 used[i] = used.get(i, 0) + a.gpu_milli
         snaps.append(
             NodeSnapshot(
-                id=n.id,
+                id=n.name,  # names, so the scheduler's reasons read well
                 cpu_milli_total=n.cpu_milli,
                 cpu_milli_free=n.cpu_milli - sum(a.cpu_milli for a in mine),
                 memory_mib_total=n.memory_mib,
@@ -152,6 +161,7 @@ def usage_of(s: Session, workspace_id: str) -> Usage:
 
 
 def _running_work(s: Session) -> list[RunningWork]:
+    names = {n.id: n.name for n in s.scalars(select(Node))}
     groups: dict[tuple[str, str], list[Allocation]] = {}
     for a in s.scalars(select(Allocation)):
         groups.setdefault((a.kind, a.owner_id), []).append(a)
@@ -160,7 +170,8 @@ def _running_work(s: Session) -> list[RunningWork]:
         out.append(RunningWork(
             id=f"{kind}:{owner}", priority=allocs[0].priority,
             preemptible=allocs[0].preemptible,
-            bindings=tuple(Binding(node_id=a.node_id, gpu_indices=tuple(a.gpu_indices),
+            bindings=tuple(Binding(node_id=names.get(a.node_id, a.node_id),
+                                   gpu_indices=tuple(a.gpu_indices),
                                    gpu_milli=(a.gpu_milli or 1000) if a.gpu_indices else 0,
                                    cpu_milli=a.cpu_milli, memory_mib=a.memory_mib)
                            for a in allocs),
@@ -206,7 +217,8 @@ def schedule(
     else:
         result = place_gang(nodes, reqs, policy=policy)
     if not isinstance(result, Unschedulable):
-        return result
+        ids = {n.name: n.id for n in s.scalars(select(Node))}
+        return [replace(b, node_id=ids[b.node_id]) for b in result]
     victims = select_victims(nodes, _running_work(s), reqs, priority, policy=policy)
     if isinstance(victims, list) and victims:
         pairs = tuple((v.split(":", 1)[0], v.split(":", 1)[1]) for v in victims)

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.models import QueueItem, QuotaOut, QuotaSet
-from neocloud.server.db.tables import Deployment, Quota, Replica, Workspace
+from neocloud.server.db.tables import Deployment, Job, Pod, Quota, Replica, Workspace
 from neocloud.server.services.placement import usage_of
 
 
@@ -44,17 +44,29 @@ def quota_out(s: Session, *, workspace: Workspace) -> QuotaOut:
 
 
 def queue(s: Session, *, workspace_id: str | None) -> list[QueueItem]:
-    """Waiting replicas (``workspace_id=None``: of every workspace), highest priority
-    first, then oldest, each with its pending reason."""
+    """Waiting replicas, jobs and pods (``workspace_id=None``: of every workspace),
+    highest priority first, then oldest, each with its reason."""
+    names = {w.id: w.name for w in s.scalars(select(Workspace))}
     q = (select(Replica, Deployment)
          .join(Deployment, Deployment.id == Replica.deployment_id)
          .where(Replica.status == "pending"))
+    jq = select(Job).where(Job.status == "queued")
+    pq = select(Pod).where(Pod.status == "queued", Pod.desired == "running")
     if workspace_id is not None:
         q = q.where(Replica.workspace_id == workspace_id)
+        jq = jq.where(Job.workspace_id == workspace_id)
+        pq = pq.where(Pod.workspace_id == workspace_id)
     items = [
         QueueItem(kind="replica", name=dep.name, id=r.id, priority=dep.priority,
-                  reason=r.message, since=r.created_at)
+                  reason=r.message, since=r.created_at,
+                  workspace=names.get(r.workspace_id, ""))
         for r, dep in s.execute(q)
     ]
+    items += [QueueItem(kind="job", name=j.name, id=j.id, priority=j.priority, reason=j.reason,
+                        since=j.created_at, workspace=names.get(j.workspace_id, ""))
+              for j in s.scalars(jq)]
+    items += [QueueItem(kind="pod", name=p.name, id=p.id, priority=0, reason=p.reason,
+                        since=p.created_at, workspace=names.get(p.workspace_id, ""))
+              for p in s.scalars(pq)]
     items.sort(key=lambda i: (-i.priority, i.since))
     return items

@@ -143,10 +143,16 @@ def resolve(
     return out
 
 
+#: Secret values shorter than this are not masked in output: masking every ``x`` or ``1``
+#: would garble logs, and such a value protects nothing.
+MIN_MASKED_CHARS = 4
+
+
 def redact(text: str, values: list[str]) -> str:
-    """``text`` with every occurrence of each secret value replaced by ``***``."""
+    """``text`` with every occurrence of each secret value (of at least
+    :data:`MIN_MASKED_CHARS` characters) replaced by ``***``."""
     for v in sorted(values, key=len, reverse=True):
-        if v:
+        if len(v) >= MIN_MASKED_CHARS:
             text = text.replace(v, "***")
     return text
 

@@ -77,7 +77,9 @@ class EmbeddingsService(Service):
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = SentenceTransformer(source, device=self.device)
         self.model.eval()
-        self.dimensions = int(self.model.get_sentence_embedding_dimension() or 0)
+        dim = getattr(self.model, "get_embedding_dimension", None) or \
+            self.model.get_sentence_embedding_dimension  # the older name
+        self.dimensions = int(dim() or 0)
         self._preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
         log.info("embeddings model %s loaded on %s (%d dimensions)", source, self.device,
                  self.dimensions)
