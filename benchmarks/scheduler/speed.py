@@ -1,7 +1,8 @@
 """Benchmark 2: placement speed on the openb cluster (1,213 nodes) and a 10x copy (12,130).
 
 Measures placement decisions per second (choose + bind, one process, one core) during the
-FGD-protocol replay of ``openb_pod_list_default`` (seed 42) for the default policy and FGD,
+FGD-protocol replay of ``openb_pod_list_default`` (seed 42) for the default policy, FGD,
+best-fit and first-fit (``--quick``: the default policy only),
 and, for comparison, the stateless ``place()`` call that rebuilds its index from a snapshot
 on every call.
 

@@ -8,9 +8,12 @@ that the caller stores in the database *before* it acts on anything else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,3 +110,14 @@ def tail_file(path: Path, lines: int | None, *, start: int = 0) -> str:
         return text
     parts = text.splitlines(keepends=True)
     return "".join(parts[-lines:]) if lines > 0 else ""
+
+
+def backend_for(
+    backends: dict[str, Backend], node: T | None, kind_of: Callable[[T], str]
+) -> tuple[Backend, T] | None:
+    """The backend that runs ``node``'s work, with the node; ``None`` when the node or its
+    backend is gone."""
+    if node is None:
+        return None
+    be = backends.get(kind_of(node))
+    return (be, node) if be is not None else None

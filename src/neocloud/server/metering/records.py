@@ -9,7 +9,8 @@ un-recorded time, and the bill adds the open stretch since the last record on re
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -53,3 +54,36 @@ def record_running(
     )
     s.add(rec)
     return rec
+
+
+class Metered(Protocol):
+    """A running workload row: when it started, on which node, and how far it is metered."""
+
+    started_at: datetime | None
+    node_id: str | None
+    metered_until: datetime | None
+
+
+def meter_running(
+    s: Session,
+    row: Metered,
+    *,
+    period_s: float,
+    final: bool,
+    workspace_id: str,
+    kind: str,
+    object_id: str,
+    name: str,
+    shape: Shape | None,
+) -> None:
+    """Record ``row``'s running time since its last record once ``period_s`` seconds have
+    gathered (or at once when ``final``: it stops), and move its ``metered_until`` on."""
+    if row.started_at is None or row.node_id is None:
+        return
+    start = row.metered_until or row.started_at
+    end = datetime.now(UTC)
+    if not final and (end - start).total_seconds() < period_s:
+        return
+    record_running(s, workspace_id=workspace_id, kind=kind, object_id=object_id, name=name,
+                   shape=shape, start=start, end=end)
+    row.metered_until = end

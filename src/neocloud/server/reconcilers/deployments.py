@@ -31,11 +31,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import NeocloudError
-from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
+from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
-from neocloud.server.metering.records import record_running
+from neocloud.server.metering.records import meter_running
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
@@ -219,11 +219,8 @@ class DeploymentReconciler:
                 log.exception("replica %s: reconcile step failed", rid)
 
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        node = s.get(Node, node_id) if node_id else None
-        if node is None:
-            return None
-        be = self.backends.get(node.backend)
-        return (be, node) if be is not None else None
+        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
+                           lambda n: n.backend)
 
     def _place_and_start(self, rid: str) -> None:
         with self.db.session() as s:
@@ -546,18 +543,11 @@ class DeploymentReconciler:
                 self._meter_row(s, r, final=False)
 
     def _meter_row(self, s: Session, r: Replica, *, final: bool) -> None:
-        """Record running time since the last record, once a period is full (or at stop)."""
-        if r.started_at is None or r.node_id is None:
-            return
-        start = r.metered_until or r.started_at
-        end = now()
-        if not final and (end - start).total_seconds() < self.settings.usage_period_s:
-            return
         dep = s.get(Deployment, r.deployment_id)
-        shape = s.get(Shape, dep.shape) if dep else None
-        record_running(s, workspace_id=r.workspace_id, kind="replica", object_id=r.id,
-                       name=dep.name if dep else r.id, shape=shape, start=start, end=end)
-        r.metered_until = end
+        meter_running(s, r, period_s=self.settings.usage_period_s, final=final,
+                      workspace_id=r.workspace_id, kind="replica", object_id=r.id,
+                      name=dep.name if dep else r.id,
+                      shape=s.get(Shape, dep.shape) if dep else None)
 
 
 def preempt_replica(s: Session, replica_id: str, reason: str) -> None:

@@ -32,11 +32,11 @@ from neocloud.errors import NeocloudError
 from neocloud.jobrun import read_exit
 from neocloud.models.jobs import LAST_LINES, JobStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
+from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Job, JobWorker, Node, Shape
-from neocloud.server.metering.records import record_running
+from neocloud.server.metering.records import meter_running
 from neocloud.server.reconcilers.deployments import backoff_s, free_port, now
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import events, placement
@@ -189,11 +189,8 @@ class JobReconciler:
 
     # -- starting ---------------------------------------------------------------------
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        node = s.get(Node, node_id) if node_id else None
-        if node is None:
-            return None
-        be = self.backends.get(node.backend)
-        return (be, node) if be is not None else None
+        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
+                           lambda n: n.backend)
 
     def _start_missing(self, job_id: str) -> None:
         """Start every worker written ``starting`` without a process handle: just placed,
@@ -483,18 +480,11 @@ class JobReconciler:
                 self._meter_row(s, w, final=False)
 
     def _meter_row(self, s: Session, w: JobWorker, *, final: bool) -> None:
-        """Record running time since the last record, once a period is full (or at the end)."""
-        if w.started_at is None or w.node_id is None:
-            return
-        start = w.metered_until or w.started_at
-        end = now()
-        if not final and (end - start).total_seconds() < self.settings.usage_period_s:
-            return
         job = s.get(Job, w.job_id)
-        shape = s.get(Shape, job.shape) if job else None
-        record_running(s, workspace_id=w.workspace_id, kind="job", object_id=w.id,
-                       name=job.name if job else w.id, shape=shape, start=start, end=end)
-        w.metered_until = end
+        meter_running(s, w, period_s=self.settings.usage_period_s, final=final,
+                      workspace_id=w.workspace_id, kind="job", object_id=w.id,
+                      name=job.name if job else w.id,
+                      shape=s.get(Shape, job.shape) if job else None)
 
 
 def _mounts(job: Job) -> list[VolumeMount]:

@@ -30,11 +30,11 @@ from sqlalchemy.orm import Session
 from neocloud.errors import NeocloudError
 from neocloud.models.pods import PodStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec, start_or_adopt
+from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Node, Pod, Shape, Volume
-from neocloud.server.metering.records import record_running
+from neocloud.server.metering.records import meter_running
 from neocloud.server.podshell import client_public_key
 from neocloud.server.reconcilers.deployments import free_port, now
 from neocloud.server.reconcilers.jobs import redact
@@ -190,11 +190,8 @@ class PodReconciler:
                       dedupe=True)
 
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        node = s.get(Node, node_id) if node_id else None
-        if node is None:
-            return None
-        be = self.backends.get(node.backend)
-        return (be, node) if be is not None else None
+        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
+                           lambda n: n.backend)
 
     def _start_process(self, pod_id: str) -> None:
         with self.db.session() as s:
@@ -438,16 +435,9 @@ class PodReconciler:
                 self._meter_row(s, pod, final=False)
 
     def _meter_row(self, s: Session, pod: Pod, *, final: bool) -> None:
-        """Record running time since the last record, once a period is full (or at stop)."""
-        if pod.started_at is None or pod.node_id is None:
-            return
-        start = pod.metered_until or pod.started_at
-        end = now()
-        if not final and (end - start).total_seconds() < self.settings.usage_period_s:
-            return
-        record_running(s, workspace_id=pod.workspace_id, kind="pod", object_id=pod.id,
-                       name=pod.name, shape=s.get(Shape, pod.shape), start=start, end=end)
-        pod.metered_until = end
+        meter_running(s, pod, period_s=self.settings.usage_period_s, final=final,
+                      workspace_id=pod.workspace_id, kind="pod", object_id=pod.id,
+                      name=pod.name, shape=s.get(Shape, pod.shape))
 
 
 def preempt_pod(s: Session, pod_id: str, reason: str) -> None:
