@@ -97,9 +97,10 @@ def test_parallel_requests_never_exceed_quota(
     if copies == 2 and db_url.startswith("sqlite"):
         pytest.skip("several control-plane copies need PostgreSQL")
     apps = []
+    fleet = FakeBackend()  # one simulated cluster, driven by every control-plane copy
     for i in range(copies):
         settings = make_settings(tmp_path / f"home{i}", db_url)
-        apps.append(create_app(settings, backends={"fake": FakeBackend()}))
+        apps.append(create_app(settings, backends={"fake": fleet}))
     servers = [live_server_factory(app) for app in apps]
     from neocloud.server.bootstrap import bootstrap
 
