@@ -16,6 +16,7 @@ requests within its grace period and the lifespan shutdown calls ``teardown()``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -190,6 +191,12 @@ class ServingApp:
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             return
+        # Everything loaded so far (modules, the model's Python objects) lives as long as the
+        # replica: move it out of the collector's view, so full collections while serving
+        # scan only per-request garbage (shorter pauses, a shorter latency tail). CPython's
+        # gc.freeze, documented for exactly this use after start-up.
+        gc.collect()
+        gc.freeze()
         self.ready = not self.draining
         self.metrics.ready = self.ready
         log.info("%s is ready (serving %s)", getattr(self.service, "name", "service"),
