@@ -53,6 +53,10 @@ def test_cli_deploy_status_logs_usage_and_admin(tmp_path: Path) -> None:
         assert r.returncode == 2 and "TYPE=COUNT" in r.stderr
         r = cli(cloud, "status", "nope")
         assert r.returncode == 1 and "not found" in r.stderr and "Traceback" not in r.stderr
+        # Work no registered node can ever hold: a clear answer at once, not a long wait.
+        r = cli(cloud, "deploy", "big", "--service", "embeddings", "--shape", "gpu.h100")
+        assert r.returncode == 1 and "cannot start on any registered node" in r.stderr
+        assert "Traceback" not in r.stderr
         r = cli(cloud, "rm", "echo")
         assert r.returncode == 0
     finally:

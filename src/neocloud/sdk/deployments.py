@@ -174,7 +174,8 @@ class Deployments:
         Raises:
             Unavailable: the deployment's status became ``failed`` (code
                 ``deployment_failed``) or a replica keeps crashing (code
-                ``deployment_crashing``); the message holds the reason and latest events.
+                ``deployment_crashing``), or no registered node could ever hold a replica
+                (code ``unschedulable``); the message holds the reason and latest events.
             Conflict: the deployment is being deleted.
             Timeout: not ready within ``timeout_s``; the message holds the status, the
                 pending reason and the latest events.
@@ -203,12 +204,24 @@ class Deployments:
                 )
             if deployment.status == DeploymentStatus.deleting:
                 raise Conflict(f"deployment {name!r} is being deleted")
+            reason = deployment.pending_reason or ""
+            if reason.startswith(NEVER_FITS) and not deployment.ready_replicas:
+                raise Unavailable(
+                    f"deployment {name!r} cannot start on any registered node: {reason}. "
+                    "It stays queued and starts if a node that fits is added.",
+                    code="unschedulable",
+                )
             if elapsed >= timeout_s:
                 raise Timeout(
                     f"deployment {name!r} is not ready after {timeout_s:g} s: "
                     f"{_explain(deployment, events)}"
                 )
             time.sleep(max(0.0, min(poll_s, timeout_s - elapsed)))
+
+
+#: Start of the scheduler's reason when no registered node could ever hold one replica
+#: (too few GPUs or CPUs in total, no GPU of the type): waiting longer cannot help.
+NEVER_FITS = "no node can run"
 
 
 def _is_ready(deployment: DeploymentOut) -> bool:

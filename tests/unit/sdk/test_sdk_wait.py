@@ -102,3 +102,19 @@ def test_brief() -> None:
     assert brief("") == ""
     long = brief("x" * 500, limit=50)
     assert len(long) == 50 and long.endswith("...")
+
+
+def test_work_no_registered_node_can_hold_fails_fast() -> None:
+    never = _deployment("pending", 1, 0, 1, [_replica(1, "pending")])
+    never["pending_reason"] = "no node can run 8 GPUs of type H100 (1 node(s) without GPUs)"
+    client, polls = _scripted([never])
+    with pytest.raises(errors.Unavailable) as exc:
+        client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
+    assert exc.value.code == "unschedulable" and "8 GPUs" in exc.value.message
+    assert polls[0] == 1
+    # A reason that capacity freeing up can cure keeps waiting (until the timeout).
+    busy = _deployment("pending", 1, 0, 1, [_replica(1, "pending")])
+    busy["pending_reason"] = "no node has 1 free GPU of type H100 (best: g1 with 0)"
+    client, polls = _scripted([busy])
+    with pytest.raises(errors.Timeout):
+        client.deployments.wait_ready("web", timeout_s=0.05, poll_s=0.01)
