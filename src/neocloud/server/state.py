@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from neocloud.server.backends.base import Backend
 from neocloud.server.db.engine import Database
 from neocloud.server.settings import Settings
@@ -22,3 +24,9 @@ class AppState:
     def wake_reconcilers(self) -> None:
         if self.wake is not None:
             self.wake()
+
+    def commit_and_wake(self, s: Session) -> None:
+        """Commit what a route wrote, then wake the reconcilers to act on it (the state is
+        in the database before anything acts on it)."""
+        s.commit()
+        self.wake_reconcilers()

@@ -36,6 +36,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
 from neocloud.server.metering.records import meter_running
+from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
@@ -101,11 +102,7 @@ class DeploymentReconciler:
             ids = list(s.scalars(
                 select(Deployment.id).order_by(Deployment.priority.desc(), Deployment.created_at)
             ))
-        for dep_id in ids:
-            try:
-                self.reconcile(dep_id)
-            except Exception:  # one failing deployment never stops the loop
-                log.exception("reconciling deployment %s failed", dep_id)
+        reconcile_each(self.db, "deployment", ids, self._reconcile)
         if self.on_change is not None:
             self.on_change()
 
@@ -130,23 +127,14 @@ class DeploymentReconciler:
                               message=f"replica {r.id[:8]}: node {node_name} is not ready; "
                                       "its allocation was freed")
 
-    def _lock(self, s: Session, dep_id: str) -> Deployment | None:
-        q = select(Deployment).where(Deployment.id == dep_id)
-        if self.db.is_postgres:
-            q = q.with_for_update(skip_locked=True)
-        return s.scalars(q).first()
-
     def reconcile(self, dep_id: str) -> None:
-        """One pass over one deployment (several short transactions), under a lock on the
-        deployment shared by every control-plane copy: another copy busy with it is
-        skipped, never raced."""
-        with self.db.try_lock(f"deployment:{dep_id}") as mine:
-            if mine:
-                self._reconcile(dep_id)
+        """One pass over one deployment (several short transactions), under the lock on the
+        deployment shared by every control-plane copy."""
+        reconcile_locked(self.db, "deployment", dep_id, self._reconcile)
 
     def _reconcile(self, dep_id: str) -> None:
         with self.db.session() as s:
-            dep = self._lock(s, dep_id)
+            dep = lock_row(s, Deployment, dep_id)
             if dep is None:
                 return
             reps = list(s.scalars(select(Replica).where(Replica.deployment_id == dep.id)))

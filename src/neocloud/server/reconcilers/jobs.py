@@ -37,6 +37,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Job, JobWorker, Node, Shape
 from neocloud.server.metering.records import meter_running
+from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
 from neocloud.server.reconcilers.deployments import backoff_s, free_port, now
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import events, placement
@@ -86,22 +87,16 @@ class JobReconciler:
                 select(Job.id).where(Job.status.in_([x.value for x in LIVE]))
                 .order_by(Job.priority.desc(), Job.created_at)
             ))
-        for job_id in ids:
-            try:
-                self.reconcile(job_id)
-            except Exception:  # one failing job never stops the loop
-                log.exception("reconciling job %s failed", job_id)
-
-    def _lock(self, s: Session, job_id: str) -> Job | None:
-        q = select(Job).where(Job.id == job_id)
-        if self.db.is_postgres:
-            q = q.with_for_update(skip_locked=True)
-        return s.scalars(q).first()
+        reconcile_each(self.db, "job", ids, self._reconcile)
 
     def reconcile(self, job_id: str) -> None:
-        """One pass over one job (several short transactions)."""
+        """One pass over one job (several short transactions), under the lock on the job
+        shared by every control-plane copy."""
+        reconcile_locked(self.db, "job", job_id, self._reconcile)
+
+    def _reconcile(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = self._lock(s, job_id)
+            job = lock_row(s, Job, job_id)
             if job is None:
                 return
             if job.status == JobStatus.retrying and (
@@ -123,7 +118,7 @@ class JobReconciler:
     # -- scheduling -------------------------------------------------------------------
     def _schedule(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = self._lock(s, job_id)
+            job = lock_row(s, Job, job_id)
             if job is None or job.status != JobStatus.queued:
                 return
             shape = s.get(Shape, job.shape)
@@ -322,7 +317,7 @@ class JobReconciler:
     def _decide_stops(self, job_id: str) -> list[str]:
         """Mark the workers to stop (``stopping``); returns their ids."""
         with self.db.session() as s:
-            job = self._lock(s, job_id)
+            job = lock_row(s, Job, job_id)
             if job is None:
                 return []
             workers = workers_of(s, job)
@@ -360,7 +355,7 @@ class JobReconciler:
     def _finish(self, job_id: str) -> None:
         """Move the job on once its workers' states allow it."""
         with self.db.session() as s:
-            job = self._lock(s, job_id)
+            job = lock_row(s, Job, job_id)
             if job is None or job.status not in (JobStatus.starting, JobStatus.running,
                                                  JobStatus.stopping):
                 return

@@ -36,6 +36,7 @@ from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Node, Pod, Shape, Volume
 from neocloud.server.metering.records import meter_running
 from neocloud.server.podshell import client_public_key
+from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
 from neocloud.server.reconcilers.deployments import free_port, now
 from neocloud.server.reconcilers.jobs import redact
 from neocloud.server.scheduler import Unschedulable
@@ -96,21 +97,16 @@ class PodReconciler:
                 select(Pod.id).where(Pod.status.in_(live) | (Pod.desired == "deleted"))
                 .order_by(Pod.created_at)
             ))
-        for pod_id in ids:
-            try:
-                self.reconcile(pod_id)
-            except Exception:
-                log.exception("reconciling pod %s failed", pod_id)
-
-    def _lock(self, s: Session, pod_id: str) -> Pod | None:
-        q = select(Pod).where(Pod.id == pod_id)
-        if self.db.is_postgres:
-            q = q.with_for_update(skip_locked=True)
-        return s.scalars(q).first()
+        reconcile_each(self.db, "pod", ids, self._reconcile)
 
     def reconcile(self, pod_id: str) -> None:
+        """One pass over one pod, under the lock on the pod shared by every control-plane
+        copy."""
+        reconcile_locked(self.db, "pod", pod_id, self._reconcile)
+
+    def _reconcile(self, pod_id: str) -> None:
         with self.db.session() as s:
-            pod = self._lock(s, pod_id)
+            pod = lock_row(s, Pod, pod_id)
             if pod is None:
                 return
             if pod.desired != "running":
@@ -136,7 +132,7 @@ class PodReconciler:
     # -- scheduling and starting ------------------------------------------------------
     def _schedule(self, pod_id: str) -> None:
         with self.db.session() as s:
-            pod = self._lock(s, pod_id)
+            pod = lock_row(s, Pod, pod_id)
             if pod is None or pod.status != PodStatus.queued or pod.desired != "running":
                 return
             shape = s.get(Shape, pod.shape)
@@ -306,7 +302,7 @@ class PodReconciler:
             self._exited(pod_id, be, handle, state.exit_code)
             return
         with self.db.session() as s:
-            pod = self._lock(s, pod_id)
+            pod = lock_row(s, Pod, pod_id)
             if pod is None or pod.status != PodStatus.running:
                 return
             last = self.last_activity(pod)

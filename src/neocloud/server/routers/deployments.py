@@ -34,8 +34,7 @@ def create_deployment(
     caller.require(Role.member)
     dep = svc.create_deployment(s, workspace_id=caller.workspace_id, spec=body)
     out = svc.deployment_out(s, dep)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 
@@ -57,8 +56,7 @@ def update_deployment(
     caller.require(Role.member)
     dep = svc.update_deployment(s, workspace_id=caller.workspace_id, name=name, spec=body)
     out = svc.deployment_out(s, dep)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 
@@ -66,8 +64,7 @@ def update_deployment(
 def delete_deployment(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
     caller.require(Role.member)
     svc.delete_deployment(s, workspace_id=caller.workspace_id, name=name)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return Response(status_code=204)
 
 

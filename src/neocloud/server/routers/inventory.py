@@ -24,8 +24,7 @@ def create_node(body: NodeCreate, caller: CallerDep, s: SessionDep, state: State
     caller.require_operator()
     node = node_svc.create_node(s, spec=body)
     out = node_svc.node_out(s, node)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 
@@ -41,8 +40,7 @@ def update_node(
     caller.require_operator()
     node = node_svc.update_node(s, name=name, spec=body)
     out = node_svc.node_out(s, node)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 

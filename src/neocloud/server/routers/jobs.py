@@ -26,8 +26,7 @@ def create_job(body: JobCreate, caller: CallerDep, s: SessionDep, state: StateDe
     caller.require(Role.member)
     job = svc.create_job(s, workspace_id=caller.workspace_id, spec=body)
     out = svc.job_out(s, job)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 
@@ -48,8 +47,7 @@ def stop_job(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Jo
     caller.require(Role.member)
     job = svc.stop_job(s, workspace_id=caller.workspace_id, name=name)
     out = svc.job_out(s, job)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 

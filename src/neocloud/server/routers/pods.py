@@ -42,18 +42,13 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["pods"])
 
 
-def _commit_and_wake(s: SessionDep, state: AppState) -> None:
-    s.commit()
-    state.wake_reconcilers()
-
-
 @router.post("/pods", response_model=PodOut, status_code=201)
 def create_pod(body: PodCreate, caller: CallerDep, s: SessionDep, state: StateDep) -> PodOut:
     caller.require(Role.member)
     pod = svc.create_pod(s, workspace_id=caller.workspace_id, spec=body,
                          store=volume_store(state))
     out = svc.pod_out(s, pod)
-    _commit_and_wake(s, state)
+    state.commit_and_wake(s)
     return out
 
 
@@ -73,7 +68,7 @@ def start_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> P
     caller.require(Role.member)
     pod = svc.start_pod(s, workspace_id=caller.workspace_id, name=name)
     out = svc.pod_out(s, pod)
-    _commit_and_wake(s, state)
+    state.commit_and_wake(s)
     return out
 
 
@@ -82,7 +77,7 @@ def stop_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Po
     caller.require(Role.member)
     pod = svc.stop_pod(s, workspace_id=caller.workspace_id, name=name)
     out = svc.pod_out(s, pod)
-    _commit_and_wake(s, state)
+    state.commit_and_wake(s)
     return out
 
 
@@ -91,7 +86,7 @@ def delete_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> 
     """Stop and delete the pod; its working-directory volume is kept."""
     caller.require(Role.member)
     svc.delete_pod(s, workspace_id=caller.workspace_id, name=name)
-    _commit_and_wake(s, state)
+    state.commit_and_wake(s)
     return Response(status_code=204)
 
 

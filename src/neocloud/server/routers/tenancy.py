@@ -92,8 +92,7 @@ def set_quota(name: str, body: QuotaSet, caller: CallerDep, s: SessionDep,
     ws = svc.get_workspace(s, name=name)
     quota_svc.set_quota(s, workspace=ws, spec=body)
     out = quota_svc.quota_out(s, workspace=ws)
-    s.commit()
-    state.wake_reconcilers()
+    state.commit_and_wake(s)
     return out
 
 

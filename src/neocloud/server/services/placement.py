@@ -160,8 +160,8 @@ def usage_of(s: Session, workspace_id: str) -> Usage:
     return Usage(gpu_milli_by_type=by_type, cpu_milli=cpu, memory_mib=mem)
 
 
-def _running_work(s: Session) -> list[RunningWork]:
-    names = {n.id: n.name for n in s.scalars(select(Node))}
+def _running_work(s: Session, names: dict[str, str]) -> list[RunningWork]:
+    """Allocations grouped per workload, bound to node *names* (``names``: id -> name)."""
     groups: dict[tuple[str, str], list[Allocation]] = {}
     for a in s.scalars(select(Allocation)):
         groups.setdefault((a.kind, a.owner_id), []).append(a)
@@ -209,7 +209,8 @@ def schedule(
         allowed = quota_gpu_types(quota, used, reqs[0], count=len(reqs))
         if allowed is not None and "*" not in allowed:
             reqs = [replace(r, gpu_types=tuple(allowed)) for r in reqs]
-    nodes = snapshot(s)
+    node_rows = list(s.scalars(select(Node)))
+    nodes = snapshot(s, nodes=node_rows)
     result: list[Binding] | Unschedulable
     if len(reqs) == 1:
         one = place(nodes, reqs[0], policy=policy)
@@ -217,9 +218,10 @@ def schedule(
     else:
         result = place_gang(nodes, reqs, policy=policy)
     if not isinstance(result, Unschedulable):
-        ids = {n.name: n.id for n in s.scalars(select(Node))}
+        ids = {n.name: n.id for n in node_rows}
         return [replace(b, node_id=ids[b.node_id]) for b in result]
-    victims = select_victims(nodes, _running_work(s), reqs, priority, policy=policy)
+    running = _running_work(s, {n.id: n.name for n in node_rows})
+    victims = select_victims(nodes, running, reqs, priority, policy=policy)
     if isinstance(victims, list) and victims:
         pairs = tuple((v.split(":", 1)[0], v.split(":", 1)[1]) for v in victims)
         return Preempt(victims=pairs, reason=result.reason)
