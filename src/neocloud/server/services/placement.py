@@ -130,13 +130,6 @@ def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSna
     return snaps
 
 
-def try_place(
-    s: Session, *, request: ResourceRequest, policy: str = "default"
-) -> Binding | Unschedulable:
-    """Place one request on the current inventory (call after :func:`lock_placement`)."""
-    return place(snapshot(s), request, policy=policy)
-
-
 def quota_of(s: Session, workspace_id: str) -> SchedQuota | None:
     """The scheduler's view of a workspace quota, or ``None`` when it has none."""
     row = s.get(Quota, workspace_id)
