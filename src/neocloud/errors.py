@@ -21,6 +21,8 @@ Hierarchy::
      ├── NotFound (404)
      ├── Conflict (409)
      │    └── AlreadyExists (409)
+     ├── PaymentRequired (402)
+     │    └── BudgetExceeded (402, budget_exceeded)
      ├── QuotaExceeded (429, insufficient_quota)
      ├── RateLimited (429)
      ├── Timeout (504)
@@ -114,6 +116,18 @@ class Conflict(NeocloudError):
 
 class AlreadyExists(Conflict):
     default_code = "already_exists"
+
+
+class PaymentRequired(NeocloudError):
+    status = 402
+    type = "payment_required"
+    default_code = "payment_required"
+
+
+class BudgetExceeded(PaymentRequired):
+    """The workspace's budget has a hard stop and this month's spend reached it."""
+
+    default_code = "budget_exceeded"
 
 
 class QuotaExceeded(NeocloudError):

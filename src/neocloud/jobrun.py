@@ -1,6 +1,7 @@
 """The process that runs one job worker: ``python -m neocloud.jobrun --exit-file F -- CMD...``.
 
-It starts ``CMD`` (no shell; output goes where its own goes: the worker's log), waits,
+It starts ``CMD`` (no shell; output goes where its own goes: the worker's log, written by
+the backend with secret values masked, see :mod:`neocloud.logrun`), waits,
 and writes the exit code to ``F`` as JSON
 ``{"exit_code": N}`` (negative N: killed by signal -N) through a temporary file and a
 rename, so the control plane reads a complete code even after its own restart, when the
@@ -26,10 +27,14 @@ from types import FrameType
 
 
 def write_exit(path: Path, code: int) -> None:
-    """Write ``{"exit_code": code}`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``{"exit_code": code}`` to ``path`` atomically, mode ``0600`` (it lies in the
+    private data folder)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"exit_code": code}))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"exit_code": code}))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 

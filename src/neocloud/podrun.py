@@ -15,7 +15,9 @@ Inputs from the environment (set by the control plane):
 Activity: while an SSH session is open (``sshd`` has a child per connection) or JupyterLab
 reports open connections or kernels, the file ``D/activity`` is touched every
 :data:`CHECK_S` seconds; the control plane stops the pod after its idle timeout.
-Files in ``D`` that hold the environment are mode 0600 and removed at exit.
+Files in ``D`` are mode 0600 (those that hold the environment are removed at exit). Its
+output (and that of ``sshd`` and JupyterLab) is the pod's log, which the backend writes
+with secret values masked (see :mod:`neocloud.logrun`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def ensure_host_key(pod_dir: Path) -> Path:
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "neocloud-pod",
                         "-f", str(key)], check=True, stdin=subprocess.DEVNULL)
+        for made in (key, key.with_name(key.name + ".pub")):
+            os.chmod(made, 0o600)
     return key
 
 
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neocloud pod: sshd on {args.listen}:{args.ssh_port}, working directory "
               f"{args.workdir}", flush=True)
         activity = pod_dir / "activity"
-        activity.touch()
+        activity.touch(mode=0o600)
         while True:
             if server.poll() is not None:
                 code = server.returncode or 1

@@ -25,7 +25,7 @@ class Cloud:
         return {"Authorization": f"Bearer {token or self.token}"}
 
     def reconcile(self, times: int = 1) -> None:
-        rec = self.app.state.extras["reconciler"]
+        rec = self.app.state.reconcilers.deployments
         for _ in range(times):
             rec.run_once()
 

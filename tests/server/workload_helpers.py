@@ -12,11 +12,8 @@ from tests.server.helpers import Cloud, open_cloud
 
 def reconcile_workloads(cloud: Cloud, times: int = 1) -> None:
     """Run the job and pod reconcilers ``times`` times (the deployment one too)."""
-    ex = cloud.app.state.extras
     for _ in range(times):
-        ex["reconciler"].run_once()
-        ex["job_reconciler"].run_once()
-        ex["pod_reconciler"].run_once()
+        cloud.app.state.reconcilers.run_once()
 
 
 def drive_until(cloud: Cloud, check: Callable[[], Any], *, timeout_s: float = 60,

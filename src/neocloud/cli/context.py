@@ -3,12 +3,34 @@ them (once, on first use)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 import typer
 
+from neocloud.errors import NeocloudError
 from neocloud.sdk import Client
+
+
+def check_option(value: str, option: str, check: Callable[..., None]) -> str:
+    """``value`` of the connection option ``option`` once ``check(value, source=...)``
+    accepts it; an empty value is an error too (it would silently fall back to the
+    environment or the config file).
+
+    Raises:
+        typer.BadParameter: empty or rejected (a usage error naming ``option``).
+    """
+    if not value:
+        raise typer.BadParameter(
+            "must not be empty (leave the option out to use the environment or the config "
+            "file)", param_hint=f"'{option}'")
+    try:
+        check(value, source=option)
+    except NeocloudError as exc:
+        raise typer.BadParameter(exc.message.removeprefix(f"{option}: "),
+                                 param_hint=f"'{option}'") from None
+    return value
 
 
 @dataclass

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
@@ -22,16 +23,21 @@ from neocloud.models import (
     EventOut,
     NodeOut,
 )
+from neocloud.models.autoscaling import AutoscalingConfig
+from neocloud.models.deployments import Engine
 from neocloud.sdk import Client, WaitProgress
 from neocloud.sdk.deployments import brief
 
 _OPTIONS = {
     "name": "NAME",
     "service": "--service",
+    "engine": "--engine",
     "model": "--model",
     "shape": "--shape",
     "replicas": "--replicas",
     "env": "--env",
+    "drain_timeout_s": "--drain-timeout",
+    "cold_start_timeout_s": "--cold-start-timeout",
 }
 JSON_HELP = "Print JSON to stdout instead of a table."
 #: Replica ids are shown by their first characters (``--replica`` takes a prefix too).
@@ -63,9 +69,17 @@ def deploy(
         None,
         "--service",
         "-s",
-        help="embeddings, chat, package.module:Class or file.py:Class (needed to create).",
+        help="embeddings, chat, package.module:Class or file.py:Class (needed to create "
+        "with the builtin engine; not with --engine vllm).",
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model of a built-in service."),
+    engine: Engine | None = typer.Option(
+        None, "--engine",
+        help="What runs the replicas: builtin (default) or vllm (vLLM's OpenAI server; "
+        "`make install-vllm` installs it)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m",
+        help="Model of a built-in service, or of --engine vllm: PATH or hf:ORG/NAME "
+        "(vllm default: the built-in chat model)."),
     shape: str | None = typer.Option(
         None, "--shape", help="Resource shape (see `neocloud shape ls`) (default: cpu.small)."
     ),
@@ -91,6 +105,23 @@ def deploy(
     preemptible: bool = typer.Option(
         False, "--preemptible", help="Let higher-priority work stop these replicas."
     ),
+    min_replicas: int | None = typer.Option(
+        None, "--min", min=0, max=64,
+        help="Autoscale: fewest replicas (0: scale to zero when idle, woken by a request)."),
+    max_replicas: int | None = typer.Option(
+        None, "--max", min=1, max=64, help="Autoscale: most replicas."),
+    target_inflight: float | None = typer.Option(
+        None, "--target-inflight", min=0.001,
+        help="Autoscale: requests in flight per replica to aim for (default 2)."),
+    drain_timeout: float | None = typer.Option(
+        None, "--drain-timeout", min=0, max=3600,
+        help="Seconds a stopping replica may finish its requests (default 120)."),
+    cold_start_timeout: float | None = typer.Option(
+        None, "--cold-start-timeout", min=0.001, max=3600,
+        help="Seconds a request waits while the deployment starts from zero (default 120)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Store nothing: say whether a replica fits now, could ever fit, and why not."),
     update: bool = typer.Option(
         False,
         "--update",
@@ -106,19 +137,40 @@ def deploy(
     env_map = parse_pairs(env, option="--env") if env else None
     secret_map = parse_pairs(secret, option="--secret") if secret else None
     service = local_service_path(service)
+    scaling = _autoscaling(min_replicas, max_replicas, target_inflight)
     api = client(ctx)
     existing = _get_or_none(api, name) if update else None
+    needs_service = engine is None or engine == Engine.builtin
+    if dry_run:
+        if service is None and needs_service:
+            raise typer.BadParameter("is required for --dry-run", param_hint="'--service'")
+        plan = api.deployments.dry_run(
+            name, service, shape=shape or "cpu.small", priority=priority, model=model,
+            engine=engine,
+            env=env_map, secrets=secret_map, autoscaling=scaling)
+        if json_out:
+            print_json(plan)
+        elif plan.fits_now:
+            output.out.print(Text(f"Fits: a replica of {name} would start on node "
+                                  f"{plan.node} now (nothing was stored)."))
+        else:
+            verdict = "waits for room" if plan.can_ever_fit else "can never fit"
+            output.out.print(Text(f"Does not fit now; {verdict} [{plan.code}]: {plan.reason}"))
+        if not plan.can_ever_fit:
+            raise typer.Exit(1)
+        return
     if existing is None:
-        if service is None:
-            raise typer.BadParameter("is required to create a deployment", param_hint="'--service'")
-        fields = dict(
-            name=name, service=service, model=model, shape=shape, replicas=replicas, env=env_map
-        )
+        if service is None and needs_service:
+            raise typer.BadParameter("is required to create a deployment (or pass "
+                                     "--engine vllm)", param_hint="'--service'")
+        fields = dict(name=name, service=service, engine=engine, model=model, shape=shape,
+                      replicas=replicas, env=env_map)
         check_fields(DeploymentCreate, fields, _OPTIONS)
         try:
             deployment = api.deployments.create(
                 name,
                 service,
+                engine=engine,
                 model=model,
                 shape=shape or "cpu.small",
                 replicas=1 if replicas is None else replicas,
@@ -126,6 +178,9 @@ def deploy(
                 priority=priority,
                 preemptible=preemptible,
                 secrets=secret_map,
+                autoscaling=scaling,
+                drain_timeout_s=drain_timeout,
+                cold_start_timeout_s=cold_start_timeout,
             )
         except AlreadyExists as exc:
             raise AlreadyExists(
@@ -135,20 +190,101 @@ def deploy(
             ) from exc
         action = "Created"
     else:
-        fields = dict(service=service, model=model, shape=shape, replicas=replicas, env=env_map)
+        fields = dict(service=service, engine=engine, model=model, shape=shape,
+                      replicas=replicas, env=env_map)
         check_fields(DeploymentUpdate, fields, _OPTIONS)
         deployment = api.deployments.update(
-            name, service=service, model=model, shape=shape, replicas=replicas, env=env_map
+            name, service=service, engine=engine, model=model, shape=shape, replicas=replicas,
+            env=env_map,
+            autoscaling=scaling, drain_timeout_s=drain_timeout,
+            cold_start_timeout_s=cold_start_timeout,
         )
         action = "Updated"
+    output.print_warnings(deployment.warnings)
     if not json_out:
         note(f"{action} deployment {name} (generation {deployment.generation}).")
-    if wait:
+    if wait and deployment.replicas > 0:
         deployment = _wait_ready(api, name, timeout_s=timeout, poll_s=poll)
     if json_out:
         print_json(deployment)
     else:
         _print_ready(api, deployment, waited=wait)
+
+
+def _autoscaling(min_replicas: int | None, max_replicas: int | None,
+                 target_inflight: float | None) -> AutoscalingConfig | None:
+    """The settings of ``--min/--max/--target-inflight`` (``None`` when none is given)."""
+    if min_replicas is None and max_replicas is None and target_inflight is None:
+        return None
+    given: dict[str, float] = {}
+    if min_replicas is not None:
+        given["min_replicas"] = min_replicas
+    if max_replicas is not None:
+        given["max_replicas"] = max_replicas
+    if target_inflight is not None:
+        given["target"] = target_inflight
+    try:
+        return AutoscalingConfig.model_validate(given)
+    except ValidationError as exc:
+        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise typer.BadParameter(msg, param_hint="'--min' / '--max'") from None
+
+
+def autoscale(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name."),
+    min_replicas: int | None = typer.Option(None, "--min", min=0, max=64,
+                                            help="Fewest replicas (0: scale to zero)."),
+    max_replicas: int | None = typer.Option(None, "--max", min=1, max=64,
+                                            help="Most replicas."),
+    target_inflight: float | None = typer.Option(
+        None, "--target-inflight", min=0.001, help="Requests in flight per replica."),
+    off: bool = typer.Option(False, "--off", help="Stop autoscaling; keep the current count."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Make a deployment follow its load (or, with --off, stop it)."""
+    api = client(ctx)
+    if off:
+        deployment = api.deployments.autoscale(name, None)
+    else:
+        current = api.deployments.get(name).autoscaling
+        base = current.model_dump() if current is not None else {}
+        new = _autoscaling(min_replicas, max_replicas, target_inflight)
+        if new is None and current is None:
+            raise typer.BadParameter("give --min, --max or --target-inflight (or --off)",
+                                     param_hint="'--min'")
+        merged = {**base, **(new.model_dump(exclude_unset=True) if new else {})}
+        try:
+            config = AutoscalingConfig.model_validate(merged)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise typer.BadParameter(msg, param_hint="'--min' / '--max'") from None
+        deployment = api.deployments.autoscale(name, config)
+    if json_out:
+        print_json(deployment)
+        return
+    a = deployment.autoscaling
+    output.out.print(Text(
+        f"Autoscaling of {name}: " + (f"{a.min_replicas}..{a.max_replicas} replicas, "
+                                      f"target {a.target:g} {a.signal.value} per replica"
+                                      if a else "off")
+        + f" ({deployment.replicas} desired, {deployment.ready_replicas} ready)."))
+
+
+def history(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Deployment name."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The revisions of a deployment: the active one and those it superseded."""
+    revs = client(ctx).deployments.history(name)
+    if json_out:
+        print_json(revs)
+        return
+    output.out.print(table(
+        ("REVISION", "STATE", "GEN", "AGE", "CHANGE"),
+        [(r.revision, "active" if r.active else "superseded", r.generation, age(r.created_at),
+          brief(r.message)) for r in revs]))
 
 
 def scale(
@@ -266,6 +402,8 @@ def rm(
 def register(app: typer.Typer) -> None:
     app.command()(deploy)
     app.command()(scale)
+    app.command()(autoscale)
+    app.command()(history)
     app.command("ls")(ls)
     app.command()(status)
     app.command()(logs)
@@ -331,7 +469,7 @@ def _deployment_table(deployments: list[DeploymentOut]) -> Table:
     rows = [
         (
             d.name,
-            d.service,
+            d.service or d.engine.value,
             d.model,
             d.shape,
             f"{d.ready_replicas}/{d.replicas}",
@@ -350,16 +488,23 @@ def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None
     title.append_text(status_text(d.status.value))
     out.print(title)
     fields = [
-        ("service", d.service),
+        ("engine", d.engine.value),
+        ("service", d.service or "-"),
         ("model", d.model or "-"),
         ("shape", d.shape),
         ("replicas", f"{d.ready_replicas}/{d.replicas} ready"),
         ("generation", str(d.generation)),
+        ("revision", str(d.revision)),
         ("endpoint", f"{api.url}{d.endpoint}"),
         ("created", f"{d.created_at.isoformat()} ({age(d.created_at)} ago)"),
     ]
+    if d.autoscaling is not None:
+        a = d.autoscaling
+        fields.append(("autoscaling", f"{a.min_replicas}..{a.max_replicas}, target "
+                                      f"{a.target:g} {a.signal.value} per replica"))
     if d.pending_reason:
-        fields.append(("pending", d.pending_reason))
+        code = f"[{d.pending_code.value}] " if d.pending_code else ""
+        fields.append(("pending", code + d.pending_reason))
     if d.env:
         fields.append(("env", " ".join(f"{k}={v}" for k, v in sorted(d.env.items()))))
     out.print(_kv_table(fields))

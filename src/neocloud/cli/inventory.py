@@ -1,4 +1,5 @@
-"""Inventory commands: ``node ls|add|cordon|uncordon|rm`` and ``shape ls|add``."""
+"""Inventory commands: ``node ls|add|cordon|uncordon|rm``, ``shape ls|add`` and
+``utilization``."""
 
 from __future__ import annotations
 
@@ -240,6 +241,24 @@ def shape_add(
     output.out.print(shape_table([shape]))
 
 
+def utilization(
+    ctx: typer.Context,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Capacity and allocation of the fleet, per node pool and GPU type."""
+    u = client(ctx).fleet.utilization()
+    if json_out:
+        print_json(u)
+        return
+    rows = [(p.pool, p.gpu_type, p.nodes, f"{p.allocated_gpus:g}/{p.gpus}",
+             f"{p.allocated_cpu_milli / 1000:g}/{p.cpu_milli / 1000:g}",
+             f"{p.allocated_memory_mib / 1024:.0f}/{p.memory_mib / 1024:.0f}")
+            for p in u.pools]
+    output.out.print(table(("POOL", "GPU TYPE", "NODES", "GPUS", "CPUS", "MEMORY GiB"), rows,
+                           title=f"GPU allocation {u.gpu_allocation_pct:.1f} %"))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(node_app, name="node")
     app.add_typer(shape_app, name="shape")
+    app.command()(utilization)

@@ -87,6 +87,7 @@ def create(
                                                        for m in mounts],
                           max_retries=max_retries, time_limit_s=time_limit,
                           priority=priority, preemptible=preemptible)
+    output.print_warnings(job.warnings)
     if not json_out:
         note(f"Created job {name}: {workers} x {shape}; status {job.status.value}.")
     if wait:

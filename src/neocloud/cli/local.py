@@ -57,6 +57,13 @@ def up(
         help="Where replicas run: local or ray (default: local).",
         show_default=False,
     ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="With --backend ray: the Ray cluster's GCS address HOST:PORT (default: "
+        "NEOCLOUD_RAY_ADDRESS or auto, the cluster this machine is part of).",
+        show_default=False,
+    ),
 ) -> None:
     """Start a local cloud in the foreground and log this CLI in to it.
 
@@ -65,8 +72,21 @@ def up(
     """
     if backend is not None and backend not in ("local", "ray"):
         raise typer.BadParameter(f"must be local or ray, not {backend!r}", param_hint="'--backend'")
+    if ray_address is not None:
+        if backend != "ray":
+            raise typer.BadParameter("needs --backend ray", param_hint="'--ray-address'")
+        if ray_address != "auto" and not _host_port(ray_address):
+            raise typer.BadParameter(f"must be HOST:PORT or auto, not {ray_address!r}",
+                                     param_hint="'--ray-address'")
     launch = _load("neocloud.server.launch", "`neocloud up`")
-    launch.up(host, port, home.expanduser() if home else None, backend)
+    launch.up(host, port, home.expanduser() if home else None, backend,
+              ray_address=ray_address)
+
+
+def _host_port(value: str) -> bool:
+    """Whether ``value`` reads as ``HOST:PORT`` (port 1..65535)."""
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def server(

@@ -1,40 +1,89 @@
 """The ``neocloud`` command: assembles the sub-commands and turns errors into messages.
 
-Every :class:`neocloud.errors.NeocloudError` becomes ``Error: <message>`` on stderr and
-exit code 1; bad command-line input is a usage error with exit code 2; Ctrl-C exits 130.
+One error boundary (:class:`_ErrorsAsMessages`, the root group) stands between every
+command and the user, so no command prints a traceback:
+
+* a :class:`neocloud.errors.NeocloudError` (from the server, the SDK or the CLI itself)
+  becomes ``Error: <message>`` on stderr, exit code 1;
+* bad command-line input (a usage error: wrong type, missing or empty value)
+  is a usage message, exit code 2;
+* an ``httpx`` error, an ``OSError`` (a path that cannot be created or read) or a
+  ``UnicodeError`` becomes ``Error: <what failed>``, exit code 1;
+* any other exception is a bug: ``Error: internal error (<type>: <message>)``, exit code
+  1; ``NEOCLOUD_DEBUG=1`` shows its traceback instead;
+* Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import httpx
 import typer
 from typer.core import TyperGroup
 
 from neocloud import __version__
-from neocloud.cli import admission, deployments, inventory, local, tenancy, usage
+from neocloud.cli import admin as admin_cli
+from neocloud.cli import audit, deployments, inventory, local, quotas, usage, workspaces
+from neocloud.cli import budgets as budget_cli
+from neocloud.cli import invoices as invoice_cli
 from neocloud.cli import jobs as job_cli
+from neocloud.cli import join as join_cli
 from neocloud.cli import pods as pod_cli
+from neocloud.cli import prices as price_cli
 from neocloud.cli import secrets as secret_cli
+from neocloud.cli import simulate_autoscaling as simulate_cli
 from neocloud.cli import volumes as volume_cli
-from neocloud.cli.context import CliState
+from neocloud.cli.context import CliState, check_option
 from neocloud.cli.output import note, print_error
-from neocloud.config import DEFAULT_URL
-from neocloud.errors import NeocloudError
+from neocloud.config import DEFAULT_URL, check_token, check_url
+from neocloud.errors import InvalidRequest, NeocloudError, Unavailable
+
+#: Set to ``1`` to see the traceback of an unexpected error instead of its message.
+DEBUG_ENV = "NEOCLOUD_DEBUG"
+
+
+def os_error_message(exc: OSError) -> str:
+    """``<path>: <reason>`` for a failed file operation (both paths of a rename)."""
+    reason = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 class _ErrorsAsMessages(TyperGroup):
-    """Root group that prints neocloud errors instead of tracebacks."""
+    """Root group: the CLI's one error boundary (see the module docstring)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # exit codes and usage errors: typer prints them
         except NeocloudError as exc:
             print_error(exc)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             note("Interrupted.")
             raise typer.Exit(130) from None
+        except httpx.InvalidURL as exc:
+            print_error(InvalidRequest(f"invalid URL: {exc}", param="url"))
+            raise typer.Exit(1) from None
+        except httpx.HTTPError as exc:
+            print_error(Unavailable(f"request failed: {exc}"))
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            print_error(NeocloudError(os_error_message(exc)))
+            raise typer.Exit(1) from None
+        except UnicodeError as exc:
+            print_error(InvalidRequest(f"text that cannot be encoded or decoded: {exc}"))
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            print_error(NeocloudError(
+                f"internal error ({type(exc).__name__}: {exc}); run again with "
+                f"{DEBUG_ENV}=1 to see where"))
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(
@@ -76,22 +125,31 @@ def _root(
     ),
 ) -> None:
     state = ctx.ensure_object(CliState)
-    state.url = url or state.url
-    state.token = token or state.token
+    if url is not None:
+        state.url = check_option(url, "--url", check_url)
+    if token is not None:
+        state.token = check_option(token, "--token", check_token)
     state.timeout = timeout
     ctx.call_on_close(state.close)
 
 
 deployments.register(app)
-tenancy.register(app)
+workspaces.register(app)
 inventory.register(app)
+join_cli.register(inventory.node_app)
 usage.register(app)
 local.register(app)
-admission.register(app)
+quotas.register(app)
 job_cli.register(app)
 pod_cli.register(app)
 secret_cli.register(app)
 volume_cli.register(app)
+price_cli.register(app)
+invoice_cli.register(app)
+budget_cli.register(app)
+audit.register(app)
+admin_cli.register(app)
+simulate_cli.register(app)  # after local: puts its `simulate` under a group
 
 
 def main() -> None:

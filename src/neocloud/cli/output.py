@@ -71,6 +71,15 @@ def print_error(exc: NeocloudError) -> None:
     err.print(line)
 
 
+def print_warnings(warnings: Sequence[str]) -> None:
+    """``Warning: <message>`` in yellow on stderr for each warning the API returned with a
+    submitted spec (e.g. an ``--env`` value that belongs in a ``--secret``)."""
+    for message in warnings:
+        line = Text("Warning: ", style="bold yellow")
+        line.append(message, style="yellow")
+        err.print(line)
+
+
 def note(message: str) -> None:
     """A human message on stderr (plain text; no markup parsing)."""
     err.print(Text(message))

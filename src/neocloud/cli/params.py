@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel, ValidationError
 
+from neocloud.masking import MASK, looks_sensitive
 from neocloud.models import GpuSpec
 
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -103,7 +104,10 @@ def check_fields(
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         hint = options.get(field)
+        got = first.get("input")
+        if any(looks_sensitive(str(part)) for part in first["loc"][1:]):
+            got = MASK  # the value of a sensitive-looking variable is never echoed
         raise typer.BadParameter(
-            f"{first['msg']} (got {first.get('input')!r})" if field else first["msg"],
+            f"{first['msg']} (got {got!r})" if field else first["msg"],
             param_hint=f"'{hint}'" if hint else None,
         ) from None

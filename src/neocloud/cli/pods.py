@@ -84,6 +84,7 @@ def create(
                           jupyter=jupyter, env=env_map, secrets=secret_map,
                           volumes=[f"{m['volume']}:{m['path']}" for m in mounts],
                           idle_timeout_s=idle)
+    output.print_warnings(pod.warnings)
     if not json_out:
         note(f"Created pod {name} ({shape}); working directory on volume {pod.volume}.")
     if wait:

@@ -15,6 +15,7 @@ How a request reaches a replica (retries, streaming, disconnects) is described i
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import json
@@ -22,17 +23,27 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from neocloud.asgi import (
+    ClientDisconnected,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    dumps,
+    read_body,
+    send_error,
+    send_json,
+)
 from neocloud.errors import (
+    BudgetExceeded,
     InvalidRequest,
     NeocloudError,
     NotFound,
-    PayloadTooLarge,
     RateLimited,
     Unauthenticated,
 )
@@ -40,7 +51,8 @@ from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad, make_policy
 from neocloud.gateway.cache import MISSING, TTLCache
 from neocloud.gateway.client import UpstreamPool
 from neocloud.gateway.disconnect import DisconnectWatcher
-from neocloud.gateway.proxy import CLIENT_GONE, ClientGone, Forwarder
+from neocloud.gateway.metering import USAGE_WAIT_S, needs_replica_count, replica_count
+from neocloud.gateway.proxy import CLIENT_GONE, Forwarder
 from neocloud.gateway.ratelimit import TokenBucketLimiter
 from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.stats import (
@@ -58,13 +70,8 @@ from neocloud.gateway.types import (
 )
 from neocloud.gateway.usage import UsageScanner
 from neocloud.gateway.wake import Waker
-from neocloud.gateway.wire import Headers, send_error, send_json
 
 log = logging.getLogger("neocloud.gateway")
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
@@ -164,6 +171,7 @@ class Gateway:
             on_unreachable=lambda r: self._route_cache.discard((r.workspace_id, r.name)),
             request_id=self._next_rid,
         )
+        self._metering: set[asyncio.Task[None]] = set()  # replica usage look-ups in flight
         self._rid_prefix = secrets.token_hex(4).encode() + b"-"
         self._rid_counter = itertools.count(1)
 
@@ -177,9 +185,12 @@ class Gateway:
         gc.freeze()
 
     async def shutdown(self) -> None:
-        """Close pooled connections and stop wake-ups in progress."""
+        """Finish replica usage look-ups (bounded), close pooled connections and stop
+        wake-ups in progress."""
         self._waker.close()
         self._watcher.close()
+        if self._metering:
+            await asyncio.wait(set(self._metering), timeout=USAGE_WAIT_S + 5.0)
         await self._pool.close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -248,7 +259,7 @@ class Gateway:
                 method = scope["method"]
                 if method != "POST":
                     raise NotFound(f"no route for {method} {path}", code="unknown_route")
-                body = await self._read_body(scope, receive)
+                body = await read_body(receive, self.settings.max_body_bytes, scope["headers"])
                 name = model_of(body, path)
                 route = await self._resolve(principal.workspace_id, name)
                 if route is None:
@@ -269,7 +280,7 @@ class Gateway:
                 principal = await self._authorize(scope)
                 name, target = _split_endpoint(scope)
                 method = scope["method"]
-                body = await self._read_body(scope, receive)
+                body = await read_body(receive, self.settings.max_body_bytes, scope["headers"])
                 route = await self._resolve(principal.workspace_id, name)
                 if route is None:
                     raise NotFound(
@@ -285,7 +296,7 @@ class Gateway:
         except NeocloudError as err:
             self._stats.reject(err.code)
             await send_error(send, err, _error_headers(err))
-        except ClientGone:
+        except ClientDisconnected:
             self._stats.reject("client_gone")
 
     # ---------------------------------------------------------------- request steps
@@ -321,37 +332,6 @@ class Gateway:
                 raise err
         return principal
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.settings.max_body_bytes
-        for k, v in scope["headers"]:
-            if k == b"content-length":
-                try:
-                    declared = int(v)
-                except ValueError:
-                    raise InvalidRequest("invalid Content-Length header") from None
-                if declared > limit:
-                    raise PayloadTooLarge(
-                        f"request body is {declared} bytes; the limit is {limit} bytes"
-                    )
-                break
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = msg.get("body", b"")
-            if chunk:
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
-            if not msg.get("more_body", False):
-                break
-        if not chunks:
-            return b""
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
     async def _resolve(self, workspace_id: str, name: str) -> Route | None:
         key = (workspace_id, name)
         hit = self._route_cache.get(key, MISSING)
@@ -373,7 +353,7 @@ class Gateway:
                 for r in sorted(routes, key=lambda r: r.name)
                 if r.workspace_id == principal.workspace_id
             ]
-            await send_json(send, 200, {"object": "list", "data": data})
+            await send_json(send, 200, dumps({"object": "list", "data": data}))
             return
         name = unquote(path[len("/v1/models/"):])
         route = await self._resolve(principal.workspace_id, name) if name else None
@@ -383,7 +363,7 @@ class Gateway:
                 param="model",
                 code="model_not_found",
             )
-        await send_json(send, 200, _model_object(route))
+        await send_json(send, 200, dumps(_model_object(route)))
 
     # ---------------------------------------------------------------- forwarding
     async def _forward(
@@ -400,21 +380,24 @@ class Gateway:
         t0: float,
         started_at: float,
     ) -> None:
+        if route.refusal is not None:  # budget hard stop of the workspace
+            raise BudgetExceeded(route.refusal, param="budget")
         c = self._stats.counters(route.deployment_id, route.workspace_id, route.name)
         c.begin(started_at)
         status = 500
         replica_id: str | None = None
         scanner: UsageScanner | None = None
         started = False
+        meter_id = self._next_rid() if self._usage is not None else None
         flight = self._watcher.begin(receive)
         try:
             if not route.upstreams:
                 route = await self._waker.hold(route, c)
                 if flight.gone:
-                    raise ClientGone()
+                    raise ClientDisconnected()
             c.upstreams = route.upstreams
             status, replica_id, scanner, started = await self._forwarder.forward(
-                scope, send, route, method, target, body, retry_unsent, flight
+                scope, send, route, method, target, body, retry_unsent, flight, meter_id
             )
         except NeocloudError as err:
             status = err.status
@@ -422,15 +405,37 @@ class Gateway:
                 await send_error(send, err, _error_headers(err))
             elif flight.gone:
                 status = CLIENT_GONE
-        except ClientGone:
+        except ClientDisconnected:
             status = CLIENT_GONE
         finally:
             self._watcher.end(flight)
             latency = time.perf_counter() - t0
             c.end(status, latency)
             if self._usage is not None:
-                self._record(principal, route, replica_id, scope["path"], status, latency,
-                             started_at, scanner)
+                seen = scanner.found() if scanner is not None else None
+                url = next((u.url for u in route.upstreams if u.replica_id == replica_id),
+                           None)
+                if (url is not None and meter_id is not None
+                        and needs_replica_count(method, scope["path"], status,
+                                                seen is not None)):
+                    task = asyncio.get_running_loop().create_task(self._record_counted(
+                        url, meter_id, principal, route, replica_id, scope["path"], status,
+                        latency, started_at, seen))
+                    self._metering.add(task)
+                    task.add_done_callback(self._metering.discard)
+                else:
+                    self._record(principal, route, replica_id, scope["path"], status,
+                                 latency, started_at, seen)
+
+    async def _record_counted(
+        self, url: str, meter_id: bytes, principal: Principal, route: Route,
+        replica_id: str | None, path: str, status: int, latency: float, started_at: float,
+        seen: tuple[int, int] | None,
+    ) -> None:
+        """Record a request with the replica's own count (see :mod:`.metering`)."""
+        counted = await replica_count(self._pool, url, meter_id)
+        self._record(principal, route, replica_id, path, status, latency, started_at,
+                     counted or seen)
 
     def _record(
         self,
@@ -441,10 +446,10 @@ class Gateway:
         status: int,
         latency: float,
         started_at: float,
-        scanner: UsageScanner | None,
+        tokens: tuple[int, int] | None,
     ) -> None:
         try:
-            prompt, completion = scanner.tokens() if scanner is not None else (0, 0)
+            prompt, completion = tokens or (0, 0)
             assert self._usage is not None
             self._usage.record(
                 RequestRecord(
@@ -468,7 +473,11 @@ class Gateway:
 
 
 def _model_object(route: Route) -> dict[str, Any]:
-    return {"id": route.name, "object": "model", "created": 0, "owned_by": route.workspace_id}
+    """The OpenAI model object of a route, marked with whether it can serve now:
+    ``ready`` (a replica is ready) and ``servable`` (ready, or woken by a request)."""
+    ready = bool(route.upstreams)
+    return {"id": route.name, "object": "model", "created": 0, "owned_by": route.workspace_id,
+            "ready": ready, "servable": ready or (route.can_wake and route.wake_error is None)}
 
 
 def _split_endpoint(scope: Scope) -> tuple[str, bytes]:

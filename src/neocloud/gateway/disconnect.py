@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
+from neocloud.asgi import Receive, watch_disconnect
 from neocloud.gateway.client import Connection
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class Flight:
@@ -42,16 +39,13 @@ class Flight:
         self.since = time.monotonic()
         self.task: asyncio.Task[None] | None = None
 
-
-async def _watch(flight: Flight) -> None:
-    while True:
-        msg = await flight.receive()
-        if msg["type"] == "http.disconnect":
-            if not flight.done:
-                flight.gone = True
-                if flight.conn is not None:
-                    flight.conn.abort()
-            return
+    def on_disconnect(self) -> None:
+        """The client went away: mark the flight ``gone`` and abort its replica connection
+        (nothing, once the response is complete)."""
+        if not self.done:
+            self.gone = True
+            if self.conn is not None:
+                self.conn.abort()
 
 
 class DisconnectWatcher:
@@ -87,7 +81,7 @@ class DisconnectWatcher:
         old = [f for f in self._unwatched if f.since <= limit]
         for f in old:
             self._unwatched.discard(f)
-            f.task = loop.create_task(_watch(f))
+            f.task = loop.create_task(watch_disconnect(f.receive, f))
         if self._unwatched:
             self._timer = loop.call_later(self.delay_s, self._sweep)
 

@@ -20,9 +20,9 @@ recorded as 499.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable
 
+from neocloud.asgi import ClientDisconnected, Headers, Scope, Send
 from neocloud.errors import NoReadyReplica, Timeout, UpstreamError
 from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad
 from neocloud.gateway.client import (
@@ -33,21 +33,15 @@ from neocloud.gateway.client import (
     UpstreamTimeoutError,
 )
 from neocloud.gateway.disconnect import Flight
+from neocloud.gateway.metering import METER_HEADER
 from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.types import Route
 from neocloud.gateway.usage import UsageScanner
-from neocloud.gateway.wire import Headers, request_head, request_headers, response_headers
+from neocloud.gateway.wire import request_head, request_headers, response_headers
 
 log = logging.getLogger("neocloud.gateway")
 
-Scope = MutableMapping[str, Any]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 CLIENT_GONE = 499  # nginx's convention for "client closed request"
-
-
-class ClientGone(Exception):
-    """The client disconnected; nothing more can be sent."""
 
 
 class Forwarder:
@@ -92,6 +86,7 @@ class Forwarder:
         body: bytes,
         retry_unsent: bool,
         flight: Flight,
+        meter_id: bytes | None = None,
     ) -> tuple[int, str | None, UsageScanner | None, bool]:
         """Send the request to a replica of ``route`` and stream its response to the client.
 
@@ -99,19 +94,22 @@ class Forwarder:
             target: path and query to request, relative to the replica's base URL.
             retry_unsent: whether the request may be repeated when a connection breaks
                 before any response byte (see module doc).
+            meter_id: sent as ``X-Neocloud-Meter-Id`` (see :mod:`.metering`).
 
         Returns:
             ``(status, replica_id, usage scanner or None, response started)``.
 
         Raises:
             NeocloudError: only before the response started (503, 502, 504).
-            ClientGone: the client left before the response started.
+            ClientDisconnected: the client left before the response started.
         """
         s = self.settings
         load = self._load
         hdrs: Headers = request_headers(
             scope["headers"], scope.get("client"), scope.get("scheme", "http"), self._next_rid
         )
+        if meter_id is not None:
+            hdrs.append((METER_HEADER, meter_id))
         tried: set[str] | None = None
         attempt = 0
         while True:
@@ -132,7 +130,7 @@ class Forwarder:
                     tried = set()
                 tried.add(rid)
                 if flight.gone:
-                    raise ClientGone() from None
+                    raise ClientDisconnected() from None
                 if attempt < s.max_attempts and len(tried) < len(route.upstreams):
                     continue
                 self._on_unreachable(route)
@@ -143,7 +141,7 @@ class Forwarder:
             if flight.gone:
                 load.end(rid)
                 conn.abort()
-                raise ClientGone()
+                raise ClientDisconnected()
             flight.conn = conn
             conn.send(
                 request_head(method, tgt.prefix + target, tgt.host_header, hdrs, len(body)),
@@ -163,7 +161,7 @@ class Forwarder:
                 load.end(rid)
                 flight.conn = None
                 if flight.gone:
-                    raise ClientGone() from None
+                    raise ClientDisconnected() from None
                 if (
                     not exc.response_started
                     and (retry_unsent or not exc.request_sent)

@@ -21,7 +21,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from neocloud.gateway.app import Gateway, Receive, Scope, Send, create_gateway
+from neocloud.asgi import Receive, Scope, Send
+from neocloud.gateway.app import Gateway, create_gateway
 from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.static import StaticAuthenticator, StaticRouteTable, parse_route_spec
 from neocloud.gateway.types import Principal

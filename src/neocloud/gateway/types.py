@@ -55,6 +55,12 @@ class Route:
         upstreams: the ready replicas; empty while none is ready.
         can_wake: ``True`` for a deployment scaled to zero that may be started on demand;
             requests are then held until an upstream appears (see ``RouteTable.wake``).
+        refusal: when set, every request is refused with HTTP 402 ``budget_exceeded`` and
+            this message (the workspace's budget hard stop is reached).
+        wake_timeout_s: how long requests are held while the deployment starts (its
+            cold-start timeout, seconds); ``None``: the gateway's ``wake_timeout_s``.
+        wake_error: set while the deployment cannot start (its replica crashed while
+            starting): held requests fail at once with HTTP 503 and this message.
     """
 
     deployment_id: str
@@ -62,6 +68,9 @@ class Route:
     name: str
     upstreams: tuple[Upstream, ...]
     can_wake: bool = False
+    refusal: str | None = None
+    wake_timeout_s: float | None = None
+    wake_error: str | None = None
 
 
 @runtime_checkable

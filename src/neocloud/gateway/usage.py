@@ -50,8 +50,9 @@ class UsageScanner:
         while len(tail) > 1 and self._tail_len - len(tail[0]) >= self.limit:
             self._tail_len -= len(tail.popleft())
 
-    def tokens(self) -> tuple[int, int]:
-        """``(prompt_tokens, completion_tokens)`` of the last usage object seen, else (0, 0)."""
+    def found(self) -> tuple[int, int] | None:
+        """``(prompt_tokens, completion_tokens)`` of the last usage object seen, or
+        ``None`` when the body carried none."""
         if self._tail:
             found = find_usage(b"".join(self._tail))
             if found is not None:
@@ -60,7 +61,11 @@ class UsageScanner:
             found = find_usage(b"".join(self._head))
             if found is not None:
                 return found
-        return (0, 0)
+        return None
+
+    def tokens(self) -> tuple[int, int]:
+        """``(prompt_tokens, completion_tokens)`` of the last usage object seen, else (0, 0)."""
+        return self.found() or (0, 0)
 
 
 def _count(obj: dict[str, object], key: str) -> int:

@@ -5,8 +5,11 @@ The first request for it starts one wake-up task per deployment: it calls
 ``RouteTable.wake(route)`` once, then re-resolves the route every ``wake_poll_s`` until
 upstreams appear or ``wake_timeout_s`` passes. Every request that arrives meanwhile awaits
 that same task (so the control plane is asked once, and polled once per interval,
-however many requests wait), each for at most ``wake_timeout_s``. Outcomes: the fresh
-route (the request proceeds); 503 ``deployment_starting`` on timeout; 404 if the
+however many requests wait), each for at most ``wake_timeout_s`` (the route's own
+``wake_timeout_s``, the deployment's cold-start timeout, when it has one). Outcomes: the
+fresh route (the request proceeds); 503 ``deployment_starting`` with ``Retry-After`` on
+timeout; 503 ``deployment_failed_to_start`` at once when the route carries a
+``wake_error`` (its replica crashed while starting); 404 if the
 deployment was removed meanwhile; or whatever :class:`NeocloudError` ``wake`` raised
 (e.g. ``QuotaExceeded``), returned to every held request.
 """
@@ -59,6 +62,8 @@ class Waker:
         """
         if not route.can_wake:
             raise NoReadyReplica(f"deployment '{route.name}' has no ready replica")
+        if route.wake_error is not None:
+            raise self._failed(route)
         c.held += 1
         try:
             task = self._wakers.get(route.deployment_id)
@@ -67,9 +72,7 @@ class Waker:
                 self._wakers[route.deployment_id] = task
                 task.add_done_callback(self._waker_done(route.deployment_id))
             try:
-                return await asyncio.wait_for(
-                    asyncio.shield(task), self.settings.wake_timeout_s
-                )
+                return await asyncio.wait_for(asyncio.shield(task), self._timeout(route))
             except TimeoutError:
                 raise self._still_starting(route) from None
         finally:
@@ -84,16 +87,28 @@ class Waker:
 
         return done
 
+    def _timeout(self, route: Route) -> float:
+        return route.wake_timeout_s if route.wake_timeout_s is not None \
+            else self.settings.wake_timeout_s
+
     def _still_starting(self, route: Route) -> Unavailable:
-        return Unavailable(
+        timeout = self._timeout(route)
+        err = Unavailable(
             f"deployment '{route.name}' is starting from zero and had no ready replica after"
-            f" {self.settings.wake_timeout_s:g} s; retry later",
+            f" {timeout:g} s; retry later",
             code="deployment_starting",
         )
+        err.retry_after_s = max(1.0, min(timeout, 30.0))  # type: ignore[attr-defined]
+        return err
+
+    @staticmethod
+    def _failed(route: Route) -> Unavailable:
+        return Unavailable(route.wake_error or f"deployment '{route.name}' failed to start",
+                           code="deployment_failed_to_start")
 
     async def _wake_and_wait(self, route: Route) -> Route:
         s = self.settings
-        deadline = time.monotonic() + s.wake_timeout_s
+        deadline = time.monotonic() + self._timeout(route)
         try:
             await self._routes.wake(route)
             while True:
@@ -106,6 +121,8 @@ class Waker:
                 if fresh.upstreams:
                     self._on_ready(fresh)
                     return fresh
+                if fresh.wake_error is not None:
+                    raise self._failed(fresh)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._still_starting(route)

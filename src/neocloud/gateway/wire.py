@@ -1,11 +1,12 @@
-"""Bytes on the wire: error responses, JSON responses and header rewriting.
+"""Bytes on the wire: request heads and header rewriting (responses: :mod:`neocloud.asgi`).
 
 Hop-by-hop headers (RFC 9110 §7.6.1: ``Connection`` and the headers it names,
 ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``,
 plus ``Proxy-Authenticate``/``Proxy-Authorization``) belong to one connection and are never
 forwarded in either direction. Towards a replica the gateway also drops ``Host`` (it sends
 the replica's), ``Authorization`` (the workspace token never leaves the gateway),
-``Content-Length`` (it sends its own) and ``Expect``; it appends the client address to
+``Content-Length`` (it sends its own), ``Expect`` and ``X-Neocloud-Meter-Id`` (it sets
+its own, see :mod:`neocloud.gateway.metering`); it appends the client address to
 ``X-Forwarded-For`` and sets ``X-Forwarded-Proto`` and ``X-Request-Id`` when absent.
 Towards the client it drops the replica's ``Server`` and ``Date`` (the serving ASGI
 server sets its own).
@@ -13,14 +14,9 @@ server sets its own).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
-from neocloud.errors import NeocloudError
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
+from neocloud.asgi import Headers
 
 HOP_BY_HOP = frozenset(
     {
@@ -30,9 +26,9 @@ HOP_BY_HOP = frozenset(
 )
 _DROP_REQUEST = HOP_BY_HOP | {
     b"host", b"authorization", b"content-length", b"expect", b"x-forwarded-proto",
+    b"x-neocloud-meter-id",  # the gateway's own (see metering.py); never the client's
 }
 _DROP_RESPONSE = HOP_BY_HOP | {b"server", b"date"}
-_JSON = (b"content-type", b"application/json")
 
 
 def _named_in_connection(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -115,19 +111,3 @@ def response_headers(headers: Headers) -> tuple[Headers, bytes]:
         out = [(k, v) for k, v in out if k not in extra]
     return out, ctype
 
-
-async def send_json(
-    send: Send, status: int, payload: Any, headers: Headers | None = None
-) -> None:
-    """Send a complete JSON response."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    hdrs: Headers = [_JSON, (b"content-length", str(len(body)).encode())]
-    if headers:
-        hdrs.extend(headers)
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def send_error(send: Send, err: NeocloudError, headers: Headers | None = None) -> None:
-    """Send ``err`` as the OpenAI error object with its HTTP status."""
-    await send_json(send, err.status, err.to_wire(), headers)

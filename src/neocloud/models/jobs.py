@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, computed_field
 
-from neocloud.models.common import Name, OutModel, ProcessText, ShapeName, WireModel
+from neocloud.models.common import (
+    Env,
+    Name,
+    OutModel,
+    ProcessText,
+    SecretRefs,
+    ShapeName,
+    WireModel,
+)
+from neocloud.models.secrets import MaskedEnv, env_warnings
 from neocloud.models.volumes import VolumeMount
 
 #: Lines of output kept in a failed job's ``message`` (the last ones of the failing worker).
@@ -63,9 +72,10 @@ class JobCreate(WireModel):
     command: list[ProcessText] = Field(min_length=1, max_length=1024)
     shape: ShapeName = "cpu.small"
     workers: int = Field(default=1, ge=1, le=256)
-    env: dict[str, ProcessText] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict)
-    volumes: list[VolumeMount] = Field(default_factory=list, max_length=16)
+    env: Env = Field(default_factory=dict)
+    secrets: SecretRefs = Field(default_factory=dict)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=16, json_schema_extra={
+        "uniqueItems": True})  # and no two at one path (checked by the control plane)
     max_retries: int = Field(default=0, ge=0, le=100)
     time_limit_s: float | None = Field(default=None, gt=0, le=30 * 86400)
     priority: int = Field(default=0, ge=-1000, le=1000)
@@ -92,7 +102,7 @@ class JobOut(OutModel):
     command: list[str]
     shape: str
     workers: int
-    env: dict[str, str]
+    env: MaskedEnv
     secrets: dict[str, str]
     """Environment variable -> secret name (never the value)."""
     volumes: list[VolumeMount]
@@ -115,3 +125,10 @@ class JobOut(OutModel):
     started_at: datetime | None
     finished_at: datetime | None
     worker_list: list[JobWorkerOut] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def warnings(self) -> list[str]:
+        """Advice about this spec, e.g. a plain ``env`` value that looks like a secret
+        (see :func:`neocloud.models.secrets.env_warnings`)."""
+        return env_warnings(self.env)

@@ -6,9 +6,17 @@ import re
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field, field_validator
+from pydantic import Field, computed_field, field_validator
 
-from neocloud.models.common import Name, OutModel, ProcessText, ShapeName, WireModel
+from neocloud.models.common import (
+    Env,
+    Name,
+    OutModel,
+    SecretRefs,
+    ShapeName,
+    WireModel,
+)
+from neocloud.models.secrets import MaskedEnv, env_warnings
 from neocloud.models.volumes import VolumeMount
 
 _SSH_KEY = re.compile(
@@ -45,11 +53,13 @@ class PodCreate(WireModel):
     name: Name
     shape: ShapeName = "cpu.small"
     volume: Name | None = None
-    ssh_public_key: str | None = Field(default=None, max_length=16384)
+    ssh_public_key: str | None = Field(default=None, max_length=16384, json_schema_extra={
+        "pattern": "^\\s*" + _SSH_KEY.pattern.strip("^$") + "\\s*$"})
     jupyter: bool = False
-    env: dict[str, ProcessText] = Field(default_factory=dict)
-    secrets: dict[str, str] = Field(default_factory=dict)
-    volumes: list[VolumeMount] = Field(default_factory=list, max_length=16)
+    env: Env = Field(default_factory=dict)
+    secrets: SecretRefs = Field(default_factory=dict)
+    volumes: list[VolumeMount] = Field(default_factory=list, max_length=16, json_schema_extra={
+        "uniqueItems": True})  # and no two at one path (checked by the control plane)
     idle_timeout_s: float | None = Field(default=DEFAULT_IDLE_TIMEOUT_S, gt=0, le=30 * 86400)
 
     @field_validator("ssh_public_key")
@@ -80,7 +90,7 @@ class PodOut(OutModel):
     reason: str | None
     volume: str
     jupyter: bool
-    env: dict[str, str]
+    env: MaskedEnv
     secrets: dict[str, str]
     """Environment variable -> secret name (never the value)."""
     volumes: list[VolumeMount]
@@ -94,3 +104,10 @@ class PodOut(OutModel):
     started_at: datetime | None
     stopped_at: datetime | None
     last_activity_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def warnings(self) -> list[str]:
+        """Advice about this spec, e.g. a plain ``env`` value that looks like a secret
+        (see :func:`neocloud.models.secrets.env_warnings`)."""
+        return env_warnings(self.env)

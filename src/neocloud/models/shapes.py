@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from neocloud.models.common import INT32_MAX, OutModel, ShapeName, WireModel
 
@@ -13,6 +13,11 @@ class ShapeCreate(WireModel):
     ``gpu_count`` whole GPUs, or ``gpu_milli`` (1..999) of one GPU for a fractional shape.
     ``gpu_type`` restricts the GPU model (e.g. ``H100``); ``None`` takes any.
     """
+
+    # The rule of ``_gpu_fields``, for the OpenAPI schema: not both GPU fields set.
+    model_config = ConfigDict(json_schema_extra={"not": {
+        "required": ["gpu_count", "gpu_milli"],
+        "properties": {"gpu_count": {"minimum": 1}, "gpu_milli": {"minimum": 1}}}})
 
     name: ShapeName
     cpu_milli: int = Field(ge=1, le=INT32_MAX)

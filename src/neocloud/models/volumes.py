@@ -52,7 +52,8 @@ class VolumeMount(WireModel):
     """
 
     volume: Name
-    path: str = Field(min_length=1, max_length=255)
+    path: str = Field(min_length=1, max_length=255, json_schema_extra={
+        "pattern": "^[^\\u0000]*[^\\u0000/][^\\u0000]*$", "not": {"pattern": _BAD_PATH.pattern}})
 
     @field_validator("path")
     @classmethod

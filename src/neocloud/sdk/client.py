@@ -11,15 +11,22 @@ from neocloud.config import resolve
 from neocloud.errors import Unsupported
 from neocloud.models import WhoAmI
 from neocloud.sdk._http import HttpApi
-from neocloud.sdk.activity import Events, Usage
-from neocloud.sdk.admission import Fleet, Queue, Quotas
+from neocloud.sdk.admin import Admin
+from neocloud.sdk.audit import Audit
+from neocloud.sdk.budgets import Budgets
 from neocloud.sdk.deployments import Deployments
-from neocloud.sdk.inventory import Nodes, Shapes
+from neocloud.sdk.events import Events
+from neocloud.sdk.inventory import Fleet, Nodes, Shapes
+from neocloud.sdk.invoices import Invoices
 from neocloud.sdk.jobs import Jobs
+from neocloud.sdk.metrics import Metrics
 from neocloud.sdk.pods import Pods
+from neocloud.sdk.prices import Prices
+from neocloud.sdk.quotas import Queue, Quotas
 from neocloud.sdk.secrets import Secrets
-from neocloud.sdk.tenancy import Tokens, Workspaces
+from neocloud.sdk.usage import Usage
 from neocloud.sdk.volumes import Volumes
+from neocloud.sdk.workspaces import Tokens, Workspaces
 
 if TYPE_CHECKING:
     import openai
@@ -76,6 +83,12 @@ class Client:
         self.pods = Pods(self._api)
         self.secrets = Secrets(self._api)
         self.volumes = Volumes(self._api)
+        self.audit = Audit(self._api)
+        self.prices = Prices(self._api)
+        self.invoices = Invoices(self._api)
+        self.budgets = Budgets(self._api)
+        self.metrics = Metrics(self._api)
+        self.admin = Admin(self._api)
 
     def whoami(self) -> WhoAmI:
         """The caller's workspace and token."""

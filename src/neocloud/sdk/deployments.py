@@ -17,11 +17,14 @@ from neocloud.models import (
     ReplicaOut,
     ReplicaStatus,
 )
-from neocloud.sdk._http import HttpApi, build
+from neocloud.models.autoscaling import AutoscalingConfig
+from neocloud.models.deployments import DryRunOut, Engine, RevisionOut
+from neocloud.sdk._http import HttpApi, build, parse
 
 #: Aliases keep ``list[...]`` readable inside classes that define a ``list`` method.
 EventList = list[EventOut]
 DeploymentList = list[DeploymentOut]
+RevisionList = list[RevisionOut]
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ class Deployments:
     def create(
         self,
         name: str,
-        service: str,
+        service: str | None = None,
         *,
+        engine: Engine | str | None = None,
         model: str | None = None,
         shape: str = "cpu.small",
         replicas: int = 1,
@@ -59,13 +63,22 @@ class Deployments:
         priority: int = 0,
         preemptible: bool = False,
         secrets: Mapping[str, str] | None = None,
+        autoscaling: AutoscalingConfig | None = None,
+        drain_timeout_s: float | None = None,
+        cold_start_timeout_s: float | None = None,
+        max_surge: int | None = None,
+        max_unavailable: int | None = None,
     ) -> DeploymentOut:
         """Create a deployment (``POST /deployments``); replicas start in the background.
 
         Args:
             name: DNS-label name; also the OpenAI ``model`` name of the endpoint.
-            service: ``embeddings``, ``chat``, ``package.module:Class`` or ``file.py:Class``.
-            model: model of a built-in service (``hf:<org>/<name>`` or a local folder).
+            service: ``embeddings``, ``chat``, ``package.module:Class`` or ``file.py:Class``
+                (engine ``builtin``, required there); left out with engine ``vllm``.
+            engine: ``builtin`` (server default) or ``vllm`` (vLLM's OpenAI server, from
+                the engine environment ``make install-vllm`` creates on the server).
+            model: model of a built-in service, or vLLM's model (``hf:<org>/<name>``, a
+                local folder or ``.gguf``; vLLM default: the built-in chat model).
             shape: shape name, e.g. ``cpu.small`` or ``gpu.a10``.
             replicas: desired replica count, 0..64.
             env: environment variables for every replica.
@@ -73,16 +86,27 @@ class Deployments:
             preemptible: whether higher-priority work may stop these replicas.
             secrets: ``{ENV_NAME: SECRET_NAME}``: workspace secrets given to every replica
                 as environment variables.
+            autoscaling: follow the load between ``min_replicas`` (0 allowed: scale to
+                zero, woken by a request) and ``max_replicas``; ``None``: fixed ``replicas``.
+            drain_timeout_s: seconds a stopping replica may finish in-flight requests
+                (server default 120).
+            cold_start_timeout_s: seconds a request is held while the deployment starts
+                from zero, then 503 (server default 120).
+            max_surge / max_unavailable: replicas a rolling update may run above, and
+                ready ones it may go below, the desired count (server defaults 1 and 0).
 
         Raises:
             ValidationFailed: a field is malformed (checked before sending).
             AlreadyExists: a deployment of that name exists in the workspace.
             NotFound: the shape does not exist.
+            InvalidRequest: ``service`` and ``engine`` do not go together, or engine
+                ``vllm`` is not installed on the server (code ``engine_not_installed``).
         """
         body = build(
             DeploymentCreate,
             name=name,
             service=service,
+            engine=engine,
             model=model,
             shape=shape,
             replicas=replicas,
@@ -90,8 +114,25 @@ class Deployments:
             priority=priority,
             preemptible=preemptible,
             secrets=dict(secrets) if secrets is not None else None,
+            autoscaling=autoscaling,
+            drain_timeout_s=drain_timeout_s,
+            cold_start_timeout_s=cold_start_timeout_s,
+            max_surge=max_surge,
+            max_unavailable=max_unavailable,
         )
         return self._api.send_model("POST", DeploymentOut, "/deployments", body)
+
+    def dry_run(self, name: str, service: str | None = None, *, shape: str = "cpu.small",
+                priority: int = 0, **fields: object) -> DryRunOut:
+        """Check a deployment spec and say where one replica would go, storing nothing
+        (``POST /deployments?dry_run=true``): ``fits_now`` with its ``node``, or
+        ``can_ever_fit`` with the ``reason`` and ``code``. ``fields``: any other field of
+        :meth:`create`. Raises what :meth:`create` raises."""
+        body = build(DeploymentCreate, name=name, service=service, shape=shape,
+                     priority=priority, **fields)
+        payload = body.model_dump(mode="json", exclude_unset=True)
+        return parse(DryRunOut, self._api.request("POST", "/deployments", json=payload,
+                                                  params={"dry_run": "true"}))
 
     def get(self, name: str) -> DeploymentOut:
         """One deployment with its ``replica_list``. Raises ``NotFound``."""
@@ -106,25 +147,52 @@ class Deployments:
         name: str,
         *,
         service: str | None = None,
+        engine: Engine | str | None = None,
         model: str | None = None,
         shape: str | None = None,
         replicas: int | None = None,
         env: Mapping[str, str] | None = None,
+        autoscaling: AutoscalingConfig | None = None,
+        drain_timeout_s: float | None = None,
+        cold_start_timeout_s: float | None = None,
+        revision: int | None = None,
+        max_surge: int | None = None,
+        max_unavailable: int | None = None,
     ) -> DeploymentOut:
         """Change the given fields (``PATCH``); the others keep their value.
 
-        A change of ``service``, ``model``, ``shape`` or ``env`` rolls the replicas to a new
-        generation; ``replicas`` alone scales. Raises ``NotFound``, ``ValidationFailed``.
+        A change of ``engine``, ``service``, ``model``, ``shape`` or ``env`` rolls the
+        replicas to a new generation; ``replicas`` alone scales. With ``revision`` the
+        change applies only to that revision of the deployment. Raises ``NotFound``,
+        ``ValidationFailed``, ``Conflict`` (code ``revision_conflict``: ``revision`` is no
+        longer current), ``InvalidRequest`` (engine and service do not go together).
         """
         body = build(
             DeploymentUpdate,
             service=service,
+            engine=engine,
             model=model,
             shape=shape,
             replicas=replicas,
             env=dict(env) if env is not None else None,
+            autoscaling=autoscaling,
+            drain_timeout_s=drain_timeout_s,
+            cold_start_timeout_s=cold_start_timeout_s,
+            revision=revision,
+            max_surge=max_surge,
+            max_unavailable=max_unavailable,
         )
         return self._api.send_model("PATCH", DeploymentOut, _path(name), body)
+
+    def autoscale(self, name: str, config: AutoscalingConfig | None) -> DeploymentOut:
+        """Set the autoscaling settings of a deployment; ``None`` turns autoscaling off (the
+        replica count then stays where it is). Raises ``NotFound``."""
+        body = DeploymentUpdate.model_validate({"autoscaling": config})
+        return self._api.send_model("PATCH", DeploymentOut, _path(name), body)
+
+    def history(self, name: str) -> RevisionList:
+        """The revisions of a deployment, oldest first; the last one is ``active``."""
+        return self._api.get_list(RevisionOut, _path(name) + "/revisions")
 
     def scale(self, name: str, replicas: int) -> DeploymentOut:
         """Set the desired replica count (same as ``update(name, replicas=...)``)."""

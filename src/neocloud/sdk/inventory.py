@@ -1,5 +1,5 @@
-"""``client.nodes`` and ``client.shapes``: the servers that run work and the resource
-shapes that workloads request."""
+"""``client.nodes``, ``client.shapes`` and ``client.fleet``: the servers that run work, the
+resource shapes that workloads request, and the fleet's capacity and allocation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from neocloud.models import (
     ShapeCreate,
     ShapeOut,
 )
+from neocloud.models.nodes_join import NodeJoin
+from neocloud.models.utilization import Utilization
 from neocloud.sdk._http import HttpApi, build
 
 NodeList = list[NodeOut]
@@ -82,6 +84,17 @@ class Nodes:
         """Let the node take new work again."""
         return self.update(name, status=NodeStatus.ready)
 
+    def join(self, spec: NodeJoin) -> NodeOut:
+        """Register this server's Ray node, or refresh it when it joins again (operators;
+        ``neocloud node join``). Raises ``PermissionDenied``, ``Conflict``,
+        ``ValidationFailed``."""
+        return self._api.send_model("POST", NodeOut, "/nodes/join", spec)
+
+    def drain(self, name: str) -> NodeOut:
+        """Take no new work on the node and move its work away (the reconcilers do the
+        moving); then it is not schedulable."""
+        return self.update(name, status=NodeStatus.draining)
+
     def delete(self, name: str) -> None:
         """Remove a node. Raises ``NotFound``, ``PermissionDenied``, ``Conflict``."""
         self._api.request("DELETE", _node(name))
@@ -132,3 +145,14 @@ class Shapes:
 
 def _node(name: str) -> str:
     return "/nodes/" + quote(name, safe="")
+
+
+class Fleet:
+    """Capacity and allocation of the whole fleet (nodes of every pool)."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self._api = api
+
+    def utilization(self) -> Utilization:
+        """GPUs, CPU and memory per node pool and GPU type, and what is allocated now."""
+        return self._api.get_model(Utilization, "/utilization")

@@ -20,33 +20,52 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import neocloud
-from neocloud.errors import PayloadTooLarge
+from neocloud.asgi import BodyLimit, Scope
+from neocloud.errors import Unavailable
 from neocloud.gateway import GatewaySettings, create_gateway
+from neocloud.server.audit_http import AuditLog
 from neocloud.server.backends import FakeBackend, LocalBackend
 from neocloud.server.backends.base import Backend
 from neocloud.server.backends.discovery import discover_machine
 from neocloud.server.crypto import SecretBox
+from neocloud.server.datafolder import secure_data_folder
 from neocloud.server.db.engine import Database, migrate
+from neocloud.server.errors_http import AllowedMethods, document_errors
 from neocloud.server.errors_http import install as install_errors
 from neocloud.server.gateway_host import DbAuthenticator, DbRouteTable, UsageBuffer
+from neocloud.server.metering.loop import MeteringLoop
 from neocloud.server.metering.metrics import ControlPlaneCollector
 from neocloud.server.reconcilers.deployments import DeploymentReconciler, ReconcilerThread
 from neocloud.server.reconcilers.jobs import JobReconciler
+from neocloud.server.reconcilers.nodes import NodeReconciler
 from neocloud.server.reconcilers.pods import PodReconciler
-from neocloud.server.routers import activity, deployments, inventory, tenancy
+from neocloud.server.routers import admin as admin_router
+from neocloud.server.routers import (
+    audit,
+    deployments,
+    events,
+    nodes,
+    quotas,
+    shapes,
+    utilization,
+    workspaces,
+)
 from neocloud.server.routers import jobs as jobs_router
+from neocloud.server.routers import nodes_join as nodes_join_router
 from neocloud.server.routers import pods as pods_router
 from neocloud.server.routers import secrets as secrets_router
+from neocloud.server.routers import ui as ui_router
+from neocloud.server.routers import usage as usage_router
 from neocloud.server.routers import volumes as volumes_router
+from neocloud.server.routers.billing import ROUTERS as billing_routers
+from neocloud.server.services import deployments as deployment_svc
 from neocloud.server.services import nodes as node_svc
 from neocloud.server.services import shapes as shape_svc
 from neocloud.server.settings import Settings
-from neocloud.server.state import AppState
+from neocloud.server.state import AppState, Reconcilers
 from neocloud.server.storage import LocalVolumeStore
 
 log = logging.getLogger(__name__)
-
-Scope = dict[str, Any]
 
 
 def prepare_database(settings: Settings, db: Database) -> None:
@@ -55,74 +74,9 @@ def prepare_database(settings: Settings, db: Database) -> None:
     with db.session() as s:
         shape_svc.ensure_defaults(s)
         if settings.register_local_node:
-            node_svc.register_local(s, machine=discover_machine(), backend=settings.backend)
-
-
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413 (declared or streamed)."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_big = PayloadTooLarge(
-            f"request body is larger than {self.max_bytes} bytes", param="body"
-        )
-        for k, v in scope.get("headers", ()):
-            if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                await _send_error(send, too_big)
-                return
-        if any(k == b"content-length" for k, _ in scope.get("headers", ())):
-            # Declared and within the limit: the server enforces the declared length.
-            await self.app(scope, receive, send)
-            return
-        # Streamed (chunked) body: read it here, up to the limit, then hand it on whole,
-        # so the app never starts on a body that turns out too large.
-        chunks: list[bytes] = []
-        seen = 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                await self.app(scope, _replay([msg]), send)
-                return
-            body = msg.get("body", b"")
-            seen += len(body)
-            if seen > self.max_bytes:
-                await _send_error(send, too_big)
-                return
-            chunks.append(body)
-            if not msg.get("more_body", False):
-                break
-        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-        await self.app(scope, _replay([whole], receive), send)
-
-
-def _replay(messages: list[dict[str, Any]], then: Any = None) -> Any:
-    """A ``receive`` that returns ``messages`` first, then defers to ``then``."""
-    queue = list(messages)
-
-    async def receive() -> Any:
-        if queue:
-            return queue.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
-async def _send_error(send: Any, err: Any) -> None:
-    import json
-
-    body = json.dumps(err.to_wire()).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+            if settings.backend != "ray":  # Ray nodes register with `neocloud node join`
+                node_svc.register_local(s, machine=discover_machine(),
+                                        backend=settings.backend)
 
 
 class ControlPlane:
@@ -132,7 +86,9 @@ class ControlPlane:
         self.api = api
         self.gateway = gateway
         self.state = state
-        self._api = BodyLimit(api, state.settings.max_body_bytes)
+        # The audit log sees every answer of the API, a refused body's 413 included.
+        self._uploads = AuditLog(api, state.db)
+        self._api = AuditLog(BodyLimit(api, state.settings.max_body_bytes), state.db)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -141,7 +97,7 @@ class ControlPlane:
                 await self.gateway(scope, receive, send)
                 return
         if scope["type"] == "http" and volumes_router.is_upload(scope["method"], scope["path"]):
-            await self.api(scope, receive, send)  # streamed to disk; its own size limit
+            await self._uploads(scope, receive, send)  # streamed to disk; its own size limit
             return
         await self._api(scope, receive, send)
 
@@ -159,17 +115,31 @@ def create_app(
         settings: settings (default: read from the environment).
         backends: backend per node kind (default: ``local`` and ``fake``).
         run_reconcilers: start the reconciler thread with the app (tests may drive
-            ``app.state.extras["reconciler"].run_once()`` by hand instead).
+            ``app.state.reconcilers.run_once()`` by hand instead).
         stop_replicas_on_exit: at shutdown, stop every replica this process's local
             backend runs (``neocloud up``); a plain server leaves them running for the next
             start to adopt.
     """
     settings = settings or Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    secure_data_folder(settings.home)
     db = Database(settings.resolved_database_url())
-    backends = backends or {"local": LocalBackend(), "fake": FakeBackend()}
-    state = AppState(settings=settings, db=db, backends=backends)
-    routes = DbRouteTable(db)
+    if backends is None:
+        backends = {"local": LocalBackend(), "fake": FakeBackend()}
+        if settings.backend == "ray":
+            try:
+                from neocloud.server.backends.ray_backend import RayBackend
+            except ImportError as e:
+                raise Unavailable("the ray backend needs Ray: pip install 'neocloud[ray]'"
+                                  ) from e
+            backends["ray"] = RayBackend(settings.ray_address, node_ip=settings.ray_node_ip)
+    def wake_from_zero(deployment_id: str) -> None:
+        # a request is held for a deployment at zero: ask for one replica, act at once
+        with db.session() as s:
+            woken = deployment_svc.wake(s, deployment_id=deployment_id)
+        if woken:
+            thread.wake()
+
+    routes = DbRouteTable(db, wake=wake_from_zero)
     usage = UsageBuffer(db)
     secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
     box = SecretBox.for_home(settings.home, secret_key)
@@ -177,20 +147,25 @@ def create_app(
     store = LocalVolumeStore(settings.home / "volumes")
     job_reconciler = JobReconciler(db, backends, settings, box=box, store=store)
     pod_reconciler = PodReconciler(db, backends, settings, box=box, store=store)
+    metering = MeteringLoop(db, usage_period_s=settings.usage_period_s)
+    node_reconciler = NodeReconciler(db, backends)  # first: the others act on its statuses
     thread = ReconcilerThread(
-        [reconciler.run_once, job_reconciler.run_once, pod_reconciler.run_once, usage.flush],
+        [node_reconciler.run_once, reconciler.run_once, job_reconciler.run_once,
+         pod_reconciler.run_once, usage.flush, metering.run_once],
         settings.reconcile_interval_s)
-    state.wake = thread.wake
-    state.extras.update(reconciler=reconciler, routes=routes, usage=usage, thread=thread,
-                        job_reconciler=job_reconciler, pod_reconciler=pod_reconciler,
-                        secret_box=box, volume_store=store)
     gateway = create_gateway(
         routes, DbAuthenticator(db), usage,
         GatewaySettings(max_body_bytes=settings.max_body_bytes,
                         auth_cache_ttl_s=settings.token_cache_ttl_s,
                         route_cache_ttl_s=0.0),
     )
-    state.extras["gateway"] = gateway
+    reconciler.stats = gateway.deployment_stats  # autoscaling signals, scale-in order
+    state = AppState(
+        settings=settings, db=db, backends=backends, secret_box=box, volume_store=store,
+        routes=routes, usage=usage, gateway=gateway,
+        reconcilers=Reconcilers(deployments=reconciler, jobs=job_reconciler,
+                                pods=pod_reconciler, thread=thread, nodes=node_reconciler),
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -220,10 +195,17 @@ def create_app(
     )
     api.state.neocloud = state
     install_errors(api)
-    for r in (tenancy.router, inventory.router, deployments.router, activity.router,
+    allowed = api.state.allowed_methods = AllowedMethods()
+    for r in (workspaces.router, quotas.router, nodes.router, shapes.router,
+              utilization.router, deployments.router, events.router, usage_router.router,
               jobs_router.router, pods_router.router, secrets_router.router,
-              volumes_router.router):
+              volumes_router.router, audit.router, nodes_join_router.router,
+              admin_router.router, *billing_routers):
+        document_errors(r)
+        allowed.add(r, prefix="/api/v1")
         api.include_router(r, prefix="/api/v1")
+    ui_router.install(api)  # the console at /ui
+    allowed.add(ui_router.router)
 
     @api.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -239,4 +221,5 @@ def create_app(
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    allowed.add(api.router)  # /healthz, /metrics, /openapi.json, /docs
     return ControlPlane(api, gateway, state)

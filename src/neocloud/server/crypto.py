@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from neocloud.errors import NeocloudError
+from neocloud.server.datafolder import make_private_dirs
 
 KEY_FILE = "secret.key"
 _PREFIX = "v1:"
@@ -53,7 +54,7 @@ def load_or_create_key_file(home: Path) -> bytes:
         return base64.urlsafe_b64decode(path.read_bytes().strip())
     except FileNotFoundError:
         pass
-    home.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(home)
     key = AESGCM.generate_key(bit_length=256)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,15 +1,37 @@
-"""Errors mapped to HTTP in one place: every error body is the OpenAI error object."""
+"""Errors mapped to HTTP in one place: every error body is the OpenAI error object.
+
+:func:`install` registers the handlers; :func:`document_errors` writes, for every API
+route, the error statuses it can answer (with :class:`neocloud.models.errors.ErrorResponse`
+as their schema) into the OpenAPI schema. The rule, from what the shared parts raise:
+
+- ``401``: every route (each needs a token);
+- ``422``: every route with parameters or a body (the first problem, naming the field);
+- ``400``: every route with parameters or a body (malformed JSON, a value the service
+  refuses such as a bad path or service reference);
+- ``404``: every route with parameters or a body (a named resource, or one the body or a
+  query parameter refers to, such as a shape, a secret or a workspace);
+- ``413``: every route with a body (the request-body limit, or the file-size limit);
+- ``403`` and ``409``: every route with a mutating method (roles; state and name
+  conflicts);
+- anything a route declares itself in ``responses`` (e.g. ``403`` on an admin-only read).
+
+Routes whose success answer is not JSON (logs, downloads) still answer errors as JSON; their
+error responses say so.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from neocloud.errors import (
     AlreadyExists,
@@ -18,6 +40,7 @@ from neocloud.errors import (
     NeocloudError,
     ValidationFailed,
 )
+from neocloud.models.errors import ErrorResponse
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +81,128 @@ def validation_error(exc: RequestValidationError) -> NeocloudError:
     return ValidationFailed(f"{field}: {msg}{more}", param=field)
 
 
+_DESCRIPTIONS = {
+    400: "Bad request: malformed JSON, or a value the server refuses",
+    401: "Missing or invalid API token",
+    402: "Payment required: the workspace's budget is spent",
+    403: "The token's role or workspace may not do this",
+    404: "No such resource in the caller's workspace",
+    405: "Method not allowed on this path (see the Allow header)",
+    409: "Conflicts with the resource's state, or the name is taken",
+    413: "Request body too large",
+    422: "Invalid field (named in error.param)",
+    429: "Too many requests, or over quota",
+}
+
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for ``statuses``, each with the OpenAI error object."""
+    return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")}
+            for s in statuses}
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references replaced by the definitions."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[-1]])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out: dict[str, Any] = walk(schema)
+    return out
+
+
+#: The error object's JSON Schema, for routes whose success answer is not JSON (logs,
+#: file downloads): their errors are still ``application/json``.
+_ERROR_CONTENT = {"application/json": {"schema": _inline(ErrorResponse.model_json_schema())}}
+
+
+def _answers_json(route: APIRoute) -> bool:
+    cls = getattr(route.response_class, "value", route.response_class)  # Default(...)
+    return isinstance(cls, type) and issubclass(cls, JSONResponse)
+
+
+def route_error_statuses(route: APIRoute) -> set[int]:
+    """The error statuses ``route`` can answer (the rule in the module docstring)."""
+    d = route.dependant
+    has_body = route.body_field is not None or ("PUT" in route.methods and "{path" in route.path)
+    has_params = bool(_flat_params(d, "path_params") or _flat_params(d, "query_params")
+                      or has_body)
+    statuses = {401}
+    if has_params:
+        statuses |= {400, 404, 422}
+    if has_body:
+        statuses.add(413)
+    if route.methods & _MUTATING:
+        statuses |= {403, 409}
+    return statuses
+
+
+def _flat_params(dependant: Any, kind: str) -> list[Any]:
+    found = list(getattr(dependant, kind))
+    for sub in dependant.dependencies:
+        found += _flat_params(sub, kind)
+    return found
+
+
+def document_errors(router: APIRouter) -> None:
+    """Add the error statuses of every route of ``router`` to its ``responses`` (statuses
+    a route declared itself are kept as they are). Call it before the router is included:
+    FastAPI builds the included routes from these."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        json_route = _answers_json(route)
+        for status in sorted(route_error_statuses(route)):
+            if json_route:
+                spec: dict[str, Any] = error_responses(status)[status]
+            else:
+                spec = {"description": _DESCRIPTIONS.get(status, "Error"),
+                        "content": _ERROR_CONTENT}
+            route.responses.setdefault(status, spec)
+
+
+class AllowedMethods:
+    """Which methods each path of the API serves, for the ``Allow`` header of a 405
+    (Starlette names only the methods of the first route that matched the path).
+
+    A path that several templates match (``/nodes/join`` and ``/nodes/{name}``) takes
+    the methods of the most specific ones: the templates with the fewest parameters, as
+    the OpenAPI schema lists them.
+    """
+
+    def __init__(self) -> None:
+        self._paths: dict[str, tuple[re.Pattern[str], int, set[str]]] = {}
+
+    def add(self, router: APIRouter, prefix: str = "") -> None:
+        """Record the routes of ``router`` (included under ``prefix``); routers it
+        includes itself are recorded by their own call."""
+        for route in router.routes:
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+            if isinstance(path, str) and methods:
+                full = prefix + path
+                regex, _, convertors = compile_path(full)
+                entry = self._paths.setdefault(full, (regex, len(convertors), set()))
+                entry[2].update(methods)
+
+    def of(self, path: str) -> list[str]:
+        matches = [(n, served) for regex, n, served in self._paths.values()
+                   if regex.match(path)]
+        if not matches:
+            return []
+        fewest = min(n for n, _ in matches)
+        return sorted(set().union(*(served for n, served in matches if n == fewest)))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(NeocloudError)
     async def _neocloud(_req: Request, exc: NeocloudError) -> JSONResponse:
@@ -70,8 +215,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         typ, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
-        body = {"error": {"message": str(exc.detail), "type": typ, "param": None, "code": code}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route of the path.
+            table: AllowedMethods | None = getattr(app.state, "allowed_methods", None)
+            allow = table.of(_req.url.path) if table is not None else []
+            headers["Allow"] = ", ".join(allow)
+            message = f"method {_req.method} is not allowed here; allowed: {', '.join(allow)}"
+        body = {"error": {"message": message, "type": typ, "param": None, "code": code}}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_req: Request, exc: IntegrityError) -> JSONResponse:

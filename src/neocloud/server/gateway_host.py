@@ -5,8 +5,8 @@ database.
 - :class:`DbRouteTable` keeps the route table in memory; the reconciler thread rebuilds it
   from the database after every pass (:meth:`DbRouteTable.refresh`), so a request never
   waits on the database to find its replicas.
-- :class:`UsageBuffer` collects request records and writes them as ``tokens`` usage
-  records, one per deployment and flush (see :meth:`UsageBuffer.flush`).
+- :class:`UsageBuffer` (now in ``server.metering.tokens``, re-exported here until callers
+  import it from there) collects request records and writes the ``tokens`` usage records.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from neocloud.gateway.types import Principal, RequestRecord, Route, Upstream
+from neocloud.gateway.types import Principal, Route, Upstream
 from neocloud.server.db.engine import Database
-from neocloud.server.db.tables import Deployment, Node, Replica, UsageRecord
+from neocloud.server.db.tables import Deployment, Node, Replica
+from neocloud.server.metering.tokens import UsageBuffer
+from neocloud.server.services import budgets
+from neocloud.server.services.deployments import can_wake
 from neocloud.server.services.workspaces import authenticate
 
 
@@ -59,7 +61,16 @@ class DbRouteTable:
         with self.db.session() as s:
             nodes = {n.id: n for n in s.scalars(select(Node))}
             deps = s.scalars(select(Deployment).where(Deployment.status != "deleting")).all()
-            ready = s.scalars(select(Replica).where(Replica.status == "ready")).all()
+            reps = s.scalars(select(Replica).where(
+                Replica.status.in_(("ready", "starting", "failed")))).all()
+            refused = budgets.refusals(s)  # budget hard stops: the gateway refuses these
+        ready = [r for r in reps if r.status == "ready"]
+        generation = {d.id: d.generation for d in deps}
+        crashed: dict[str, str] = {}
+        for r in reps:  # a replica of the current spec that crashed while starting
+            if r.restarts > 0 and r.status != "ready" \
+                    and r.generation == generation.get(r.deployment_id):
+                crashed.setdefault(r.deployment_id, last_line(r.message))
         ups: dict[str, list[Upstream]] = {}
         for r in ready:
             node = nodes.get(r.node_id or "")
@@ -70,9 +81,14 @@ class DbRouteTable:
             )
         table: dict[str, dict[str, Route]] = {}
         for d in deps:
+            failed = crashed.get(d.id)
             table.setdefault(d.workspace_id, {})[d.name] = Route(
                 deployment_id=d.id, workspace_id=d.workspace_id, name=d.name,
-                upstreams=tuple(ups.get(d.id, ())), can_wake=False,
+                upstreams=tuple(ups.get(d.id, ())), can_wake=can_wake(d),
+                refusal=refused.get(d.workspace_id),
+                wake_timeout_s=d.cold_start_timeout_s,
+                wake_error=(f"deployment '{d.name}' failed to start: {failed}"
+                            if failed is not None and d.id not in ups else None),
             )
         with self._lock:
             self._routes = table
@@ -85,42 +101,13 @@ class DbRouteTable:
 
     async def wake(self, route: Route) -> None:
         if self._wake is not None:
-            self._wake(route.deployment_id)
+            await asyncio.to_thread(self._wake, route.deployment_id)
 
 
-class UsageBuffer:
-    """Collects gateway request records; :meth:`flush` writes one ``tokens`` usage record
-    per (workspace, deployment) with the requests and token counts since the last flush."""
+def last_line(message: str | None) -> str:
+    """The last non-empty line of a replica's failure message (the exception of a crash)."""
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else "the replica exited"
 
-    def __init__(self, db: Database):
-        self.db = db
-        self._lock = threading.Lock()
-        self._pending: list[RequestRecord] = []
 
-    def record(self, rec: RequestRecord) -> None:
-        with self._lock:
-            self._pending.append(rec)
-
-    def flush(self) -> int:
-        """Write what was collected; returns the number of request records written."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return 0
-        groups: dict[tuple[str, str], list[RequestRecord]] = {}
-        for rec in batch:
-            groups.setdefault((rec.workspace_id, rec.deployment_id), []).append(rec)
-        end = datetime.now(UTC)
-        with self.db.session() as s:
-            names = {d.id: d.name for d in s.scalars(
-                select(Deployment).where(Deployment.id.in_([k[1] for k in groups])))}
-            for (ws, dep_id), recs in groups.items():
-                start = datetime.fromtimestamp(min(r.started_at for r in recs), UTC)
-                s.add(UsageRecord(
-                    workspace_id=ws, kind="tokens", object_id=dep_id,
-                    name=names.get(dep_id, dep_id[:8]), period_start=start, period_end=end,
-                    prompt_tokens=sum(r.prompt_tokens for r in recs),
-                    completion_tokens=sum(r.completion_tokens for r in recs),
-                    requests=len(recs), seconds=sum(r.latency_s for r in recs), cost_usd=0.0,
-                ))
-        return len(batch)
+__all__ = ["DbAuthenticator", "DbRouteTable", "UsageBuffer", "last_line"]

@@ -58,8 +58,13 @@ def up(
     port: int | None = None,
     home: Path | None = None,
     backend: str | None = None,
+    *,
+    ray_address: str | None = None,
 ) -> None:
     """Start the whole cloud on this machine in the foreground.
+
+    With ``backend="ray"`` work runs on the nodes that join the Ray cluster at
+    ``ray_address`` (GCS ``host:port``; default: the ``ray_address`` setting), not here.
 
     Creates the data folder and database, the ``default`` workspace and (unless the CLI
     config already holds a valid one) an admin token, printed once; saves the CLI config
@@ -82,6 +87,8 @@ def up(
         overrides["home"] = home
     if backend:
         overrides["backend"] = backend
+    if ray_address:
+        overrides["ray_address"] = ray_address
     settings = Settings(**overrides)  # type: ignore[arg-type]
     _check_port(settings.host, settings.port)
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8700
     backend: str = "local"
-    """Backend of this machine's node: ``local`` or ``fake`` (simulated, for tests)."""
+    """Backend of this machine's node: ``local``, ``fake`` (simulated, for tests) or
+    ``ray`` (work runs on the nodes that ``neocloud node join`` the Ray cluster at
+    ``ray_address``; this machine is then not registered as a node itself)."""
+    ray_address: str = "auto"
+    """The Ray cluster of the ``ray`` backend (GCS ``host:port``; ``auto``: the cluster
+    this machine is a node of)."""
+    ray_node_ip: str | None = None
+    """This machine's address in the Ray cluster, when it has several."""
     register_local_node: bool = True
     """Register this machine as a node at start."""
     reconcile_interval_s: float = 1.0
     replica_ready_timeout_s: float = 600.0
+    """Seconds a built-in engine replica gets to answer ``/ready`` before it is restarted."""
+    vllm_ready_timeout_s: float = 1800.0
+    """The same for an engine ``vllm`` replica: vLLM compiles and profiles at start
+    (minutes on CPU; the first start of a model also fills vLLM's compile cache)."""
     replica_stop_grace_s: float = 10.0
     restart_backoff_base_s: float = 1.0
     restart_backoff_max_s: float = 60.0

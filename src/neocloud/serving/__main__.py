@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from types import FrameType
+
+
+def _stop_before_start(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    # Until the runner installs its own handlers (after imports that take a good part of a
+    # second), SIGTERM/SIGINT stop a process that has started nothing yet: exit 0, the
+    # asked-for stop, rather than death by the signal.
+    signal.signal(signal.SIGTERM, _stop_before_start)
+    signal.signal(signal.SIGINT, _stop_before_start)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from neocloud.serving.runner import run

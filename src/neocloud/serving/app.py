@@ -19,15 +19,24 @@ import asyncio
 import gc
 import inspect
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
+from neocloud.asgi import (
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_error,
+    send_json,
+    watch_disconnect,
+)
 from neocloud.errors import (
     NeocloudError,
     NotFound,
-    PayloadTooLarge,
     Timeout,
     Unavailable,
 )
@@ -38,7 +47,6 @@ from neocloud.serving.loader import resolve_service
 from neocloud.serving.metrics import ServingMetrics
 from neocloud.serving.request import Request
 from neocloud.serving.responses import (
-    JSON_TYPE,
     SSE,
     STREAM_HEADERS,
     Response,
@@ -48,41 +56,31 @@ from neocloud.serving.responses import (
     sse_event,
 )
 from neocloud.serving.service import Service, endpoints_of
+from neocloud.serving.settings import ServingSettings
 
 log = logging.getLogger("neocloud.serving")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-#: Largest accepted request body (bytes); ``NEOCLOUD_MAX_BODY_BYTES`` overrides it.
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Longest wait of ``GET /usage`` for a request to finish (seconds).
+MAX_USAGE_WAIT_S = 10.0
 _CLIENT_CLOSED = 499  # nginx's code for "client closed request", used in metrics only
 _SSE_TYPE = b"text/event-stream; charset=utf-8"
-
-
-class _ClientGone(Exception):
-    """The client disconnected before the request body was complete."""
 
 
 class _Watch:
     """Shared state of one request and its disconnect watcher."""
 
-    __slots__ = ("finished", "disconnected")
+    __slots__ = ("task", "finished", "disconnected")
 
-    def __init__(self) -> None:
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
         self.finished = False
         self.disconnected = False
 
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], state: _Watch) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-    if not state.finished:
-        state.disconnected = True
-        task.cancel()
+    def on_disconnect(self) -> None:
+        """The client went away: cancel the request task unless it already finished."""
+        if not self.finished:
+            self.disconnected = True
+            self.task.cancel()
 
 
 def _headers(media_type: bytes, length: int | None, extra: list[tuple[bytes, bytes]] | None = None
@@ -95,24 +93,15 @@ def _headers(media_type: bytes, length: int | None, extra: list[tuple[bytes, byt
     return h
 
 
-async def send_json(send: Send, status: int, body: bytes) -> None:
-    """Send a complete JSON response."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": _headers(JSON_TYPE, len(body))})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def send_error(send: Send, exc: NeocloudError) -> None:
-    """Send ``exc`` as the OpenAI error object with its HTTP status."""
-    await send_json(send, exc.status, dumps(exc.to_wire()))
-
-
 class ServingApp:
     """ASGI app serving one :class:`Service` instance.
 
     Args:
         service: the service instance (its ``name``/``model_ref`` already set).
         max_body_bytes: largest request body accepted (bytes); larger ones get 413.
+            Default: ``settings.max_body_bytes``.
+        settings: the replica's settings (default: read from the environment once, see
+            :mod:`neocloud.serving.settings`).
         on_fatal: called with the exception when ``setup()`` fails (the runner exits).
     """
 
@@ -121,15 +110,15 @@ class ServingApp:
         service: Any,
         *,
         max_body_bytes: int | None = None,
+        settings: ServingSettings | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.service = service
+        self.settings = settings or ServingSettings.from_env()
         self.metrics = ServingMetrics()
         self.tracker = LoadTracker()
         setattr(service, TRACKER_ATTR, self.tracker)
-        self.max_body_bytes = max_body_bytes or int(
-            os.environ.get("NEOCLOUD_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
-        )
+        self.max_body_bytes = max_body_bytes or self.settings.max_body_bytes
         self.on_fatal = on_fatal
         self.ready = False
         self.draining = False
@@ -150,6 +139,7 @@ class ServingApp:
             "/ready": self._ready,
             "/metrics": self._metrics,
             "/v1/models": self._models,
+            "/usage": self._usage,
         }
         for path, fn in builtin.items():
             methods = self.routes.setdefault(path, {})
@@ -280,27 +270,6 @@ class ServingApp:
                 return
             more = msg.get("more_body", False)
 
-    async def _read_body(self, receive: Receive) -> bytes:
-        msg = await receive()
-        body: bytes = msg.get("body", b"")
-        if not msg.get("more_body", False):
-            return body
-        parts = [body]
-        size = len(body)
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                raise _ClientGone
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(
-                    f"request body is larger than {self.max_body_bytes} bytes", param="body"
-                )
-            parts.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(parts)
-
     async def _serve(self, h: Handler, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.metrics
         tracker = self.tracker
@@ -308,12 +277,12 @@ class ServingApp:
         tracker.active += 1
         m.in_flight += 1
         status = 500
-        state = _Watch()
         task = asyncio.current_task()
         assert task is not None
+        state = _Watch(task)
         watcher: asyncio.Task[None] | None = None
         try:
-            body = await self._read_body(receive)
+            body = await read_body(receive, self.max_body_bytes)
             if not self.ready:
                 raise Unavailable(
                     "the replica is shutting down" if self.draining
@@ -323,7 +292,7 @@ class ServingApp:
             req = Request(scope["method"], scope["path"], scope["query_string"],
                           scope["headers"], body)
             watcher = asyncio.get_running_loop().create_task(
-                _watch_disconnect(receive, task, state)
+                watch_disconnect(receive, state)
             )
             if h.timeout_s is None:
                 result = await h.invoke(req)
@@ -352,7 +321,7 @@ class ServingApp:
                 raise
             task.uncancel()
             status = _CLIENT_CLOSED
-        except _ClientGone:
+        except ClientDisconnected:
             status = _CLIENT_CLOSED
         except NeocloudError as exc:
             status = exc.status
@@ -446,9 +415,34 @@ class ServingApp:
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
         body = self.metrics.render()
+        engine = getattr(self.service, "render_metrics", None)
+        if callable(engine):
+            body += engine()
         await send({"type": "http.response.start", "status": 200,
                     "headers": _headers(b"text/plain; version=0.0.4; charset=utf-8", len(body))})
         await send({"type": "http.response.body", "body": body})
+
+    async def _usage(self, scope: Scope, send: Send) -> None:
+        """``GET /usage?id=METER_ID[&wait_s=S]``: the engine's token count of one request
+        (``{"prompt_tokens", "completion_tokens", "finished"}``), waiting up to ``S``
+        seconds (at most :data:`MAX_USAGE_WAIT_S`) for it to finish; 404 for an id the
+        service does not know (or a service that does not meter)."""
+        lookup = getattr(self.service, "usage", None)
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        meter = query.get("id", "")
+        try:
+            wait_s = min(MAX_USAGE_WAIT_S, max(0.0, float(query.get("wait_s", "0"))))
+        except ValueError:
+            wait_s = 0.0
+        found = lookup(meter) if callable(lookup) and meter else None
+        deadline = time.monotonic() + wait_s
+        while found is not None and not found.get("finished") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            found = lookup(meter)
+        if found is None:
+            await send_error(send, NotFound(f"no usage for request {meter!r}", param="id"))
+            return
+        await send_json(send, 200, dumps(found))
 
     async def _models(self, scope: Scope, send: Send) -> None:
         names = self.service.model_names() if hasattr(self.service, "model_names") else [
@@ -497,6 +491,7 @@ def build_app(
     name: str | None = None,
     model: str | None = None,
     max_body_bytes: int | None = None,
+    settings: ServingSettings | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> ServingApp:
     """Build the ASGI app of a replica.
@@ -504,29 +499,44 @@ def build_app(
     Args:
         service: a service reference (see :mod:`neocloud.serving.loader`), a service
             class, or an instance.
-        name: the served name; default ``NEOCLOUD_SERVED_MODEL_NAME``, else the service's
+        name: the served name; default ``settings.served_model_name``, else the service's
             default name.
         model: the model reference passed to the service (``--model``).
-        max_body_bytes: largest accepted body in bytes (default 64 MiB).
+        max_body_bytes: largest accepted body in bytes (default ``settings.max_body_bytes``).
+        settings: the replica's settings, built once by the runner (default: read from the
+            environment now). A service class whose ``__init__`` takes a ``settings``
+            argument gets them.
         on_fatal: called when ``setup()`` raises.
 
     Raises:
         ValueError: unknown reference, or two handlers on one method and path.
         TypeError: a handler signature the runtime cannot serve.
     """
+    settings = settings or ServingSettings.from_env()
     default_name = None
     if isinstance(service, str):
         service, default_name = resolve_service(service)
     if isinstance(service, type):
         default_name = default_name or _class_name(service)
-        service = service()
+        service = service(settings=settings) if _takes_settings(service) else service()
     default_name = default_name or getattr(service, "name", None) or _class_name(type(service))
     if default_name == Service.name and type(service) is not Service:
         default_name = type(service).__name__.lower()
-    service.name = name or os.environ.get("NEOCLOUD_SERVED_MODEL_NAME") or default_name
+    service.name = name or settings.served_model_name or default_name
     if model is not None or not hasattr(service, "model_ref"):
         service.model_ref = model
-    return ServingApp(service, max_body_bytes=max_body_bytes, on_fatal=on_fatal)
+    return ServingApp(service, max_body_bytes=max_body_bytes, settings=settings,
+                      on_fatal=on_fatal)
+
+
+def _takes_settings(cls: type) -> bool:
+    """Whether ``cls.__init__`` has a ``settings`` parameter that can be passed by name."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "settings" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
 
 
 def _class_name(cls: type) -> str:
@@ -534,4 +544,4 @@ def _class_name(cls: type) -> str:
     return own if isinstance(own, str) and own else cls.__name__.lower()
 
 
-__all__ = ["ServingApp", "build_app", "send_error", "send_json"]
+__all__ = ["ServingApp", "build_app"]

@@ -20,7 +20,6 @@ import orjson
 from pydantic import BaseModel
 
 SSE = "text/event-stream"
-JSON_TYPE = b"application/json"
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 #: Headers of every streamed response: no caching, no proxy buffering (nginx honours

@@ -24,10 +24,10 @@ import uvicorn
 
 from neocloud.serving.app import ServingApp, build_app
 from neocloud.serving.loader import BUILTINS
+from neocloud.serving.settings import ServingSettings
 
 log = logging.getLogger("neocloud.serving")
 
-DEFAULT_GRACE_PERIOD_S = 30.0
 _ENV_SERVICE = "NEOCLOUD_SERVE_SERVICE"
 _ENV_NAME = "NEOCLOUD_SERVE_NAME"
 _ENV_MODEL = "NEOCLOUD_SERVE_MODEL"
@@ -64,11 +64,12 @@ def _on_fatal(exc: BaseException) -> None:
 
 
 def app_factory() -> ServingApp:
-    """Build the app from ``NEOCLOUD_SERVE_*`` variables (worker processes, reload)."""
+    """Build the app from ``NEOCLOUD_SERVE_*`` variables (the reloading server's process)."""
     global _app
     model = os.environ.get(_ENV_MODEL) or None
     name = os.environ.get(_ENV_NAME) or None
-    _app = build_app(os.environ[_ENV_SERVICE], name=name, model=model, on_fatal=_on_fatal)
+    _app = build_app(os.environ[_ENV_SERVICE], name=name, model=model,
+                     settings=ServingSettings.from_env(), on_fatal=_on_fatal)
     return _app
 
 
@@ -90,7 +91,7 @@ def _run_pool(service: str, *, host: str, port: int, name: str | None, model: st
         base += ["--name", name]
     if model:
         base += ["--model", model]
-    children = [subprocess.Popen(base) for _ in range(workers)]
+    children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
     def forward(sig: int, frame: FrameType | None) -> None:
@@ -100,8 +101,14 @@ def _run_pool(service: str, *, host: str, port: int, name: str | None, model: st
             if child.poll() is None:
                 child.send_signal(sig)
 
+    # Handlers first, so a stop that arrives while the workers are being started reaches
+    # every one started.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for _ in range(workers):
+        if stopping:
+            break
+        children.append(subprocess.Popen(base))
     codes: dict[int, int] = {}
     while len(codes) < len(children):
         for i, child in enumerate(children):
@@ -157,14 +164,16 @@ def run(
             ``NEOCLOUD_GRACE_PERIOD_S`` or 30).
         reuse_port: bind with ``SO_REUSEPORT`` (used by the workers of a pool).
 
+    The process's :class:`~neocloud.serving.settings.ServingSettings` are read from the
+    environment here, once, and handed to the app and the service.
+
     Raises:
         SystemExit: code 1 when ``setup()`` failed.
         ValueError: the service reference cannot be resolved.
     """
     global _app
-    grace = grace_period_s
-    if grace is None:
-        grace = float(os.environ.get("NEOCLOUD_GRACE_PERIOD_S", DEFAULT_GRACE_PERIOD_S))
+    settings = ServingSettings.from_env()
+    grace = settings.grace_period_s if grace_period_s is None else grace_period_s
     common: dict[str, Any] = dict(
         host=host,
         port=port,
@@ -191,7 +200,7 @@ def run(
     if workers > 1:
         sys.exit(_run_pool(service, host=host, port=port, name=name, model=model,
                            workers=workers, grace=grace, log_level=log_level))
-    _app = build_app(service, name=name, model=model, on_fatal=_on_fatal)
+    _app = build_app(service, name=name, model=model, settings=settings, on_fatal=_on_fatal)
     server = ReplicaServer(uvicorn.Config(_app, **common))
     if reuse_port:
         server.run(sockets=[_reuse_port_socket(host, port)])

@@ -132,8 +132,12 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, real_tokenizer: Any) -
 class ScriptedLM:
     """A stand-in causal LM that emits ``script`` (token ids) in order, then EOS.
 
-    Row ``r`` of a batch follows ``scripts[r % len(scripts)]``. Calls are counted in
-    ``steps`` so tests can see that generation stopped.
+    The rows of a prefill call follow ``scripts[r % len(scripts)]`` (row ``r`` of that
+    call); in a decode step a row keeps to the script whose previous token is the row's
+    input token at its position (the engine moves rows around, the scripts tell them
+    apart). Calls are counted in ``steps`` so tests can see that generation stopped.
+    It has the engine's model surface: ``config`` with the cache geometry (one layer,
+    one head of size 1), ``parameters()``, and the call with a 4-D mask and position ids.
     """
 
     def __init__(self, scripts: list[list[int]], vocab: int, eos: int) -> None:
@@ -145,25 +149,46 @@ class ScriptedLM:
         self.eos = eos
         self.steps = 0
         self.delay_s = 0.0
+        self.prompt_len = 0
 
         class _Cfg:
             max_position_embeddings = 4096
             eos_token_id = eos
+            num_hidden_layers = 1
+            num_attention_heads = 1
+            num_key_value_heads = 1
+            head_dim = 1
+            hidden_size = 1
 
         self.config = _Cfg()
 
-    def __call__(self, input_ids: Any, past_key_values: Any = None, use_cache: bool = True
-                 ) -> Any:
+    def parameters(self) -> Any:
+        return iter([self.torch.zeros(1)])
+
+    def _token(self, script: list[int], step: int) -> int:
+        return script[step] if step < len(script) else self.eos
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, position_ids: Any = None,
+                 past_key_values: Any = None, use_cache: bool = True) -> Any:
         torch = self.torch
         self.steps += 1
         if self.delay_s:
             time.sleep(self.delay_s)
-        pos = 0 if past_key_values is None else past_key_values + 1
-        rows = input_ids.shape[0]
+        rows, q = input_ids.shape
+        last_pos = position_ids[:, -1].tolist()
+        prefill = q > 1 or max(last_pos) == 0  # a one-token prompt sits at position 0
+        if prefill:
+            self.prompt_len = int(max(last_pos)) + 1
         logits = torch.full((rows, 1, self.vocab), -1e9)
         for r in range(rows):
-            script = self.scripts[r % len(self.scripts)]
-            tok = script[pos] if pos < len(script) else self.eos
+            if prefill:
+                tok = self._token(self.scripts[r % len(self.scripts)], 0)
+            else:
+                step = int(last_pos[r]) - self.prompt_len + 1
+                prev = int(input_ids[r, 0])
+                match = [s for s in self.scripts if step >= 1 and len(s) >= step
+                         and s[step - 1] == prev] or self.scripts
+                tok = self._token(match[0], step)
             logits[r, 0, tok] = 0.0
 
         class _Out:
@@ -171,7 +196,6 @@ class ScriptedLM:
 
         out = _Out()
         out.logits = logits  # type: ignore[attr-defined]
-        out.past_key_values = pos  # type: ignore[attr-defined]
         return out
 
 

@@ -162,6 +162,23 @@ def test_utf8_split_across_tokens_never_breaks_a_character(serve, scripted_lm,
     assert len(pieces) > 3  # streamed in several events
 
 
+def test_max_tokens_inside_a_character_ends_with_whole_characters(serve, scripted_lm,
+                                                                  real_tokenizer) -> None:
+    text = "a🙂日b"
+    ids = real_tokenizer.encode(text, add_special_tokens=False)
+    assert any("\ufffd" in real_tokenizer.decode(ids[:k]) for k in range(1, len(ids)))
+    cls, _ = _scripted(scripted_lm, real_tokenizer, [text])
+    run = serve(cls)
+    client = _client(run.url)
+    for k in range(1, len(ids) + 1):
+        whole = real_tokenizer.decode(ids[:k]).rstrip("\ufffd")
+        r = client.completions.create(model="s", prompt="x", max_tokens=k)
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="s", prompt="x", max_tokens=k, stream=True) if c.choices)
+        assert r.choices[0].text == streamed == whole, k
+        assert r.usage.completion_tokens == k
+
+
 def test_stop_strings_and_finish_reasons(serve, scripted_lm, real_tokenizer) -> None:
     cls, _ = _scripted(scripted_lm, real_tokenizer, ["alpha beta END gamma"])
     run = serve(cls)

@@ -26,17 +26,23 @@ def test_up_and_server_delegate_to_launch(
     calls: list[tuple[str, tuple[Any, ...]]] = []
     _fake_module(
         monkeypatch, "neocloud.server.launch",
-        up=lambda *a: calls.append(("up", a)), serve=lambda *a: calls.append(("serve", a)),
+        up=lambda *a, **kw: calls.append(("up", a, kw)),
+        serve=lambda *a: calls.append(("serve", a, {})),
     )
     assert run("up", login=False).exit_code == 0
     assert run("up", "--host", "0.0.0.0", "--port", "9001", "--home", str(tmp_path),
                "--backend", "ray", login=False).exit_code == 0
+    assert run("up", "--backend", "ray", "--ray-address", "127.0.0.2:6379",
+               login=False).exit_code == 0
     assert run("server", "--port", "9002", login=False).exit_code == 0
     assert calls == [
-        ("up", (None, None, None, None)),
-        ("up", ("0.0.0.0", 9001, tmp_path, "ray")),
-        ("serve", (None, 9002)),
+        ("up", (None, None, None, None), {"ray_address": None}),
+        ("up", ("0.0.0.0", 9001, tmp_path, "ray"), {"ray_address": None}),
+        ("up", (None, None, None, "ray"), {"ray_address": "127.0.0.2:6379"}),
+        ("serve", (None, 9002), {}),
     ]
+    assert run("up", "--ray-address", "127.0.0.2:6379", login=False).exit_code == 2
+    assert run("up", "--backend", "ray", "--ray-address", "nohost", login=False).exit_code == 2
     bad = run("up", "--backend", "k8s", login=False)
     assert bad.exit_code == 2 and "'--backend'" in bad.stderr
     assert run("up", "--port", "70000", login=False).exit_code == 2
@@ -64,7 +70,7 @@ def test_missing_runtime_is_a_clear_error(run: Run, monkeypatch: pytest.MonkeyPa
 def test_errors_from_delegates_are_messages(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     from neocloud.errors import Conflict
 
-    def up(*args: Any) -> None:
+    def up(*args: Any, **kwargs: Any) -> None:
         raise Conflict("port 8000 is in use")
 
     _fake_module(monkeypatch, "neocloud.server.launch", up=up)

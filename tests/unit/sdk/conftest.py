@@ -1,17 +1,16 @@
+"""Fixtures of the SDK tests: the real control plane (see ``realcloud.py``)."""
+
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.asgi_client import real_cloud
+from tests.unit.sdk.realcloud import RealCloud, Recording
 
-# The fake control plane lives beside this file; the CLI tests import it too.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fakecloud import ADMIN_TOKEN, BASE, FakeCloud  # noqa: E402
-
-from neocloud.sdk import Client  # noqa: E402
+from neocloud.sdk import Client
+from neocloud.server.backends import FakeBackend
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +24,19 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def cloud() -> FakeCloud:
-    return FakeCloud()
+def cloud(tmp_path: Path) -> Iterator[RealCloud]:
+    transport, token, app = real_cloud(tmp_path / "cloud", f"sqlite:///{tmp_path / 'nc.db'}")
+    fake = app.state.backends["fake"]
+    assert isinstance(fake, FakeBackend)
+    c = RealCloud(app=app, transport=Recording(transport), token=token, fake=fake)
+    try:
+        yield c
+    finally:
+        for client in c.clients:
+            client.close()
+        transport.stop()
 
 
 @pytest.fixture
-def client(cloud: FakeCloud) -> Iterator[Client]:
-    with Client(BASE, ADMIN_TOKEN, transport=cloud.transport) as c:
-        yield c
+def client(cloud: RealCloud) -> Client:
+    return cloud.client(cloud.token)

@@ -7,12 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fakecloud import BASE
 
 from neocloud import errors
 from neocloud.sdk import Client
 from neocloud.sdk.deployments import brief
 
+BASE = "http://cloud.test"
 NOW = datetime(2025, 1, 1, tzinfo=UTC).isoformat()
 
 

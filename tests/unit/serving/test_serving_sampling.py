@@ -1,4 +1,6 @@
-"""Sampling of the text generator: greedy, nucleus, seeds, stops and lengths."""
+"""The batched sampler (greedy, nucleus, per-row seeds), the right-aligned KV cache
+layout, and the engine's request checks (a 2-layer random Llama with a character
+tokenizer)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,22 @@ import pytest
 import torch
 
 from neocloud.errors import InvalidRequest
-from neocloud.serving.textgen.engine import SamplingParams, TextGenerator, run_to_end
+from neocloud.serving.textgen.engine import (
+    EngineConfig,
+    SamplingParams,
+    TextGenerator,
+    run_to_end,
+    slots_needed,
+)
+from neocloud.serving.textgen.kvcache import SlotCache
+from neocloud.serving.textgen.sampling import make_generator, sample
 
 
 class CharTokenizer:
     """Token i is chr(ord('a') + i); token 25 ('z') is EOS."""
 
     eos_token_id = 25
+    pad_token_id = 0
     chat_template = None
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -25,51 +36,118 @@ class CharTokenizer:
         return [ord(c) - 97 for c in text]
 
 
-class FixedDist:
-    """Next-token logits are always ``log(probs)``; the cache is the position."""
+def tiny_llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    def __init__(self, probs: list[float]) -> None:
-        self.logits = torch.log(torch.tensor(probs))
-        self.config = type("C", (), {"max_position_embeddings": 64})()
-
-    def __call__(self, input_ids: Any, past_key_values: Any = None, use_cache: bool = True
-                 ) -> Any:
-        out = type("O", (), {})()
-        out.logits = self.logits.expand(input_ids.shape[0], 1, -1).clone()
-        out.past_key_values = 0
-        return out
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=26, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      eos_token_id=25, bos_token_id=0, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
 
 
-def gen(probs: list[float], params: SamplingParams) -> list[str]:
-    g = TextGenerator(FixedDist(probs), CharTokenizer())
-    texts, _, _ = asyncio.run(run_to_end(g, [0], params))
-    return texts
+P = torch.log(torch.tensor([0.5, 0.3, 0.2] + [1e-12] * 23))
 
 
-P = [0.5, 0.3, 0.2] + [0.0] * 23  # only a, b, c are possible; never EOS
+def draw(params: SamplingParams, steps: int, rows: int = 1, choice: int = 0) -> list[list[int]]:
+    gens = [make_generator(params.seed, choice + r, "cpu") for r in range(rows)]
+    out = [[] for _ in range(rows)]
+    for _ in range(steps):
+        toks = sample(P.expand(rows, -1), [params] * rows, gens)
+        for r, t in enumerate(toks):
+            out[r].append(t)
+    return out
 
 
-def test_greedy_and_top_p() -> None:
-    assert gen(P, SamplingParams(max_tokens=5, temperature=0)) == ["aaaaa"]
+def test_greedy_top_p_and_full_distribution() -> None:
+    assert draw(SamplingParams(max_tokens=1, temperature=0), 5) == [[0] * 5]
     # top_p 0.5: the top token alone reaches the mass
-    assert gen(P, SamplingParams(max_tokens=20, temperature=1.0, top_p=0.5, seed=3)) == ["a" * 20]
-    mixed = gen(P, SamplingParams(max_tokens=200, temperature=1.0, top_p=1.0, seed=3))[0]
-    assert set(mixed) == {"a", "b", "c"}
+    assert draw(SamplingParams(max_tokens=1, top_p=0.5, seed=3), 20) == [[0] * 20]
+    mixed = draw(SamplingParams(max_tokens=1, seed=3), 300)[0]
+    assert set(mixed) == {0, 1, 2}
+    assert 0.4 < mixed.count(0) / 300 < 0.6  # about the 0.5 it has
 
 
-def test_seed_repeats_and_n_choices_differ() -> None:
-    p = SamplingParams(max_tokens=30, temperature=1.0, n=3, seed=11)
-    first, again = gen(P, p), gen(P, p)
-    assert first == again and len(set(first)) > 1
+def test_seeded_rows_draw_the_same_whatever_runs_beside_them() -> None:
+    p = SamplingParams(max_tokens=1, seed=11)
+    alone = draw(p, 40)[0]
+    assert draw(p, 40)[0] == alone  # a seed repeats
+    # row 0 of a mixed batch (a greedy row and another seeded row beside it)
+    gens = [make_generator(11, 0, "cpu"), make_generator(None, 0, "cpu"),
+            make_generator(5, 0, "cpu")]
+    params = [p, SamplingParams(max_tokens=1, temperature=0), SamplingParams(1, top_p=0.7,
+                                                                             seed=5)]
+    mixed = [sample(P.expand(3, -1), params, gens)[0] for _ in range(40)]
+    assert mixed == alone
+    assert len({tuple(r) for r in draw(p, 30, rows=3)}) > 1  # choices differ
 
 
-def test_context_checks() -> None:
-    g = TextGenerator(FixedDist(P), CharTokenizer())
-    assert g.check([0] * 10, None, None) == 54
-    assert g.check([0] * 10, None, 16) == 16
-    with pytest.raises(InvalidRequest):
-        g.check([0] * 10, 60, None)
-    with pytest.raises(InvalidRequest):
-        g.check([], 1, None)
-    with pytest.raises(InvalidRequest):
-        g.chat_prompt([{"role": "user", "content": "x"}])  # no chat template
+def test_slot_cache_keeps_rows_right_aligned() -> None:
+    c = SlotCache(layers=1, kv_heads=1, head_dim=1, dtype=torch.float32, device="cpu")
+    c.reserve(2, 3, 1)
+    first = c.add_rows([c.t - 3, c.t - 2])
+    c.set_window(first, first + 2, c.t - 3)
+    m = c.mask(3)
+    # row 1 has two prompt tokens: the first column is padding, hidden from its real
+    # queries (the padding query sees itself alone: no row is fully masked)
+    assert m.shape == (2, 1, 3, 3) and not m[1, 0, 1:, 0].any() and m[0, 0, 2].all()
+    assert m[1, 0, 0].tolist() == [True, False, False]
+    assert c.positions(3).tolist() == [[0, 1, 2], [0, 0, 1]]
+    # a newcomer longer than t shifts the content right; rows keep their relative layout
+    t_before, starts = c.t, list(c.start)
+    c.reserve(3, 10, 1)
+    assert c.t >= 10 and [s - c.t for s in c.start] == [s - t_before for s in starts]
+    moved = c.remove_row(0)
+    assert moved == 1 and c.rows == 1 and c.start == [starts[1] - t_before + c.t]
+
+
+def test_checks_and_kv_budget() -> None:
+    g = TextGenerator(tiny_llama(), CharTokenizer(), config=EngineConfig(kv_budget_tokens=4096))
+    try:
+        assert g.check([0] * 10, None, None) == 54
+        assert g.check([0] * 10, None, 16) == 16
+        with pytest.raises(InvalidRequest):
+            g.check([0] * 10, 60, None)
+        with pytest.raises(InvalidRequest):
+            g.check([], 1, None)
+        with pytest.raises(InvalidRequest):
+            g.chat_prompt([{"role": "user", "content": "x"}])  # no chat template
+    finally:
+        g.close()
+    small = TextGenerator(tiny_llama(), CharTokenizer(),
+                          config=EngineConfig(kv_budget_tokens=slots_needed(1, 10, 20)))
+    try:
+        assert small.check([0] * 10, 20, None) == 20
+        with pytest.raises(InvalidRequest) as never:
+            small.check([0] * 10, 20, None, n=9)  # 9 rows can never fit
+        assert never.value.code == "kv_cache_exceeded" and never.value.param == "max_tokens"
+    finally:
+        small.close()
+
+
+def test_engine_batch_equals_alone_and_cancel_frees_rows() -> None:
+    g = TextGenerator(tiny_llama(), CharTokenizer(),
+                      config=EngineConfig(max_num_seqs=4, kv_budget_tokens=8 * 256))
+
+    async def main() -> None:
+        prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]]
+        greedy = [SamplingParams(max_tokens=m, temperature=0) for m in (12, 7, 20)]
+        alone = [await run_to_end(g, p, s) for p, s in zip(prompts, greedy, strict=True)]
+        together = await asyncio.gather(*[run_to_end(g, p, s) for p, s in
+                                          zip(prompts, greedy, strict=True)])
+        assert together == alone
+        # a consumer that stops early: its rows are freed at the next step
+        it = g.generate([1, 2], SamplingParams(max_tokens=50, temperature=0), "leaver")
+        await it.__anext__()
+        await it.aclose()
+        for _ in range(200):
+            if g.usage("leaver").finished:
+                break
+            await asyncio.sleep(0.01)
+        u = g.usage("leaver")
+        assert u.finished and 1 <= u.completion_tokens < 50 and g.running == 0
+
+    try:
+        asyncio.run(main())
+    finally:
+        g.close()

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from neocloud.masking import looks_sensitive
+
 T = TypeVar("T")
 
 
@@ -20,8 +22,18 @@ T = TypeVar("T")
 class WorkloadSpec:
     """One process to run.
 
-    ``gpu_indices`` become ``CUDA_VISIBLE_DEVICES``; ``log_path`` receives stdout and
-    stderr; ``port`` (if any) is where the process listens for HTTP (readiness probes).
+    ``gpu_indices`` become ``CUDA_VISIBLE_DEVICES`` and their count ``NEOCLOUD_GPU_COUNT``
+    (a fractional share is one device); ``gpu_milli`` is the share of each of them, in
+    thousandths (1000: whole GPUs), for backends that account GPUs themselves (Ray);
+    ``log_path`` receives stdout and stderr; ``port`` (if any) is where the process listens
+    for HTTP (readiness probes). ``node_name`` is the node the scheduler chose: backends that
+    run many nodes (Ray) place the process there (by ``node_address`` when it is ``None``).
+
+    ``secret_env`` names the entries of ``env`` whose values are secrets (those injected
+    from workspace secrets). A backend never writes the value of one of them, nor of an
+    ``env`` entry whose name :func:`~neocloud.masking.looks_sensitive`, to a log: they are
+    masked (with their base64 and URL-encoded forms) as the lines are written (see
+    :func:`masked_env_names` and :mod:`neocloud.logrun`).
     """
 
     workload_id: str
@@ -32,6 +44,9 @@ class WorkloadSpec:
     log_path: Path | None = None
     port: int | None = None
     node_address: str = "127.0.0.1"
+    node_name: str | None = None
+    gpu_milli: int = 1000
+    secret_env: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -60,8 +75,29 @@ class Backend(Protocol):
     def logs(
         self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
     ) -> str:
-        """The last ``tail`` lines of the output (all when ``None``); with ``this_run``, only
-        what this start of the process wrote (a log file may hold earlier runs too)."""
+        """The output (stdout and stderr, interleaved as written) of the process of
+        ``handle``.
+
+        Shape: text decoded as UTF-8 (undecodable bytes become U+FFFD), lines as the process
+        wrote them (the last one may be unfinished). Secret values were masked when the
+        lines were written (see :class:`WorkloadSpec`): this returns what the backend
+        stored, never a value in clear.
+
+        Args:
+            handle: what :meth:`start` or :meth:`find` returned; it stays valid after the
+                process exited, so a finished workload's output can still be read.
+            tail: only the last ``tail`` lines (``0``: none; ``None``: all). A backend may
+                read only the end of a long log to find them (``local``: the last 4 MiB).
+            this_run: only what this start of the process wrote (a log may also hold the
+                output of earlier starts of the same workload).
+
+        Follow: there is no streaming mode. Output is only ever appended, so a caller
+        follows a log by calling again and keeping what is new (the API serves windows of
+        the last lines; ``neocloud logs -f`` polls them, see :mod:`neocloud.cli.follow`).
+
+        Returns ``""`` when the process wrote nothing, its log is gone, or ``handle`` is
+        empty (never started). Raises ``OSError`` when the log exists but cannot be read.
+        """
         ...
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
@@ -75,6 +111,23 @@ class Backend(Protocol):
 
 #: Environment variable carrying the workload id into every process a backend starts.
 WORKLOAD_ENV = "NEOCLOUD_WORKLOAD_ID"
+
+
+def masked_env_names(spec: WorkloadSpec) -> list[str]:
+    """The names of ``spec.env`` entries whose values a backend masks in the logs it
+    writes: the ``secret_env`` ones and those whose name looks sensitive, sorted."""
+    return sorted(k for k in spec.env if k in spec.secret_env or looks_sensitive(k))
+
+
+#: Environment variable carrying the number of devices in ``CUDA_VISIBLE_DEVICES``.
+GPU_COUNT_ENV = "NEOCLOUD_GPU_COUNT"
+
+
+def gpu_env(gpu_indices: tuple[int, ...]) -> dict[str, str]:
+    """``CUDA_VISIBLE_DEVICES`` (the allocation) and ``NEOCLOUD_GPU_COUNT`` (its length; a
+    fractional share of one GPU counts as one device), the same on every backend."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpu_indices),
+            GPU_COUNT_ENV: str(len(gpu_indices))}
 
 
 def start_or_adopt(backend: Backend, spec: WorkloadSpec) -> dict[str, Any]:

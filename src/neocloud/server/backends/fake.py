@@ -2,7 +2,9 @@
 
 Used for tests and for clouds of thousands of simulated GPU nodes (capacity planning,
 demos of placement). A fake workload is "running" from ``start`` until ``stop`` or until
-a test calls :meth:`FakeBackend.crash`; it is ready at once.
+a test calls :meth:`FakeBackend.crash`; it is ready at once. Its output is what a test
+writes with :meth:`FakeBackend.write`, kept in memory and masked as the local backend masks
+a log (the values of ``secret_env`` and sensitive-looking variables never stored).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import itertools
 import threading
 from typing import Any
 
-from neocloud.server.backends.base import WorkloadSpec, WorkloadState
+from neocloud.masking import Masker
+from neocloud.server.backends.base import WorkloadSpec, WorkloadState, masked_env_names
 
 
 class FakeBackend:
@@ -21,6 +24,7 @@ class FakeBackend:
         self._ids = itertools.count(1)
         self._running: dict[int, WorkloadSpec] = {}
         self._exit: dict[int, int] = {}
+        self._output: dict[int, str] = {}
         self._lock = threading.Lock()
         self.started: list[WorkloadSpec] = []
 
@@ -53,6 +57,11 @@ class FakeBackend:
                     del self._running[fid]
                     self._exit[fid] = exit_code
 
+    def workload_ids(self) -> list[str]:
+        """Ids of the workloads whose fake process runs now (for the invariant checker)."""
+        with self._lock:
+            return [spec.workload_id for spec in self._running.values()]
+
     def find(self, workload_id: str) -> dict[str, Any] | None:
         with self._lock:
             for fid, spec in self._running.items():
@@ -60,10 +69,29 @@ class FakeBackend:
                     return {"fake_id": fid}
         return None
 
+    def write(self, workload_id: str, text: str, *, masked: bool = True) -> None:
+        """Append ``text`` to the output of the running fake process of ``workload_id``
+        (as if it printed it), masked as a real backend writes a log; ``masked=False``
+        stores it as is (a log written before masking existed)."""
+        with self._lock:
+            for fid, spec in self._running.items():
+                if spec.workload_id == workload_id:
+                    if masked:
+                        values = [spec.env[k] for k in masked_env_names(spec)]
+                        text = Masker(values).mask_text(text)
+                    self._output[fid] = self._output.get(fid, "") + text
+                    return
+        raise KeyError(f"no running fake process for {workload_id!r}")
+
     def logs(
         self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
     ) -> str:
-        return ""
+        with self._lock:
+            text = self._output.get(handle.get("fake_id"), "")  # type: ignore[arg-type]
+        if tail is None:
+            return text
+        lines = text.splitlines(keepends=True)
+        return "".join(lines[-tail:]) if tail > 0 else ""
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
         return self.inspect(handle).running

@@ -1,10 +1,14 @@
 """The ``local`` backend: one OS process per workload on this machine.
 
 Each process runs in its own session (process group), so stopping it also stops whatever it
-spawned (uvicorn workers, torchrun children). Its handle records the pid and the process
-start time: after a control-plane restart, :meth:`LocalBackend.inspect` finds the same
-process again (a reused pid has another start time), so running replicas are adopted
-instead of started twice.
+spawned (uvicorn workers, torchrun children). A process with a log runs under
+:mod:`neocloud.logrun`, which writes its output to the log (mode ``0600``) with the values
+of its secret and sensitive-looking environment variables masked; with nothing to mask
+``logrun`` replaces itself with the command, so the process tree is the same as without it.
+
+Its handle records the pid and the process start time: after a control-plane restart,
+:meth:`LocalBackend.inspect` finds the same process again (a reused pid has another start
+time), so running replicas are adopted instead of started twice.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +25,16 @@ from typing import Any
 import httpx
 import psutil
 
-from neocloud.server.backends.base import WORKLOAD_ENV, WorkloadSpec, WorkloadState, tail_file
+from neocloud.logrun import MASK_ENV
+from neocloud.server.backends.base import (
+    WORKLOAD_ENV,
+    WorkloadSpec,
+    WorkloadState,
+    gpu_env,
+    masked_env_names,
+    tail_file,
+)
+from neocloud.server.datafolder import make_private_dirs, open_private
 
 
 def _inherited(environ: dict[str, str]) -> dict[str, str]:
@@ -40,15 +54,24 @@ class LocalBackend:
     def start(self, spec: WorkloadSpec) -> dict[str, Any]:
         env = _inherited(dict(os.environ))
         env.update(spec.env)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_indices)
+        env.update(gpu_env(spec.gpu_indices))
         env[WORKLOAD_ENV] = spec.workload_id
         env.setdefault("PYTHONUNBUFFERED", "1")
-        log_path = spec.log_path or Path(os.devnull)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        command = list(spec.command)
+        if spec.log_path is not None:
+            # The log is written through the masking writer: no secret value reaches it.
+            env[MASK_ENV] = ",".join(masked_env_names(spec))
+            command = [sys.executable, "-m", "neocloud.logrun", "--", *command]
+            log_path = spec.log_path
+            make_private_dirs(log_path.parent)
+            fd = open_private(log_path, os.O_WRONLY | os.O_APPEND)
+        else:
+            log_path = Path(os.devnull)
+            fd = os.open(os.devnull, os.O_WRONLY)
+        with open(fd, "ab") as log:
             offset = log.seek(0, os.SEEK_END)
             proc = subprocess.Popen(
-                spec.command,
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

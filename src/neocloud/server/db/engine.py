@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,15 +14,31 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from neocloud.server.datafolder import FILE_MODE, make_private_dirs, open_private
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the SQLite database file with mode ``0600`` before SQLite opens it (and force
+    that mode on an existing one and its ``-wal``/``-shm`` files). SQLite gives the
+    ``-wal`` and ``-shm`` files it creates the mode of the database file, so all three stay
+    readable by the owner only."""
+    make_private_dirs(path.parent)
+    os.close(open_private(path, os.O_RDWR))
+    for side in ("-wal", "-shm", "-journal"):
+        extra = path.with_name(path.name + side)
+        if extra.exists():
+            os.chmod(extra, FILE_MODE)
+
+
 def make_engine(url: str) -> Engine:
-    """Create the engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    """Create the engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout, and
+    its files mode ``0600`` (see :mod:`neocloud.server.datafolder`)."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

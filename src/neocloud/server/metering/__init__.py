@@ -1,1 +1,12 @@
-"""Metering: usage records from running time and tokens, rolled up into a bill."""
+"""Metering: usage records from running time, tokens and storage, priced in integer
+micro-dollars, and the pass that keeps budgets, invoices and the metrics history up to
+date.
+
+- ``records``: running time (``meter_running``, ``record_running``, ``gpus_of``,
+  ``running_cost``) — called by the deployment, job and pod reconcilers;
+- ``tokens``: ``UsageBuffer``, the gateway's usage sink (tokens and metrics history);
+- ``storage``: volume byte-hours;
+- ``money`` / ``periods``: micro-dollar arithmetic and billing periods;
+- ``loop``: ``MeteringLoop``, run after every reconcile pass;
+- ``metrics``: the control plane's Prometheus collector.
+"""

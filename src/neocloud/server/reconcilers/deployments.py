@@ -11,19 +11,42 @@ Replica life: ``pending`` (no node; the scheduler's reason is kept) → ``starti
 → ``stopped``. A process that exits becomes ``failed`` and is started again on the same
 allocation after an exponential back-off (``base × 2^restarts``, capped).
 
-Rolling update: a change of service, model, shape or env raises the generation; new
-replicas start first (at most one above the desired count) and an old one stops only
-once a new one is ready.
+Rolling update: a change of engine, service, model, shape or env raises the generation; new
+replicas start first (at most ``max_surge``, default 1, above the desired count) and old
+ones stop only while at least ``replicas - max_unavailable`` (default: all) stay ready;
+old replicas not ready yet are stopped at once.
+
+Graceful drain: a replica to stop is written ``stopping`` and the route table rebuilt
+*before* the process is told to stop, so the gateway sends it no new request; then the
+backend stops it with the deployment's ``drain_timeout_s`` of grace (SIGTERM, the
+serving runtime finishes its in-flight requests, SIGKILL only after the timeout). Each
+stop runs in a daemon thread of its own, so a long drain never holds up the pass of other
+deployments; a replica is ``stopped`` (its allocation released) when its process is gone.
+Scale-in picks replicas that are not ready first, then the idle ones, then the least
+loaded (in-flight requests at the gateway), newest first on a tie.
+
+Autoscaling: a deployment with ``autoscaling`` settings gets one sample of its load per
+pass (the gateway's in-flight, held and arrival counters) in a window kept in memory; the
+pure policy of ``server.autoscaling`` decides the replica count, and each change is
+written with an event carrying the metric values before it is acted on.
+
+Placement, status changes and process starts go through the reconciler core
+(:mod:`neocloud.server.reconcilers.core`), which keeps the invariants written there: a
+replica is placed only while its deployment wants it (not ``deleting``, same
+generation), and a DELETE that lands while a replica starts wins.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +54,39 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import NeocloudError
-from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
+from neocloud.gateway.stats import DeploymentStats
+from neocloud.models.autoscaling import AutoscalingConfig
+from neocloud.models.deployments import DeploymentStatus, Engine, ReasonCode, ReplicaStatus
+from neocloud.server.autoscaling import (
+    ArrivalRate,
+    Sample,
+    SampleWindow,
+    TargetState,
+    TargetTrackingPolicy,
+)
+from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
 from neocloud.server.metering.records import meter_running
-from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
-from neocloud.server.scheduler import Unschedulable
+from neocloud.server.reconcilers.core import (
+    ReconcilerThread,
+    StaleStatus,
+    Waiting,
+    backoff_s,
+    free_port,
+    lock_for_placement,
+    lock_row,
+    now,
+    place,
+    reconcile_each,
+    reconcile_locked,
+    set_status,
+    start_process,
+)
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
+from neocloud.server.services.deployments import autoscaling_of, reason_code
 from neocloud.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,21 +98,38 @@ CRASH_LOOP_RESTARTS = 3
 """A deployment whose every replica crashed this many times in a row, with none ready, is
 ``failed`` (it keeps being restarted with back-off, and turns ready when one succeeds)."""
 
+DRAIN_MARGIN_S = 5.0
+"""Seconds the control plane waits beyond a deployment's drain timeout before SIGKILL: the
+serving runtime is given the drain timeout itself (``NEOCLOUD_GRACE_PERIOD_S``), so it
+ends cut streams with its own final error event before the kill."""
 
-def now() -> datetime:
-    return datetime.now(UTC)
+STOP_WAIT_S = 0.2
+"""Seconds a pass waits for the stops it started before it goes on (a stop that takes
+longer finishes in the background and is seen by a later pass)."""
+
+__all__ = ["CRASH_LOOP_RESTARTS", "LIVE", "DeploymentReconciler", "ReconcilerThread",
+           "backoff_s", "free_port", "kv_cache_gib", "now", "preempt_replica", "reason_code"]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def kv_cache_gib(memory_mib: int | None) -> float:
+    """The KV cache of an engine ``vllm`` CPU replica, GiB: half the shape's memory
+    (``memory_mib`` MiB), rounded down to a whole GiB, at least 1 (the rest holds the
+    weights, activations and the server; vLLM's ``VLLM_CPU_KVCACHE_SPACE``)."""
+    if not memory_mib:
+        return 1.0
+    return float(max(1, memory_mib // 2 // 1024))
 
 
-def backoff_s(restarts: int, *, base: float, cap: float) -> float:
-    """Delay before restart number ``restarts`` (1-based): ``base × 2^(restarts-1)``, capped."""
-    return min(cap, base * (2 ** max(0, restarts - 1)))
+@dataclass
+class _Scaler:
+    """What the reconciler keeps in memory per autoscaled deployment (lost on a restart,
+    which is safe: the policy then waits its delays again before scaling down)."""
+
+    config: AutoscalingConfig
+    policy: TargetTrackingPolicy
+    window: SampleWindow
+    rate: ArrivalRate = field(default_factory=ArrivalRate)
+    state: TargetState | None = None
 
 
 class DeploymentReconciler:
@@ -94,6 +158,14 @@ class DeploymentReconciler:
         self.box = box
         """Decrypts the secrets a deployment references (``None``: none can be injected)."""
         self._health_failures: dict[str, int] = {}
+        self.stats: Callable[[str], DeploymentStats | None] | None = None
+        """The gateway's live figures of a deployment (autoscaling, scale-in order);
+        ``None``: no gateway in this process (every deployment looks idle)."""
+        self.clock: Callable[[], float] = time.monotonic
+        """The clock autoscaling samples are taken on (seconds)."""
+        self._scalers: dict[str, _Scaler] = {}
+        self._stops: dict[str, Future[None]] = {}
+        self._stops_lock = threading.Lock()
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> None:
@@ -114,18 +186,15 @@ class DeploymentReconciler:
             return
         for r in s.scalars(select(Replica).where(Replica.node_id.in_(lost),
                                                   Replica.status.in_(LIVE))):
-            dep = s.get(Deployment, r.deployment_id)
             self._meter_row(s, r, final=True)
             placement.release(s, owner_id=r.id)
             node_name = lost[r.node_id or ""]
-            r.status, r.node_id, r.handle, r.pid, r.port = "pending", None, {}, None, None
+            r.node_id, r.handle, r.pid, r.port = None, {}, None, None
             r.started_at, r.ready_at, r.metered_until = None, None, None
             r.message = f"node {node_name} was lost; placing again"
-            if dep is not None:
-                events.record(s, workspace_id=dep.workspace_id, kind="deployment",
-                              name=dep.name, object_id=r.id, reason="NodeLost", warning=True,
-                              message=f"replica {r.id[:8]}: node {node_name} is not ready; "
-                                      "its allocation was freed")
+            set_status(s, r, ReplicaStatus.pending, reason="NodeLost", warning=True,
+                       message=f"replica {r.id[:8]}: node {node_name} is not ready; "
+                               "its allocation was freed")
 
     def reconcile(self, dep_id: str) -> None:
         """One pass over one deployment (several short transactions), under the lock on the
@@ -133,11 +202,14 @@ class DeploymentReconciler:
         reconcile_locked(self.db, "deployment", dep_id, self._reconcile)
 
     def _reconcile(self, dep_id: str) -> None:
+        self._autoscale(dep_id)
+        newly: list[str] = []
         with self.db.session() as s:
-            dep = lock_row(s, Deployment, dep_id)
+            dep = lock_row(s, Deployment, dep_id, skip_locked=True)
             if dep is None:
                 return
-            reps = list(s.scalars(select(Replica).where(Replica.deployment_id == dep.id)))
+            reps = list(s.scalars(select(Replica).where(Replica.deployment_id == dep.id)
+                                  .execution_options(populate_existing=True)))
             deleting = dep.status == "deleting"
             to_stop: list[str] = []
             if deleting:
@@ -146,10 +218,18 @@ class DeploymentReconciler:
                 to_stop = self._plan_scale(s, dep, reps)
             for r in reps:
                 if r.id in to_stop and r.status != "stopping":
-                    r.status = "stopping"
-        # Act outside the deciding transaction.
-        for rid in to_stop:
-            self._stop_replica(rid)
+                    r.stop_requested_at = now()
+                    set_status(s, r, ReplicaStatus.stopping, reason="Stopping",
+                               message=f"replica {r.id[:8]} stopping (drain up to "
+                                       f"{dep.drain_timeout_s:g} s)")
+                    newly.append(r.id)
+        # Act outside the deciding transaction: first take the stopping replicas out of
+        # the route table (no new request reaches them), then tell them to stop.
+        if newly and self.on_change is not None:
+            self.on_change()
+        started = [f for f in (self._request_stop(rid) for rid in to_stop) if f is not None]
+        if started:
+            wait_futures(started, timeout=STOP_WAIT_S)
         if deleting:
             self._finish_delete(dep_id)
             return
@@ -164,25 +244,84 @@ class DeploymentReconciler:
         old = [r for r in live if r.generation != dep.generation]
         desired = dep.replicas
         stop: list[str] = [r.id for r in reps if r.status == "stopping"]
-        max_total = desired + 1 if old else desired
+        # a rollout runs at most max_surge replicas above the desired count, and keeps at
+        # least desired - max_unavailable ready ones
+        max_total = desired + dep.max_surge if old else desired
         want = min(desired - len(cur), max_total - len(live))
         for _ in range(max(0, want)):
             r = Replica(deployment_id=dep.id, workspace_id=dep.workspace_id,
                         generation=dep.generation, status="pending")
             s.add(r)
             cur.append(r)
-        if len(cur) > desired:
+        load = self._replica_load(dep.id)
+
+        def victim_order(r: Replica) -> tuple[int, int, float]:
+            # not ready first, then idle, then least loaded; newest first on a tie
             order = {"pending": 0, "failed": 1, "starting": 2, "ready": 3}
-            extra = sorted(cur, key=lambda r: (order[r.status], -r.created_at.timestamp()))
+            return (order[r.status], load.get(r.id, 0), -r.created_at.timestamp())
+
+        if len(cur) > desired:
+            extra = sorted(cur, key=victim_order)
             stop += [r.id for r in extra[: len(cur) - desired]]
         cur_ready = sum(1 for r in cur if r.status == "ready")
-        old_ready = [r for r in old if r.status == "ready"]
+        old_ready = sorted((r for r in old if r.status == "ready"), key=victim_order)
         stop += [r.id for r in old if r.status != "ready"]
-        surplus = cur_ready + len(old_ready) - desired
+        surplus = cur_ready + len(old_ready) - max(0, desired - dep.max_unavailable)
         if old_ready and (surplus > 0 or desired == 0):
             stop += [r.id for r in old_ready[: max(1, surplus)]]
         s.flush()
         return list(dict.fromkeys(stop))
+
+    def _replica_load(self, dep_id: str) -> dict[str, int]:
+        """In-flight requests per replica id at the gateway (empty without one)."""
+        st = self.stats(dep_id) if self.stats is not None else None
+        return dict(st.replica_in_flight) if st is not None else {}
+
+    def _autoscale(self, dep_id: str) -> None:
+        """One autoscaling tick of a deployment: a sample of its load into its window, the
+        policy's decision, and (when it changes the count) the new count and an event with
+        the metric values, committed before any replica is started or stopped."""
+        with self.db.session() as s:
+            dep = s.get(Deployment, dep_id)
+            config = autoscaling_of(dep) if dep is not None else None
+            if dep is None or config is None or dep.status == DeploymentStatus.deleting:
+                self._scalers.pop(dep_id, None)
+                return
+            current = dep.replicas
+            ready = sum(1 for st in s.scalars(
+                select(Replica.status).where(Replica.deployment_id == dep_id))
+                if st == ReplicaStatus.ready)
+        sc = self._scalers.get(dep_id)
+        if sc is None or sc.config != config:
+            policy = TargetTrackingPolicy(config)
+            interval = max(self.settings.reconcile_interval_s, 0.1)
+            sc = _Scaler(config=config, policy=policy,
+                         window=SampleWindow(keep_s=policy.history_s + 2 * interval))
+            sc.state = policy.initial_state()
+            self._scalers[dep_id] = sc
+        at = self.clock()
+        if sc.window.samples() and at < sc.window.samples()[-1].at:
+            return
+        st = self.stats(dep_id) if self.stats is not None else None
+        sample = Sample(
+            at=at, ready_replicas=ready,
+            in_flight=st.in_flight if st else 0, held=st.held if st else 0,
+            requests_per_s=sc.rate.update(at, st.requests_total) if st else 0.0)
+        sc.window.add(sample)
+        assert sc.state is not None
+        decision, sc.state = sc.policy.decide(sc.window.samples(), at, current, sc.state)
+        if not decision.changed:
+            return
+        with self.db.session() as s:
+            dep = lock_row(s, Deployment, dep_id)
+            if dep is None or dep.status == DeploymentStatus.deleting \
+                    or dep.replicas != current:
+                return  # changed meanwhile (a user's scale, a wake): decide again next tick
+            dep.replicas = decision.desired
+            dep.updated_at = now()
+            events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
+                          object_id=dep.id, reason=decision.reason.value,
+                          message=decision.message())
 
     # -- acting -----------------------------------------------------------------------
     def _advance(self, dep_id: str) -> None:
@@ -203,6 +342,8 @@ class DeploymentReconciler:
                 elif status == "failed":
                     self._maybe_restart(rid)
                 self._meter(rid)
+            except StaleStatus as e:
+                log.debug("replica %s: %s; next pass", rid, e)
             except Exception:
                 log.exception("replica %s: reconcile step failed", rid)
 
@@ -212,67 +353,86 @@ class DeploymentReconciler:
 
     def _place_and_start(self, rid: str) -> None:
         with self.db.session() as s:
-            r = s.get(Replica, rid)
-            if r is None or r.status != "pending":
+            r = lock_for_placement(s, Replica, rid)
+            if r is None or r.status != ReplicaStatus.pending:
                 return
-            dep = s.get(Deployment, r.deployment_id)
-            shape = s.get(Shape, dep.shape) if dep else None
-            if dep is None:
-                return
+            dep = lock_row(s, Deployment, r.deployment_id)
+            if dep is None or dep.status == DeploymentStatus.deleting \
+                    or r.generation != dep.generation:
+                return  # deleted or rolled on meanwhile: the replica is no longer wanted
+            shape = s.get(Shape, dep.shape)
             if shape is None:
-                self._pending(s, dep, r, f"shape {dep.shape!r} no longer exists")
+                self._pending(s, dep, r, f"shape {dep.shape!r} no longer exists",
+                              ReasonCode.SHAPE_MISSING)
                 return
-            result = placement.schedule(
-                s, workspace_id=dep.workspace_id,
+            placed = place(
+                s, kind="replica", waiter=r, workspace_id=dep.workspace_id,
                 requests=[placement.request_for_shape(shape)], priority=dep.priority,
-            )
-            if isinstance(result, placement.Preempt):
-                placement.preempt(s, victims=result.victims,
-                                  reason=f"preempted by deployment {dep.name} "
-                                         f"(priority {dep.priority})")
-                self._pending(s, dep, r, f"{placement.PREEMPTING}{len(result.victims)} "
-                                         f"lower-priority workload(s) to make room: "
-                                         f"{result.reason}")
+                preemptible=dep.preemptible,
+                preempted_by=f"deployment {dep.name} (priority {dep.priority})",
+                owners=lambda _bindings: [rid])
+            if isinstance(placed, Waiting):
+                self._pending(s, dep, r, placed.reason)
                 return
-            if isinstance(result, Unschedulable):
-                self._pending(s, dep, r, result.reason)
-                return
-            binding = result[0]
+            binding = placed[0]
             node = s.get(Node, binding.node_id)
-            placement.bind(s, binding=binding, workspace_id=dep.workspace_id, kind="replica",
-                           owner_id=r.id, priority=dep.priority, preemptible=dep.preemptible)
             r.node_id = binding.node_id
             r.gpu_indices = list(binding.gpu_indices)
             r.port = free_port()
-            r.status = "starting"
             r.started_at = now()
             r.message = None
-            dep.pending_reason = None
+            dep.pending_reason = dep.pending_code = None
             where = node.name if node else "?"
             gpus = f" GPUs {list(binding.gpu_indices)}" if binding.gpu_indices else ""
-            events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
-                          object_id=r.id, reason="Scheduled",
-                          message=f"replica {r.id[:8]} placed on node {where}{gpus}")
+            set_status(s, r, ReplicaStatus.starting, reason="Scheduled",
+                       message=f"replica {r.id[:8]} placed on node {where}{gpus}")
         self._start_process(rid)
 
-    def _pending(self, s: Session, dep: Deployment, r: Replica, reason: str) -> None:
+    def _pending(self, s: Session, dep: Deployment, r: Replica, reason: str,
+                 code: ReasonCode | None = None) -> None:
         r.message = reason
         dep.pending_reason = reason
+        dep.pending_code = (code or reason_code(reason)).value
         events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
                       object_id=dep.id, reason="Unschedulable", message=reason, warning=True,
                       dedupe=True)
 
-    def command_for(self, dep: Deployment, port: int) -> list[str]:
-        """The serving-runtime command line of a replica of ``dep`` listening on ``port``."""
-        service = dep.service
+    def command_for(self, dep: Deployment, port: int, *, gpus: int = 0,
+                    memory_mib: int | None = None) -> list[str]:
+        """The command line of a replica of ``dep`` listening on ``127.0.0.1:port``.
+
+        Engine ``builtin``: ``python -m neocloud.serving SERVICE``. Engine ``vllm``: the
+        launcher ``python -m neocloud.serving.engines.vllm`` (it finds the engine
+        environment, resolves the model, default the built-in chat model's standard
+        checkpoint), on device ``cuda`` when the replica was given ``gpus`` > 0, else
+        ``cpu`` with a KV cache of :func:`kv_cache_gib` of the shape's ``memory_mib``.
+        """
+        host = "127.0.0.1"
+        python = self.settings.python or sys.executable
+        if dep.engine == Engine.vllm:
+            cmd = [python, "-m", "neocloud.serving.engines.vllm", "--host", host,
+                   "--port", str(port), "--name", dep.name,
+                   "--device", "cuda" if gpus > 0 else "cpu",
+                   "--kv-cache-gib", f"{kv_cache_gib(memory_mib):g}"]
+            if dep.model:
+                cmd += ["--model", dep.model]
+            return cmd
+        service = dep.service or ""
         if service.split(":", 1)[0].endswith(".py"):
             path, cls = service.rsplit(":", 1)
             service = f"{Path(path).expanduser().resolve()}:{cls}"
-        cmd = [self.settings.python or sys.executable, "-m", "neocloud.serving", service,
-               "--host", "127.0.0.1", "--port", str(port), "--name", dep.name]
+        cmd = [python, "-m", "neocloud.serving", service,
+               "--host", host, "--port", str(port), "--name", dep.name]
         if dep.model:
             cmd += ["--model", dep.model]
         return cmd
+
+    def ready_timeout_s(self, engine: str) -> float:
+        """Seconds a starting replica of ``engine`` gets to answer ``/ready`` (settings
+        ``replica_ready_timeout_s``, ``vllm_ready_timeout_s``)."""
+        if engine == Engine.vllm:
+            return self.settings.vllm_ready_timeout_s
+        return self.settings.replica_ready_timeout_s
 
     def _start_process(self, rid: str) -> None:
         """Start the process of a replica already written as ``starting``."""
@@ -283,7 +443,9 @@ class DeploymentReconciler:
                 return
             found = self._backend(s, r.node_id)
             if found is None:
-                r.status, r.message = "failed", "node or backend is gone"
+                r.message = "node or backend is gone"
+                set_status(s, r, ReplicaStatus.failed, reason="Crashed", warning=True,
+                           message=f"replica {r.id[:8]}: node or backend is gone")
                 return
             be, node = found
             try:
@@ -293,29 +455,42 @@ class DeploymentReconciler:
             except NeocloudError as e:
                 self._crashed(s, r, f"could not start: {e.message}")
                 return
+            alloc = s.scalars(select(Allocation).where(Allocation.owner_id == r.id)).first()
+            shape = s.get(Shape, dep.shape)
             spec = WorkloadSpec(
                 workload_id=r.id,
-                command=self.command_for(dep, r.port or 0),
+                command=self.command_for(dep, r.port or 0, gpus=len(r.gpu_indices),
+                                         memory_mib=shape.memory_mib if shape else None),
                 env={**{k: str(v) for k, v in dep.env.items()}, **secret_env,
-                     "NEOCLOUD_SERVED_MODEL_NAME": dep.name},
+                     "NEOCLOUD_SERVED_MODEL_NAME": dep.name,
+                     # the runtime drains in-flight requests this long on SIGTERM
+                     "NEOCLOUD_GRACE_PERIOD_S": f"{dep.drain_timeout_s:g}"},
                 gpu_indices=tuple(r.gpu_indices),
                 log_path=self.settings.logs_dir / "replicas" / f"{r.id}.log",
                 port=r.port,
                 node_address=node.address,
+                node_name=node.name,
+                gpu_milli=alloc.gpu_milli if alloc is not None and alloc.gpu_milli else 1000,
+                secret_env=frozenset(secret_env),
             )
+
+        def record(s: Session, handle: dict[str, Any]) -> bool:
+            r = lock_row(s, Replica, rid)
+            if r is None:
+                return False
+            r.handle, r.pid = handle, handle.get("pid")
+            dep = s.get(Deployment, r.deployment_id)
+            return (r.status == ReplicaStatus.starting and dep is not None
+                    and dep.status != DeploymentStatus.deleting)
+
         try:
-            handle = start_or_adopt(be, spec)
+            start_process(self.db, be, spec, record=record,
+                          grace_s=self.settings.replica_stop_grace_s)
         except (OSError, ValueError) as e:
             with self.db.session() as s:
-                r = s.get(Replica, rid)
-                if r is not None:
+                r = lock_row(s, Replica, rid)
+                if r is not None and r.status == ReplicaStatus.starting:
                     self._crashed(s, r, f"could not start: {e}")
-            return
-        with self.db.session() as s:
-            r = s.get(Replica, rid)
-            if r is not None:
-                r.handle = handle
-                r.pid = handle.get("pid")
 
     def _url(self, node: Node, r: Replica, path: str) -> str:
         return f"http://{node.address}:{r.port}{path}"
@@ -329,6 +504,8 @@ class DeploymentReconciler:
             be, node = found
             handle, url = dict(r.handle), self._url(node, r, "/ready")
             started = r.started_at or now()
+            dep = s.get(Deployment, r.deployment_id)
+            limit = self.ready_timeout_s(dep.engine if dep else Engine.builtin)
         if not handle:
             # Written as starting, but the process start never got recorded (a crash in
             # between): start it now. No process can exist without its handle recorded
@@ -338,29 +515,46 @@ class DeploymentReconciler:
         state = be.inspect(handle)
         if not state.running:
             with self.db.session() as s:
-                r = s.get(Replica, rid)
-                if r is not None:
+                r = lock_row(s, Replica, rid)
+                if r is not None and r.status == "starting":
                     self._crashed(s, r, self._exit_message(be, handle, state.exit_code))
             return
         if be.probe_ready(handle, url, timeout_s=1.0):
             with self.db.session() as s:
-                r = s.get(Replica, rid)
-                dep = s.get(Deployment, r.deployment_id) if r else None
-                if r is None or dep is None or r.status != "starting":
+                r = lock_row(s, Replica, rid)
+                if r is None or r.status != "starting":
                     return
-                r.status, r.ready_at, r.message = "ready", now(), None
+                r.ready_at, r.message = now(), None
                 secs = (r.ready_at - started).total_seconds()
-                events.record(s, workspace_id=dep.workspace_id, kind="deployment",
-                              name=dep.name, object_id=r.id, reason="Ready",
-                              message=f"replica {r.id[:8]} ready in {secs:.1f} s")
+                set_status(s, r, ReplicaStatus.ready, reason="Ready",
+                           message=f"replica {r.id[:8]} ready in {secs:.1f} s")
+                self._cold_start_event(s, r)
             return
-        if (now() - started).total_seconds() > self.settings.replica_ready_timeout_s:
+        if (now() - started).total_seconds() > limit:
             be.stop(handle, grace_s=self.settings.replica_stop_grace_s)
             with self.db.session() as s:
-                r = s.get(Replica, rid)
-                if r is not None:
-                    limit = self.settings.replica_ready_timeout_s
-                    self._crashed(s, r, f"not ready after {limit:.0f} s")
+                r = lock_row(s, Replica, rid)
+                if r is not None and r.status == "starting":
+                    self._crashed(s, r, f"not ready after {limit:.0f} s",
+                                  ReasonCode.STARTUP_TIMEOUT)
+
+    def _cold_start_event(self, s: Session, r: Replica) -> None:
+        """A deployment that scales to zero got its first ready replica: record the
+        measured cold start (replica row created -> ready, seconds)."""
+        dep = s.get(Deployment, r.deployment_id)
+        config = autoscaling_of(dep) if dep is not None else None
+        if dep is None or config is None or config.min_replicas > 0 or r.ready_at is None:
+            return
+        others = s.scalars(select(Replica.id).where(
+            Replica.deployment_id == dep.id, Replica.id != r.id,
+            Replica.status == ReplicaStatus.ready)).first()
+        if others is not None:
+            return
+        secs = (r.ready_at - r.created_at).total_seconds()
+        events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
+                      object_id=dep.id, reason="ColdStart",
+                      message=f"started from zero: replica {r.id[:8]} ready {secs:.1f} s "
+                              "after it was asked for")
 
     def _check_ready(self, rid: str) -> None:
         with self.db.session() as s:
@@ -373,7 +567,7 @@ class DeploymentReconciler:
         state = be.inspect(handle)
         if not state.running:
             with self.db.session() as s:
-                r = s.get(Replica, rid)
+                r = lock_row(s, Replica, rid)
                 if r is not None and r.status == "ready":
                     self._crashed(s, r, self._exit_message(be, handle, state.exit_code))
 
@@ -382,7 +576,8 @@ class DeploymentReconciler:
         msg = "process exited" + (f" with code {code}" if code is not None else "")
         return f"{msg}; last log lines:\n{last}" if last else msg
 
-    def _crashed(self, s: Session, r: Replica, message: str) -> None:
+    def _crashed(self, s: Session, r: Replica, message: str,
+                 code: ReasonCode = ReasonCode.CRASH_LOOP) -> None:
         dep = s.get(Deployment, r.deployment_id)
         if dep is not None and dep.secrets:
             message = secret_svc.redact(message, secret_svc.values_of(
@@ -390,7 +585,6 @@ class DeploymentReconciler:
         r.restarts += 1
         delay = backoff_s(r.restarts, base=self.settings.restart_backoff_base_s,
                           cap=self.settings.restart_backoff_max_s)
-        r.status = "failed"
         r.message = message
         r.next_restart_at = now() + timedelta(seconds=delay)
         r.ready_at = None
@@ -398,10 +592,10 @@ class DeploymentReconciler:
             lines = [ln for ln in message.splitlines() if ln.strip()]
             detail = lines[0] + (f": {lines[-1].strip()}" if len(lines) > 1 else "")
             dep.pending_reason = f"replica {r.id[:8]} failed: {detail}"
-            events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
-                          object_id=r.id, reason="Crashed", warning=True,
-                          message=f"replica {r.id[:8]} {message}; restart {r.restarts} "
-                                  f"in {delay:.0f} s")
+            dep.pending_code = code.value
+        set_status(s, r, ReplicaStatus.failed, reason="Crashed", warning=True,
+                   message=f"replica {r.id[:8]} {message}; restart {r.restarts} "
+                           f"in {delay:.0f} s")
 
     def _maybe_restart(self, rid: str) -> None:
         with self.db.session() as s:
@@ -419,44 +613,93 @@ class DeploymentReconciler:
         if be is not None and handle:
             be.stop(handle, grace_s=1.0)  # make sure nothing of the old process is left
         with self.db.session() as s:
-            r = s.get(Replica, rid)
+            r = lock_row(s, Replica, rid)
             if r is None or r.status != "failed":
+                return
+            dep = s.get(Deployment, r.deployment_id)
+            if dep is None or dep.status == DeploymentStatus.deleting:
                 return
             alloc = s.scalars(select(Allocation).where(Allocation.owner_id == r.id)).first()
             if alloc is None:
-                r.status, r.node_id = "pending", None
+                r.node_id = None
+                set_status(s, r, ReplicaStatus.pending, reason="Pending",
+                           message=f"replica {r.id[:8]} lost its allocation; placing again")
                 return
-            r.status, r.handle, r.pid = "starting", {}, None
+            r.handle, r.pid = {}, None
             r.port = free_port()
             r.started_at = now()
+            set_status(s, r, ReplicaStatus.starting, reason="Restarting",
+                       message=f"replica {r.id[:8]} restart {r.restarts}")
         self._start_process(rid)
 
-    def _stop_replica(self, rid: str) -> None:
+    def _request_stop(self, rid: str) -> Future[None] | None:
+        """Stop replica ``rid`` (written ``stopping``) in a background thread, unless a stop
+        of it is already under way; returns the future of a stop started now."""
+        with self._stops_lock:
+            running = self._stops.get(rid)
+            if running is not None and not running.done():
+                return None
+            fut: Future[None] = Future()
+            fut.set_running_or_notify_cancel()
+            self._stops[rid] = fut
+
+        def run() -> None:
+            # A daemon thread: a drain never holds up the exit of the control plane (the
+            # replica stays ``stopping`` in the database and the next start stops it).
+            try:
+                self._stop_replica(rid)
+            except BaseException as e:  # noqa: BLE001 - handed to the future's callback
+                fut.set_exception(e)
+            else:
+                fut.set_result(None)
+
+        def forget(f: Future[None]) -> None:
+            with self._stops_lock:
+                if self._stops.get(rid) is f:
+                    del self._stops[rid]
+            if f.exception() is not None:
+                log.error("stopping replica %s failed", rid, exc_info=f.exception())
+
+        fut.add_done_callback(forget)
+        threading.Thread(target=run, name=f"neocloud-stop-{rid[:8]}", daemon=True).start()
+        return fut
+
+    def wait_stops(self, timeout_s: float | None = None) -> bool:
+        """Wait for the stops under way; returns whether all finished (tests, shutdown)."""
+        with self._stops_lock:
+            futs = list(self._stops.values())
+        _done, pending = wait_futures(futs, timeout=timeout_s)
+        return not pending
+
+    def _stop_replica(self, rid: str, grace_s: float | None = None) -> None:
+        """Stop the process of a ``stopping`` replica, with its deployment's drain timeout
+        (plus :data:`DRAIN_MARGIN_S`) as the grace before SIGKILL unless ``grace_s`` is
+        given, then write it ``stopped`` and release its allocation."""
         with self.db.session() as s:
             r = s.get(Replica, rid)
             if r is None:
                 return
             found = self._backend(s, r.node_id)
             handle = dict(r.handle)
+            dep = s.get(Deployment, r.deployment_id)
+            if grace_s is None:
+                grace_s = (dep.drain_timeout_s + DRAIN_MARGIN_S if dep is not None
+                           else self.settings.replica_stop_grace_s)
         if found is not None and handle:
-            found[0].stop(handle, grace_s=self.settings.replica_stop_grace_s)
+            found[0].stop(handle, grace_s=grace_s)
         with self.db.session() as s:
-            r = s.get(Replica, rid)
-            if r is None:
+            r = lock_row(s, Replica, rid)
+            if r is None or r.status != ReplicaStatus.stopping:
                 return
             self._meter_row(s, r, final=True)
             placement.release(s, owner_id=r.id)
-            r.status = "stopped"
-            dep = s.get(Deployment, r.deployment_id)
-            if dep is not None:
-                events.record(s, workspace_id=dep.workspace_id, kind="deployment",
-                              name=dep.name, object_id=r.id, reason="Stopped",
-                              message=f"replica {r.id[:8]} stopped")
+            set_status(s, r, ReplicaStatus.stopped, reason="Stopped",
+                       message=f"replica {r.id[:8]} stopped")
 
     def _finish_delete(self, dep_id: str) -> None:
         with self.db.session() as s:
-            dep = s.get(Deployment, dep_id)
-            if dep is None:
+            dep = lock_row(s, Deployment, dep_id, skip_locked=True)
+            if dep is None or dep.status != DeploymentStatus.deleting:
                 return
             live = s.scalars(
                 select(Replica).where(Replica.deployment_id == dep_id,
@@ -471,15 +714,18 @@ class DeploymentReconciler:
 
     def _update_status(self, dep_id: str) -> None:
         with self.db.session() as s:
-            dep = s.get(Deployment, dep_id)
+            dep = lock_row(s, Deployment, dep_id, skip_locked=True)
             if dep is None or dep.status == "deleting":
                 return
             reps = s.scalars(select(Replica).where(Replica.deployment_id == dep_id)).all()
             ready = sum(1 for r in reps if r.status == "ready")
             old = any(r.generation != dep.generation and r.status in LIVE for r in reps)
             cur = [r for r in reps if r.generation == dep.generation and r.status in LIVE]
+            # Steady while it lasts: a replica restarting after a crash still counts (its
+            # restarts stay), so the status does not flip failed/pending at each restart.
             crash_loop = bool(cur) and all(
-                r.status == "failed" and r.restarts >= CRASH_LOOP_RESTARTS for r in cur)
+                r.status in ("failed", "starting") and r.restarts >= CRASH_LOOP_RESTARTS
+                for r in cur)
             if dep.replicas == 0 and ready == 0:
                 status = "scaled_to_zero"
             elif crash_loop and ready == 0:
@@ -491,13 +737,13 @@ class DeploymentReconciler:
             else:
                 status = "pending"
             if status in ("ready", "scaled_to_zero"):
-                dep.pending_reason = None
+                dep.pending_reason = dep.pending_code = None
+            elif crash_loop and ready == 0:
+                dep.pending_code = ReasonCode.CRASH_LOOP.value
             if status != dep.status:
-                events.record(s, workspace_id=dep.workspace_id, kind="deployment",
-                              name=dep.name, object_id=dep.id, reason="StatusChanged",
-                              message=f"{dep.status} -> {status} ({ready}/{dep.replicas} ready)")
-                dep.status = status
                 dep.updated_at = now()
+                set_status(s, dep, DeploymentStatus(status), reason="StatusChanged",
+                           message=f"{dep.status} -> {status} ({ready}/{dep.replicas} ready)")
 
     def stop_local_replicas(self) -> int:
         """Stop every replica running on a ``local`` node (at ``neocloud up`` shutdown).
@@ -515,10 +761,12 @@ class DeploymentReconciler:
             for rid in ids:
                 r = s.get(Replica, rid)
                 if r is not None:
-                    r.status = "stopping"
+                    set_status(s, r, ReplicaStatus.stopping, reason="Stopping",
+                               message=f"replica {r.id[:8]} stopping: the control plane "
+                                       "is shutting down")
         for rid in ids:
             try:
-                self._stop_replica(rid)
+                self._stop_replica(rid, grace_s=self.settings.replica_stop_grace_s)
             except Exception:
                 log.exception("stopping replica %s failed", rid)
         return len(ids)
@@ -544,48 +792,9 @@ def preempt_replica(s: Session, replica_id: str, reason: str) -> None:
     r = s.get(Replica, replica_id)
     if r is None or r.status not in LIVE:
         return
-    r.status = "stopping"
     r.message = reason
-    dep = s.get(Deployment, r.deployment_id)
-    if dep is not None:
-        events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
-                      object_id=r.id, reason="Preempted", warning=True,
-                      message=f"replica {r.id[:8]} {reason}")
+    set_status(s, r, ReplicaStatus.stopping, reason="Preempted", warning=True,
+               message=f"replica {r.id[:8]} {reason}")
 
 
 placement.PREEMPT_HANDLERS["replica"] = preempt_replica
-
-
-class ReconcilerThread:
-    """Runs reconcilers every ``interval_s`` seconds in one daemon thread, or at once when
-    :meth:`wake` is called (after an API write)."""
-
-    def __init__(self, steps: list[Callable[[], None]], interval_s: float):
-        self.steps = steps
-        self.interval_s = interval_s
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="neocloud-reconciler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout_s)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            for step in self.steps:
-                if self._stop.is_set():
-                    return
-                try:
-                    step()
-                except Exception:
-                    log.exception("reconciler step failed")
-            self._wake.wait(self.interval_s)
-            self._wake.clear()

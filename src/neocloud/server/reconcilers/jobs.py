@@ -16,30 +16,52 @@ attempt is retried after ``base × 2^(failures-1)`` seconds (capped; the deploym
 restart back-off settings) while ``failures <= max_retries`` (status ``retrying``), else
 the job fails with the worker's exit code and last log lines. A job over its time limit
 is stopped and fails without retry.
+
+Placement, status changes and process starts go through the reconciler core
+(:mod:`neocloud.server.reconcilers.core`), which keeps the invariants written there: a
+stop that lands while the job is placed or its workers start wins, and no worker holds a
+GPU or a process once its job is stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import NeocloudError
 from neocloud.jobrun import read_exit
-from neocloud.models.jobs import LAST_LINES, JobStatus
+from neocloud.models.jobs import LAST_LINES, JobStatus, WorkerStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
+from neocloud.server.backends.base import Backend, WorkloadSpec, WorkloadState
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Job, JobWorker, Node, Shape
-from neocloud.server.metering.records import meter_running
-from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
-from neocloud.server.reconcilers.deployments import backoff_s, free_port, now
-from neocloud.server.scheduler import Unschedulable
+from neocloud.server.reconcilers.core import (
+    Waiting,
+    backend_of,
+    backoff_s,
+    free_port_on,
+    gpu_milli_of,
+    lock_for_placement,
+    lock_row,
+    meter,
+    node_lost,
+    now,
+    place,
+    reconcile_each,
+    reconcile_locked,
+    release_ended,
+    set_status,
+    start_process,
+)
+from neocloud.server.scheduler import Binding
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
@@ -54,6 +76,13 @@ log = logging.getLogger(__name__)
 ACTIVE = ("starting", "running", "stopping")
 #: Kind of the allocation rows of job workers (one per worker, ``owner_id`` = worker id).
 ALLOC_KIND = "job"
+#: Start of the reason of a worker whose node was lost (its attempt fails and is retried).
+NODE_LOST = "node lost"
+#: Seconds a worker whose process ended with no exit code, on a backend that lists its
+#: live nodes, waits for the node's verdict before its end is recorded: Ray marks a node
+#: dead about 14 s after its raylet dies (its health-check period and threshold), with room
+#: for a loaded machine.
+NODE_VERDICT_WAIT_S = 30.0
 
 
 def exit_file(log_path: str | Path) -> Path:
@@ -79,6 +108,8 @@ class JobReconciler:
         self.settings = settings
         self.box = box
         self.store = store
+        self._unknown_since: dict[str, float] = {}
+        """Worker id -> when its process was first seen ended with no exit code."""
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> None:
@@ -96,15 +127,15 @@ class JobReconciler:
 
     def _reconcile(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = lock_row(s, Job, job_id)
+            job = lock_row(s, Job, job_id, skip_locked=True)
             if job is None:
                 return
             if job.status == JobStatus.retrying and (
                     job.next_attempt_at is None or job.next_attempt_at <= now()):
-                job.status = JobStatus.queued.value
                 job.reason = (f"retry {job.failures} of {job.max_retries}: "
                               "waiting to be scheduled")
                 job.updated_at = now()
+                set_status(s, job, JobStatus.queued, reason="Queued", message=job.reason)
             status = job.status
         if status == JobStatus.queued:
             self._schedule(job_id)
@@ -118,9 +149,9 @@ class JobReconciler:
     # -- scheduling -------------------------------------------------------------------
     def _schedule(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = lock_row(s, Job, job_id)
+            job = lock_for_placement(s, Job, job_id)
             if job is None or job.status != JobStatus.queued:
-                return
+                return  # stopped (or placed) meanwhile: the stop wins
             shape = s.get(Shape, job.shape)
             if shape is None:
                 self._end(s, job, JobStatus.failed, f"shape {job.shape!r} no longer exists")
@@ -133,48 +164,49 @@ class JobReconciler:
             except NeocloudError as e:
                 self._end(s, job, JobStatus.failed, f"cannot start: {e.message}")
                 return
-            request = placement.request_for_shape(shape)
-            result = placement.schedule(s, workspace_id=job.workspace_id,
-                                        requests=[request] * job.workers, priority=job.priority)
-            if isinstance(result, placement.Preempt):
-                placement.preempt(s, victims=result.victims,
-                                  reason=f"preempted by job {job.name} (priority {job.priority})")
-                self._queued(s, job, f"{placement.PREEMPTING}{len(result.victims)} "
-                                     f"lower-priority workload(s) to make room: {result.reason}")
-                return
-            if isinstance(result, Unschedulable):
-                self._queued(s, job, result.reason)
-                return
-            job.attempt += 1
-            first = s.get(Node, result[0].node_id)
-            master_addr = first.address if first else "127.0.0.1"
-            master_port = free_port()
             t = now()
             where: list[str] = []
-            for rank, b in enumerate(result):
-                w = JobWorker(
-                    job_id=job.id, workspace_id=job.workspace_id, attempt=job.attempt, rank=rank,
-                    status="starting", node_id=b.node_id, gpu_indices=list(b.gpu_indices),
-                    master_addr=master_addr, master_port=master_port, started_at=t,
-                    log_path=str(worker_log_path(self.settings.logs_dir, job.id, job.attempt,
-                                                 rank)),
-                )
-                s.add(w)
-                s.flush()
-                placement.bind(s, binding=b, workspace_id=job.workspace_id, kind=ALLOC_KIND,
-                               owner_id=w.id, priority=job.priority,
-                               preemptible=job.preemptible)
-                node = s.get(Node, b.node_id)
-                gpus = f" GPUs {list(b.gpu_indices)}" if b.gpu_indices else ""
-                where.append(f"{rank}->{node.name if node else '?'}{gpus}")
-            job.status, job.reason = JobStatus.starting.value, None
+
+            def workers_for(bindings: list[Binding]) -> list[str]:
+                job.attempt += 1
+                first = s.get(Node, bindings[0].node_id)
+                master_addr = first.address if first else "127.0.0.1"
+                # The port is picked on worker 0's node before the workers start
+                # (_master_port), outside this transaction and the placement lock.
+                master_port = 0
+                ids = []
+                for rank, b in enumerate(bindings):
+                    w = JobWorker(
+                        job_id=job.id, workspace_id=job.workspace_id, attempt=job.attempt,
+                        rank=rank, status=WorkerStatus.starting.value, node_id=b.node_id,
+                        gpu_indices=list(b.gpu_indices), master_addr=master_addr,
+                        master_port=master_port, started_at=t,
+                        log_path=str(worker_log_path(self.settings.logs_dir, job.id,
+                                                     job.attempt, rank)),
+                    )
+                    s.add(w)
+                    s.flush()
+                    ids.append(w.id)
+                    node = s.get(Node, b.node_id)
+                    gpus = f" GPUs {list(b.gpu_indices)}" if b.gpu_indices else ""
+                    where.append(f"{rank}->{node.name if node else '?'}{gpus}")
+                return ids
+
+            placed = place(
+                s, kind=ALLOC_KIND, waiter=job, workspace_id=job.workspace_id,
+                requests=[placement.request_for_shape(shape)] * job.workers,
+                priority=job.priority, preemptible=job.preemptible,
+                preempted_by=f"job {job.name} (priority {job.priority})", owners=workers_for)
+            if isinstance(placed, Waiting):
+                self._queued(s, job, placed.reason)
+                return
+            job.reason = None
             job.started_at = job.started_at or t
             job.next_attempt_at = None
             job.updated_at = t
-            events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                          object_id=job.id, reason="Scheduled",
-                          message=f"attempt {job.attempt}: {job.workers} worker(s) placed "
-                                  f"({', '.join(where)})")
+            set_status(s, job, JobStatus.starting, reason="Scheduled",
+                       message=f"attempt {job.attempt}: {job.workers} worker(s) placed "
+                               f"({', '.join(where)})")
 
     def _queued(self, s: Session, job: Job, reason: str) -> None:
         job.reason = reason
@@ -184,8 +216,7 @@ class JobReconciler:
 
     # -- starting ---------------------------------------------------------------------
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
-                           lambda n: n.backend)
+        return backend_of(self.backends, s, node_id)
 
     def _start_missing(self, job_id: str) -> None:
         """Start every worker written ``starting`` without a process handle: just placed,
@@ -196,8 +227,38 @@ class JobReconciler:
             if job is None or job.status not in (JobStatus.starting, JobStatus.running):
                 return
             ids = [w.id for w in workers_of(s, job) if w.status == "starting" and not w.handle]
+        if ids and not self._master_port(job_id):
+            return
         for wid in ids:
             self._start_worker(wid)
+
+    def _master_port(self, job_id: str) -> bool:
+        """Give the workers of the current attempt ``MASTER_PORT``: a port free on worker
+        0's node, asked of its backend (Ray asks that node). Returns whether the workers
+        have one (``False``: the node could not be asked now; the next pass asks again)."""
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            workers = workers_of(s, job) if job is not None else []
+            if not workers or all(w.master_port for w in workers):
+                return True
+            first = min(workers, key=lambda w: w.rank)
+            found = self._backend(s, first.node_id)
+        if found is None:
+            return True  # _start_worker fails the worker: its node or backend is gone
+        try:
+            port = free_port_on(*found)
+        except OSError as e:
+            log.warning("job %s: no port on node %s for MASTER_PORT: %s", job_id,
+                        found[1].name, e)
+            return False
+        with self.db.session() as s:
+            job = lock_row(s, Job, job_id)
+            if job is None:
+                return False
+            for w in workers_of(s, job):
+                if not w.master_port and w.attempt == first.attempt:
+                    w.master_port = port
+        return True
 
     def workdir(self, job_id: str, attempt: int, rank: int) -> Path:
         """Working directory of a worker: ``<home>/jobs/<job id>/attempt-<k>/worker-<r>``."""
@@ -214,6 +275,10 @@ class JobReconciler:
                 self._worker_done(s, w, None, "failed", "node or backend is gone")
                 return
             be, node = found
+            if node.status == "not_ready":
+                self._worker_done(s, w, None, "failed",
+                                  f"{NODE_LOST} (node {node.name} is not ready)")
+                return
             workdir = self.workdir(job.id, w.attempt, w.rank)
             try:
                 workdir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +291,8 @@ class JobReconciler:
                 msg = e.message if isinstance(e, NeocloudError) else str(e)
                 self._worker_done(s, w, None, "failed", f"cannot start: {msg}")
                 return
+            if not w.master_port:
+                return  # _master_port gives it one first
             env = {**{k: str(v) for k, v in job.env.items()}, **mount_env, **secret_env,
                    **self.distributed_env(w, job.workers),
                    "NEOCLOUD_JOB": job.name, "NEOCLOUD_JOB_ATTEMPT": str(w.attempt)}
@@ -237,20 +304,28 @@ class JobReconciler:
                 command=[self.settings.python or sys.executable, "-m", "neocloud.jobrun",
                          "--exit-file", str(exit_file(log_path)), "--", *job.command],
                 env=env, cwd=workdir, gpu_indices=tuple(w.gpu_indices), log_path=log_path,
-                node_address=node.address,
+                node_address=node.address, node_name=node.name,
+                gpu_milli=gpu_milli_of(s, w.id), secret_env=frozenset(secret_env),
             )
+
+        def record(s: Session, handle: dict[str, Any]) -> bool:
+            w = lock_row(s, JobWorker, wid)
+            if w is None:
+                return False
+            w.handle, w.pid = handle, handle.get("pid")
+            job = s.get(Job, w.job_id)
+            return (w.status == WorkerStatus.starting and job is not None
+                    and job.status in (JobStatus.starting, JobStatus.running))
+
         try:
-            handle = start_or_adopt(be, spec)
+            start_process(self.db, be, spec, record=record,
+                          grace_s=self.settings.job_stop_grace_s)
         except (OSError, ValueError) as e:
             with self.db.session() as s:
-                w = s.get(JobWorker, wid)
-                if w is not None:
-                    self._worker_done(s, w, None, "failed", f"could not start: {e.strerror}")
-            return
-        with self.db.session() as s:
-            w = s.get(JobWorker, wid)
-            if w is not None:
-                w.handle, w.pid = handle, handle.get("pid")
+                w = lock_row(s, JobWorker, wid)
+                if w is not None and w.status == WorkerStatus.starting:
+                    why = e.strerror if isinstance(e, OSError) else str(e)
+                    self._worker_done(s, w, None, "failed", f"could not start: {why}")
 
     @staticmethod
     def distributed_env(w: JobWorker, workers: int) -> dict[str, str]:
@@ -264,49 +339,102 @@ class JobReconciler:
 
     # -- watching ---------------------------------------------------------------------
     def _poll(self, job_id: str) -> None:
-        """Record the exit of every worker whose process has ended."""
+        """Record the exit of every worker whose process has ended, and the loss of
+        every worker whose node is lost (``not_ready``, or gone from its backend): its
+        attempt fails with reason :data:`NODE_LOST` and is retried as configured. An
+        ended process is stopped through its backend, which frees what it holds."""
         with self.db.session() as s:
             job = s.get(Job, job_id)
             if job is None:
                 return
             rows = [(w.id, w.node_id, dict(w.handle), w.log_path)
                     for w in workers_of(s, job) if w.status in ("starting", "running")
-                    and w.handle]
+                    and (w.handle or self._on_lost_node(s, w.node_id))]
             backends = {w[0]: self._backend(s, w[1]) for w in rows}
+            lost = {w[0] for w in rows if self._on_lost_node(s, w[1])}
+        grace = self.settings.job_stop_grace_s
         for wid, _node, handle, log_path in rows:
             found = backends[wid]
             if found is None:
                 continue
-            state = found[0].inspect(handle)
+            be, node = found
+            if wid in lost or node_lost(be, handle):
+                release_ended(be, handle, grace_s=grace)
+                with self.db.session() as s:
+                    w = lock_row(s, JobWorker, wid)
+                    if w is not None and w.status in ("starting", "running"):
+                        self._worker_done(s, w, None, "failed",
+                                          f"{NODE_LOST} (node {node.name} is not ready)")
+                continue
+            state = be.inspect(handle)
             if state.running:
                 with self.db.session() as s:
-                    w = s.get(JobWorker, wid)
+                    w = lock_row(s, JobWorker, wid)
                     if w is not None and w.status == "starting":
-                        w.status = "running"
+                        set_status(s, w, WorkerStatus.running, reason="WorkerRunning",
+                                   message=f"attempt {w.attempt} worker {w.rank} running")
                 continue
-            code = read_exit(exit_file(log_path)) if log_path else None
-            if code is None:
-                code = state.exit_code
+            code = self.exit_code(be, state, log_path)
+            if code is None and self._node_verdict_pending(be, wid):
+                continue
+            release_ended(be, handle, grace_s=grace)
             with self.db.session() as s:
-                w = s.get(JobWorker, wid)
+                w = lock_row(s, JobWorker, wid)
                 if w is not None and w.status in ("starting", "running"):
                     self._worker_done(s, w, code, "succeeded" if code == 0 else "failed")
 
+    def _node_verdict_pending(self, be: Backend, wid: str) -> bool:
+        """Whether to wait before calling worker ``wid``'s end "exit code unknown".
+
+        On a backend that lists its live nodes (Ray), a process whose node died can read as
+        ended, with no exit code, some seconds before the backend reports the node dead
+        (Ray: its raylet health check, about 14 s). Deciding then would fail the attempt as
+        an exit instead of :data:`NODE_LOST`; so such an end waits up to
+        :data:`NODE_VERDICT_WAIT_S` for the node's verdict (kept in memory: a restart only
+        restarts the wait)."""
+        if getattr(be, "alive_node_ids", None) is None:
+            return False
+        first = self._unknown_since.setdefault(wid, time.monotonic())
+        if time.monotonic() - first < NODE_VERDICT_WAIT_S:
+            return True
+        self._unknown_since.pop(wid, None)
+        return False
+
+    @staticmethod
+    def _on_lost_node(s: Session, node_id: str | None) -> bool:
+        node = s.get(Node, node_id) if node_id else None
+        return node is not None and node.status == "not_ready"
+
+    @staticmethod
+    def exit_code(be: Backend, state: WorkloadState, log_path: str | None) -> int | None:
+        """A worker's exit code: on a backend whose processes run on this machine
+        (``local``), the one ``jobrun`` wrote beside the log (it survives a control-plane
+        restart; negative: killed by that signal), else the backend's; on other backends
+        (Ray) the exit file is on the worker's node, so the backend's comes first."""
+        from_file = read_exit(exit_file(log_path)) if log_path else None
+        if be.name == "local":
+            return from_file if from_file is not None else state.exit_code
+        return state.exit_code if state.exit_code is not None else from_file
+
     def _worker_done(self, s: Session, w: JobWorker, code: int | None, status: str,
                      why: str | None = None) -> None:
-        """Write a worker's end, meter its last stretch and free its allocation."""
-        w.status, w.exit_code, w.finished_at = status, code, now()
+        """Write a worker's end, meter its last stretch and free its allocation (one
+        transaction: a worker in an end state never holds a node)."""
+        w.exit_code, w.finished_at = code, now()
         self._meter_row(s, w, final=True)
         placement.release(s, owner_id=w.id)
         job = s.get(Job, w.job_id)
-        if job is not None and status == "failed":
+        if status == "failed":
             text = why or (f"exited with code {code}" if code is not None else
                            "exited (exit code unknown)")
-            events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                          object_id=w.id, reason="WorkerFailed", warning=True,
-                          message=f"attempt {w.attempt} worker {w.rank} {text}")
-            if why:
+            set_status(s, w, WorkerStatus.failed, reason="WorkerFailed", warning=True,
+                       message=f"attempt {w.attempt} worker {w.rank} {text}")
+            if why and job is not None:
                 job.message = why
+        else:
+            word = "exited with code 0" if status == "succeeded" else "stopped"
+            set_status(s, w, WorkerStatus(status), reason=f"Worker{status.title()}",
+                       message=f"attempt {w.attempt} worker {w.rank} {word}")
 
     def _over_time(self, job: Job, workers: list[JobWorker]) -> bool:
         if not job.time_limit_s:
@@ -317,7 +445,7 @@ class JobReconciler:
     def _decide_stops(self, job_id: str) -> list[str]:
         """Mark the workers to stop (``stopping``); returns their ids."""
         with self.db.session() as s:
-            job = lock_row(s, Job, job_id)
+            job = lock_row(s, Job, job_id, skip_locked=True)
             if job is None:
                 return []
             workers = workers_of(s, job)
@@ -330,7 +458,8 @@ class JobReconciler:
             if not stop:
                 return [w.id for w in live if w.status == "stopping"]
             for w in live:
-                w.status = "stopping"
+                set_status(s, w, WorkerStatus.stopping, reason="WorkerStopping",
+                           message=f"attempt {w.attempt} worker {w.rank} stopping")
             return [w.id for w in live]
 
     def _stop_worker(self, wid: str) -> None:
@@ -343,11 +472,11 @@ class JobReconciler:
         state = None
         if found is not None and handle:
             state = found[0].stop(handle, grace_s=self.settings.job_stop_grace_s)
-        code = read_exit(exit_file(log_path)) if log_path else None
-        if code is None and state is not None:
-            code = state.exit_code
+        code = None
+        if found is not None:
+            code = self.exit_code(found[0], state or WorkloadState(running=False), log_path)
         with self.db.session() as s:
-            w = s.get(JobWorker, wid)
+            w = lock_row(s, JobWorker, wid)
             if w is not None and w.status == "stopping":
                 self._worker_done(s, w, code, "stopped")
 
@@ -355,7 +484,7 @@ class JobReconciler:
     def _finish(self, job_id: str) -> None:
         """Move the job on once its workers' states allow it."""
         with self.db.session() as s:
-            job = lock_row(s, Job, job_id)
+            job = lock_row(s, Job, job_id, skip_locked=True)
             if job is None or job.status not in (JobStatus.starting, JobStatus.running,
                                                  JobStatus.stopping):
                 return
@@ -363,20 +492,17 @@ class JobReconciler:
             if any(w.status in ACTIVE for w in workers):
                 if job.status == JobStatus.starting and workers and all(
                         w.handle and w.status in ("running", "succeeded") for w in workers):
-                    job.status, job.updated_at = JobStatus.running.value, now()
-                    events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                                  object_id=job.id, reason="Running",
-                                  message=f"attempt {job.attempt}: all {job.workers} "
-                                          "worker(s) running")
+                    job.updated_at = now()
+                    set_status(s, job, JobStatus.running, reason="Running",
+                               message=f"attempt {job.attempt}: all {job.workers} "
+                                       "worker(s) running")
                 return
             if job.status == JobStatus.stopping:
                 if job.requeue:
                     job.requeue = False
-                    job.status = JobStatus.queued.value
                     job.reason = f"{job.reason or 'interrupted'}; waiting to be scheduled"
                     job.updated_at = now()
-                    events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                                  object_id=job.id, reason="Requeued", message=job.reason)
+                    set_status(s, job, JobStatus.queued, reason="Requeued", message=job.reason)
                 else:
                     self._end(s, job, JobStatus.stopped, job.reason or "stopped")
                 return
@@ -402,14 +528,13 @@ class JobReconciler:
         if job.failures <= job.max_retries:
             delay = backoff_s(job.failures, base=self.settings.restart_backoff_base_s,
                               cap=self.settings.restart_backoff_max_s)
-            job.status = JobStatus.retrying.value
             job.next_attempt_at = now() + timedelta(seconds=delay)
             job.reason = (f"attempt {job.attempt} failed: {what}; retry {job.failures} of "
                           f"{job.max_retries} in {delay:.0f} s")
             job.message = last or job.message
             job.updated_at = now()
-            events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                          object_id=job.id, reason="Retrying", warning=True, message=job.reason)
+            set_status(s, job, JobStatus.retrying, reason="Retrying", warning=True,
+                       message=job.reason)
             return
         job.exit_code = code
         job.message = last or job.message
@@ -432,12 +557,11 @@ class JobReconciler:
             return []
 
     def _end(self, s: Session, job: Job, status: JobStatus, reason: str) -> None:
-        job.status, job.reason = status.value, reason
+        job.reason = reason
         job.finished_at = job.updated_at = now()
         word = {"succeeded": "Succeeded", "failed": "Failed", "stopped": "Stopped"}[status.value]
-        events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                      object_id=job.id, reason=word, warning=status is JobStatus.failed,
-                      message=f"job {status.value}: {reason}")
+        set_status(s, job, status, reason=word, warning=status is JobStatus.failed,
+                   message=f"job {status.value}: {reason}")
 
     # -- shutdown, preemption ---------------------------------------------------------
     def stop_local_jobs(self) -> int:
@@ -451,10 +575,14 @@ class JobReconciler:
             for wid, job_id in rows:
                 w, job = s.get(JobWorker, wid), s.get(Job, job_id)
                 if w is not None:
-                    w.status = "stopping"
+                    set_status(s, w, WorkerStatus.stopping, reason="WorkerStopping",
+                               message=f"attempt {w.attempt} worker {w.rank} stopping: the "
+                                       "control plane was shut down")
                 if job is not None and job.status in (JobStatus.starting, JobStatus.running):
-                    job.status, job.requeue = JobStatus.stopping.value, True
+                    job.requeue = True
                     job.reason = "the control plane was shut down"
+                    set_status(s, job, JobStatus.stopping, reason="Stopping",
+                               message=job.reason)
         for wid, _job in rows:
             try:
                 self._stop_worker(wid)
@@ -476,10 +604,8 @@ class JobReconciler:
 
     def _meter_row(self, s: Session, w: JobWorker, *, final: bool) -> None:
         job = s.get(Job, w.job_id)
-        meter_running(s, w, period_s=self.settings.usage_period_s, final=final,
-                      workspace_id=w.workspace_id, kind="job", object_id=w.id,
-                      name=job.name if job else w.id,
-                      shape=s.get(Shape, job.shape) if job else None)
+        meter(s, w, period_s=self.settings.usage_period_s, final=final, kind="job",
+              name=job.name if job else w.id, shape_name=job.shape if job else None)
 
 
 def _mounts(job: Job) -> list[VolumeMount]:
@@ -492,11 +618,10 @@ def preempt_job_worker(s: Session, worker_id: str, reason: str) -> None:
     job = s.get(Job, w.job_id) if w else None
     if job is None or job.status not in (JobStatus.starting, JobStatus.running):
         return
-    job.status, job.requeue, job.reason = JobStatus.stopping.value, True, reason
+    job.requeue, job.reason = True, reason
     job.updated_at = now()
-    events.record(s, workspace_id=job.workspace_id, kind="job", name=job.name,
-                  object_id=job.id, reason="Preempted", warning=True,
-                  message=f"job {reason}; it will be queued again")
+    set_status(s, job, JobStatus.stopping, reason="Preempted", warning=True,
+               message=f"job {reason}; it will be queued again")
 
 
 placement.PREEMPT_HANDLERS[ALLOC_KIND] = preempt_job_worker

@@ -10,7 +10,14 @@ Pod life (see :class:`neocloud.models.pods.PodStatus`): ``queued`` → ``startin
 allocation written, process started; waiting for ``sshd`` to accept connections) →
 ``running`` → ``stopping`` → ``stopped``. A pod whose process exits on its own is
 ``failed``. A running pod without an SSH or shell session for ``idle_timeout_s`` seconds
-is stopped. Running time is metered from placement until the process has stopped.
+is stopped. Running time is metered from placement until the process has stopped. A
+pod whose node is lost (``not_ready``) is stopped with reason ``node lost``; its files are
+on its volume. A stopped pod keeps its node and process handle (not its allocation), so
+its output stays readable through the backend (``services.logs``).
+
+Placement, status changes and process starts go through the reconciler core
+(:mod:`neocloud.server.reconcilers.core`), which keeps the invariants written there: a
+stop or delete that lands while the pod is placed or starts wins.
 """
 
 from __future__ import annotations
@@ -30,19 +37,31 @@ from sqlalchemy.orm import Session
 from neocloud.errors import NeocloudError
 from neocloud.models.pods import PodStatus
 from neocloud.models.volumes import VolumeMount
-from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
+from neocloud.server.backends.base import Backend, WorkloadSpec
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Node, Pod, Shape, Volume
-from neocloud.server.metering.records import meter_running
 from neocloud.server.podshell import client_public_key
-from neocloud.server.reconcilers.common import lock_row, reconcile_each, reconcile_locked
-from neocloud.server.reconcilers.deployments import free_port, now
-from neocloud.server.reconcilers.jobs import redact
-from neocloud.server.scheduler import Unschedulable
+from neocloud.server.reconcilers.core import (
+    Waiting,
+    backend_of,
+    free_port_on,
+    gpu_milli_of,
+    lock_for_placement,
+    lock_row,
+    meter,
+    now,
+    place,
+    reconcile_each,
+    reconcile_locked,
+    release_ended,
+    set_status,
+    start_process,
+)
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
+from neocloud.server.services.secrets import redact
 from neocloud.server.settings import Settings
 from neocloud.server.storage import VolumeStore
 
@@ -51,6 +70,8 @@ log = logging.getLogger(__name__)
 #: Seconds a pod may take from process start to ``sshd`` accepting connections.
 START_TIMEOUT_S = 60.0
 ALLOC_KIND = "pod"
+#: Start of the reason of a pod stopped because its node was lost.
+NODE_LOST = "node lost"
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -106,14 +127,22 @@ class PodReconciler:
 
     def _reconcile(self, pod_id: str) -> None:
         with self.db.session() as s:
-            pod = lock_row(s, Pod, pod_id)
+            pod = lock_row(s, Pod, pod_id, skip_locked=True)
             if pod is None:
                 return
+            if pod.status in (PodStatus.starting, PodStatus.running) and pod.node_id:
+                node = s.get(Node, pod.node_id)
+                if node is not None and node.status == "not_ready":
+                    pod.desired = "stopped"
+                    pod.reason = f"{NODE_LOST} (node {node.name} is not ready)"
+                    set_status(s, pod, PodStatus.stopping, reason="NodeLost", warning=True,
+                               message=f"stopping: {pod.reason}")
             if pod.desired != "running":
                 if pod.status == PodStatus.queued:
                     self._stopped(s, pod)
                 elif pod.status in (PodStatus.starting, PodStatus.running):
-                    pod.status = PodStatus.stopping.value
+                    set_status(s, pod, PodStatus.stopping, reason="Stopping",
+                               message=f"stopping: {pod.reason or 'by request'}")
             status = pod.status
         if status == PodStatus.queued:
             self._schedule(pod_id)
@@ -123,8 +152,8 @@ class PodReconciler:
             self._check_running(pod_id)
         with self.db.session() as s:
             pod = s.get(Pod, pod_id)
-            status = pod.status if pod else None
-        if status == PodStatus.stopping:
+            now_status = pod.status if pod else None
+        if now_status == PodStatus.stopping:
             self._stop(pod_id)
         self._maybe_delete(pod_id)
         self._meter(pod_id)
@@ -132,9 +161,9 @@ class PodReconciler:
     # -- scheduling and starting ------------------------------------------------------
     def _schedule(self, pod_id: str) -> None:
         with self.db.session() as s:
-            pod = lock_row(s, Pod, pod_id)
+            pod = lock_for_placement(s, Pod, pod_id)
             if pod is None or pod.status != PodStatus.queued or pod.desired != "running":
-                return
+                return  # stopped or deleted meanwhile: the stop wins
             shape = s.get(Shape, pod.shape)
             if shape is None:
                 self._fail(s, pod, f"shape {pod.shape!r} no longer exists")
@@ -150,33 +179,27 @@ class PodReconciler:
             except NeocloudError as e:
                 self._fail(s, pod, f"cannot start: {e.message}")
                 return
-            result = placement.schedule(s, workspace_id=pod.workspace_id,
-                                        requests=[placement.request_for_shape(shape)])
-            if isinstance(result, placement.Preempt):
-                placement.preempt(s, victims=result.victims,
-                                  reason=f"preempted by pod {pod.name}")
-                self._queued(s, pod, f"{placement.PREEMPTING}{len(result.victims)} "
-                                     f"lower-priority workload(s) to make room: {result.reason}")
+            placed = place(
+                s, kind=ALLOC_KIND, waiter=pod, workspace_id=pod.workspace_id,
+                requests=[placement.request_for_shape(shape)], priority=0, preemptible=False,
+                preempted_by=f"pod {pod.name}", owners=lambda _bindings: [pod_id])
+            if isinstance(placed, Waiting):
+                self._queued(s, pod, placed.reason)
                 return
-            if isinstance(result, Unschedulable):
-                self._queued(s, pod, result.reason)
-                return
-            b = result[0]
-            placement.bind(s, binding=b, workspace_id=pod.workspace_id, kind=ALLOC_KIND,
-                           owner_id=pod.id)
+            b = placed[0]
             node = s.get(Node, b.node_id)
             pod.node_id, pod.gpu_indices = b.node_id, list(b.gpu_indices)
-            pod.ssh_port = free_port()
-            pod.jupyter_port = free_port() if pod.jupyter else None
+            # Ports are picked on the pod's node before the start (_ports), outside this
+            # transaction and the placement lock.
+            pod.ssh_port, pod.jupyter_port = None, None
             pod.jupyter_token = secrets.token_hex(16) if pod.jupyter else None
-            pod.status, pod.reason = PodStatus.starting.value, None
+            pod.reason = None
             pod.handle, pod.pid = {}, None
             pod.started_at = pod.updated_at = now()
             pod.stopped_at, pod.metered_until = None, None
             gpus = f" GPUs {list(b.gpu_indices)}" if b.gpu_indices else ""
-            events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                          object_id=pod.id, reason="Scheduled",
-                          message=f"placed on node {node.name if node else '?'}{gpus}")
+            set_status(s, pod, PodStatus.starting, reason="Scheduled",
+                       message=f"placed on node {node.name if node else '?'}{gpus}")
         self._start_process(pod_id)
 
     def _queued(self, s: Session, pod: Pod, reason: str) -> None:
@@ -186,10 +209,35 @@ class PodReconciler:
                       dedupe=True)
 
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
-                           lambda n: n.backend)
+        return backend_of(self.backends, s, node_id)
+
+    def _ports(self, pod_id: str) -> bool:
+        """Give a pod about to start its ``sshd`` (and JupyterLab) ports, free on its node
+        (asked of its backend: Ray asks that node). Returns whether it has them."""
+        with self.db.session() as s:
+            pod = s.get(Pod, pod_id)
+            if pod is None or pod.ssh_port:
+                return pod is not None
+            found = self._backend(s, pod.node_id)
+            jupyter = pod.jupyter
+        if found is None:
+            return True  # _start_process fails the pod: its node or backend is gone
+        try:
+            ssh = free_port_on(*found)
+            lab = free_port_on(*found) if jupyter else None
+        except OSError as e:
+            log.warning("pod %s: no port on node %s: %s", pod_id, found[1].name, e)
+            return False
+        with self.db.session() as s:
+            pod = lock_row(s, Pod, pod_id)
+            if pod is None or pod.status != PodStatus.starting or pod.ssh_port:
+                return False
+            pod.ssh_port, pod.jupyter_port = ssh, lab
+        return True
 
     def _start_process(self, pod_id: str) -> None:
+        if not self._ports(pod_id):
+            return
         with self.db.session() as s:
             pod = s.get(Pod, pod_id)
             if pod is None or pod.status != PodStatus.starting or pod.handle:
@@ -228,19 +276,26 @@ class PodReconciler:
             spec = WorkloadSpec(workload_id=pod.id, command=cmd, env=env, cwd=workdir,
                                 gpu_indices=tuple(pod.gpu_indices),
                                 log_path=self.log_path(pod.id), port=pod.ssh_port,
-                                node_address=node.address)
+                                node_address=node.address, node_name=node.name,
+                                gpu_milli=gpu_milli_of(s, pod.id),
+                                secret_env=frozenset(secret_env))
+
+        def record(s: Session, handle: dict[str, Any]) -> bool:
+            pod = lock_row(s, Pod, pod_id)
+            if pod is None:
+                return False
+            pod.handle, pod.pid = handle, handle.get("pid")
+            return pod.status == PodStatus.starting and pod.desired == "running"
+
         try:
-            handle = start_or_adopt(be, spec)
+            start_process(self.db, be, spec, record=record,
+                          grace_s=self.settings.job_stop_grace_s)
         except (OSError, ValueError) as e:
             with self.db.session() as s:
-                pod = s.get(Pod, pod_id)
-                if pod is not None:
-                    self._fail(s, pod, f"could not start: {e.strerror}")
-            return
-        with self.db.session() as s:
-            pod = s.get(Pod, pod_id)
-            if pod is not None:
-                pod.handle, pod.pid = handle, handle.get("pid")
+                pod = lock_row(s, Pod, pod_id)
+                if pod is not None and pod.status == PodStatus.starting:
+                    why = e.strerror if isinstance(e, OSError) else str(e)
+                    self._fail(s, pod, f"could not start: {why}")
 
     def _check_starting(self, pod_id: str) -> None:
         with self.db.session() as s:
@@ -260,20 +315,19 @@ class PodReconciler:
             return
         if port and (be.name == "fake" or port_open(node.address, port)):
             with self.db.session() as s:
-                pod = s.get(Pod, pod_id)
+                pod = lock_row(s, Pod, pod_id)
                 if pod is None or pod.status != PodStatus.starting:
                     return
-                pod.status, pod.last_activity_at = PodStatus.running.value, now()
+                pod.last_activity_at = now()
                 secs = (pod.last_activity_at - started).total_seconds()
-                events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                              object_id=pod.id, reason="Running",
-                              message=f"sshd is up on port {port} ({secs:.1f} s)")
+                set_status(s, pod, PodStatus.running, reason="Running",
+                           message=f"sshd is up on port {port} ({secs:.1f} s)")
             return
         if (now() - started).total_seconds() > START_TIMEOUT_S:
             be.stop(handle, grace_s=self.settings.job_stop_grace_s)
             with self.db.session() as s:
-                pod = s.get(Pod, pod_id)
-                if pod is not None:
+                pod = lock_row(s, Pod, pod_id)
+                if pod is not None and pod.status == PodStatus.starting:
                     self._fail(s, pod, f"sshd did not accept connections within "
                                        f"{START_TIMEOUT_S:.0f} s")
 
@@ -302,7 +356,7 @@ class PodReconciler:
             self._exited(pod_id, be, handle, state.exit_code)
             return
         with self.db.session() as s:
-            pod = lock_row(s, Pod, pod_id)
+            pod = lock_row(s, Pod, pod_id, skip_locked=True)
             if pod is None or pod.status != PodStatus.running:
                 return
             last = self.last_activity(pod)
@@ -311,16 +365,17 @@ class PodReconciler:
             if pod.idle_timeout_s and last is not None:
                 idle = (now() - last).total_seconds()
                 if idle > pod.idle_timeout_s:
-                    pod.desired, pod.status = "stopped", PodStatus.stopping.value
+                    pod.desired = "stopped"
                     pod.reason = (f"idle for {idle:.0f} s (timeout {pod.idle_timeout_s:g} s: "
                                   "no SSH or shell session)")
-                    events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                                  object_id=pod.id, reason="IdleTimeout", message=pod.reason)
+                    set_status(s, pod, PodStatus.stopping, reason="IdleTimeout",
+                               message=pod.reason)
 
     def _exited(self, pod_id: str, be: Backend, handle: dict[str, Any], code: int | None) -> None:
+        release_ended(be, handle, grace_s=self.settings.job_stop_grace_s)
         last = be.logs(handle, tail=5).strip()
         with self.db.session() as s:
-            pod = s.get(Pod, pod_id)
+            pod = lock_row(s, Pod, pod_id)
             if pod is None or pod.status not in (PodStatus.starting, PodStatus.running):
                 return
             values = self._secret_values(s, pod)
@@ -338,11 +393,10 @@ class PodReconciler:
 
     def _fail(self, s: Session, pod: Pod, reason: str) -> None:
         self._release(s, pod)
-        pod.status, pod.reason = PodStatus.failed.value, reason
+        pod.reason = reason
         pod.stopped_at = pod.updated_at = now()
-        events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                      object_id=pod.id, reason="Failed", warning=True,
-                      message=reason.splitlines()[0])
+        set_status(s, pod, PodStatus.failed, reason="Failed", warning=True,
+                   message=reason.splitlines()[0])
 
     # -- stopping ---------------------------------------------------------------------
     def _stop(self, pod_id: str) -> None:
@@ -355,42 +409,41 @@ class PodReconciler:
         if found is not None and handle:
             found[0].stop(handle, grace_s=self.settings.job_stop_grace_s)
         with self.db.session() as s:
-            pod = s.get(Pod, pod_id)
+            pod = lock_row(s, Pod, pod_id)
             if pod is None or pod.status != PodStatus.stopping:
                 return
             if pod.desired == "running":  # interrupted (shutdown, preemption): run again
                 self._release(s, pod)
-                pod.status = PodStatus.queued.value
                 pod.reason = f"{pod.reason or 'interrupted'}; waiting to be scheduled"
-                events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                              object_id=pod.id, reason="Requeued", message=pod.reason)
+                set_status(s, pod, PodStatus.queued, reason="Requeued", message=pod.reason)
             else:
                 self._stopped(s, pod)
 
     def _stopped(self, s: Session, pod: Pod) -> None:
-        was_running = pod.node_id is not None
+        was_running = pod.status == PodStatus.stopping
         self._release(s, pod)
-        pod.status = PodStatus.stopped.value
         pod.stopped_at = pod.updated_at = now()
         vol = s.scalars(select(Volume).where(Volume.workspace_id == pod.workspace_id,
                                              Volume.name == pod.volume)).first()
         if vol is not None:
             volume_svc.measure(vol, self.store)
-        events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                      object_id=pod.id, reason="Stopped",
-                      message=f"pod stopped ({pod.reason or 'by request'})"
-                      if was_running else "pod stopped before it started")
+        set_status(s, pod, PodStatus.stopped, reason="Stopped",
+                   message=f"pod stopped ({pod.reason or 'by request'})"
+                   if was_running else "pod stopped before it started")
 
     def _release(self, s: Session, pod: Pod) -> None:
-        """Meter the last stretch, free the allocation, forget the process."""
-        self._meter_row(s, pod, final=True)
+        """Meter the last stretch and free the allocation. The node and the process
+        handle stay (the process has ended), so the pod's output stays readable through
+        its backend; the next placement replaces both."""
+        if pod.status in (PodStatus.starting, PodStatus.running, PodStatus.stopping):
+            self._meter_row(s, pod, final=True)  # a queued pod's last run was metered
         placement.release(s, owner_id=pod.id)
-        pod.node_id, pod.handle, pod.pid = None, {}, None
+        pod.pid = None
         (self.pod_dir(pod.id) / "env.sh").unlink(missing_ok=True)
 
     def _maybe_delete(self, pod_id: str) -> None:
         with self.db.session() as s:
-            pod = s.get(Pod, pod_id)
+            pod = lock_row(s, Pod, pod_id, skip_locked=True)
             if pod is None or pod.desired != "deleted":
                 return
             if pod.status not in (PodStatus.stopped, PodStatus.failed):
@@ -413,9 +466,10 @@ class PodReconciler:
             for pid in ids:
                 pod = s.get(Pod, pid)
                 if pod is not None:
-                    pod.status = PodStatus.stopping.value
                     if pod.desired == "running":
                         pod.reason = "the control plane was shut down"
+                    set_status(s, pod, PodStatus.stopping, reason="Stopping",
+                               message=f"stopping: {pod.reason or 'by request'}")
         for pid in ids:
             try:
                 self._stop(pid)
@@ -431,9 +485,8 @@ class PodReconciler:
                 self._meter_row(s, pod, final=False)
 
     def _meter_row(self, s: Session, pod: Pod, *, final: bool) -> None:
-        meter_running(s, pod, period_s=self.settings.usage_period_s, final=final,
-                      workspace_id=pod.workspace_id, kind="pod", object_id=pod.id,
-                      name=pod.name, shape=s.get(Shape, pod.shape))
+        meter(s, pod, period_s=self.settings.usage_period_s, final=final, kind="pod",
+              name=pod.name, shape_name=pod.shape)
 
 
 def preempt_pod(s: Session, pod_id: str, reason: str) -> None:
@@ -442,9 +495,8 @@ def preempt_pod(s: Session, pod_id: str, reason: str) -> None:
     pod = s.get(Pod, pod_id)
     if pod is None or pod.status not in (PodStatus.starting, PodStatus.running):
         return
-    pod.status, pod.reason = PodStatus.stopping.value, reason
-    events.record(s, workspace_id=pod.workspace_id, kind="pod", name=pod.name,
-                  object_id=pod.id, reason="Preempted", warning=True, message=reason)
+    pod.reason = reason
+    set_status(s, pod, PodStatus.stopping, reason="Preempted", warning=True, message=reason)
 
 
 placement.PREEMPT_HANDLERS[ALLOC_KIND] = preempt_pod

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from neocloud.errors import NeocloudError, NotFound
 from neocloud.models import EventOut, Page, Role
 from neocloud.models.jobs import JobCreate, JobOut
-from neocloud.server.backends.base import tail_file
-from neocloud.server.deps import CallerDep, SessionDep, StateDep
-from neocloud.server.reconcilers.jobs import redact
-from neocloud.server.routers.secrets import secret_box
+from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep
 from neocloud.server.services import events
 from neocloud.server.services import jobs as svc
-from neocloud.server.services import secrets as secret_svc
+from neocloud.server.services import logs as log_svc
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.post("/jobs", response_model=JobOut, status_code=201)
-def create_job(body: JobCreate, caller: CallerDep, s: SessionDep, state: StateDep) -> JobOut:
+def create_job(body: JobCreate, caller: CallerDep, s: SessionDep) -> JobOut:
     caller.require(Role.member)
     job = svc.create_job(s, workspace_id=caller.workspace_id, spec=body)
-    out = svc.job_out(s, job)
-    state.commit_and_wake(s)
-    return out
+    return svc.job_out(s, job)
 
 
 @router.get("/jobs", response_model=Page[JobOut])
@@ -42,13 +34,11 @@ def get_job(name: str, caller: CallerDep, s: SessionDep) -> JobOut:
 
 
 @router.post("/jobs/{name}/stop", response_model=JobOut)
-def stop_job(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> JobOut:
+def stop_job(name: str, caller: CallerDep, s: SessionDep) -> JobOut:
     """Stop the job (SIGTERM to its workers, SIGKILL after the grace period); logs stay."""
     caller.require(Role.member)
     job = svc.stop_job(s, workspace_id=caller.workspace_id, name=name)
-    out = svc.job_out(s, job)
-    state.commit_and_wake(s)
-    return out
+    return svc.job_out(s, job)
 
 
 @router.delete("/jobs/{name}", status_code=204)
@@ -75,6 +65,7 @@ def job_logs(
     caller: CallerDep,
     s: SessionDep,
     state: StateDep,
+    box: SecretBoxDep,
     worker: int | None = Query(None, ge=0),
     attempt: int | None = Query(None, ge=1),
     tail: int | None = Query(None, ge=0, le=100_000),
@@ -82,29 +73,6 @@ def job_logs(
     """Output of one worker (``worker``), or of every worker under ``==> worker R <==``
     headers (a job of one worker: its output alone), of one attempt (default: the latest).
     Secret values are shown as ``***``."""
-    job = svc.get_job(s, workspace_id=caller.workspace_id, name=name)
-    k = attempt or job.attempt
-    if k == 0:
-        return PlainTextResponse("")
-    if k > job.attempt:
-        raise NotFound(f"job {name!r} has no attempt {k} (it has {job.attempt})",
-                       param="attempt")
-    workers = svc.workers_of(s, job, k)
-    if worker is not None:
-        workers = [w for w in workers if w.rank == worker]
-        if not workers:
-            raise NotFound(f"job {name!r} has no worker {worker} (workers 0..{job.workers - 1})",
-                           param="worker")
-    try:
-        values = list(secret_svc.resolve(s, workspace_id=job.workspace_id, refs=job.secrets,
-                                         box=secret_box(state)).values())
-    except NeocloudError:
-        values = []
-
-    def text(path: str | None) -> str:
-        return redact(tail_file(Path(path), tail), values) if path else ""
-
-    if worker is not None or len(workers) == 1:
-        return PlainTextResponse(text(workers[0].log_path))
-    parts = [f"==> worker {w.rank} <==\n{text(w.log_path)}" for w in workers]
-    return PlainTextResponse("\n".join(parts))
+    return PlainTextResponse(log_svc.job_logs(
+        s, backends=state.backends, box=box, workspace_id=caller.workspace_id, name=name,
+        worker=worker, attempt=attempt, tail=tail))

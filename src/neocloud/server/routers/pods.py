@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
@@ -25,16 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from neocloud.errors import Conflict, NeocloudError, Unauthenticated
 from neocloud.models import EventOut, Page, Role
 from neocloud.models.pods import PodCreate, PodOut, PodStatus
-from neocloud.server.backends.base import tail_file
 from neocloud.server.db.tables import Node, Pod
-from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep, VolumeStoreDep
 from neocloud.server.podshell import ShellSession
-from neocloud.server.reconcilers.jobs import redact
-from neocloud.server.routers.secrets import secret_box
-from neocloud.server.routers.volumes import volume_store
 from neocloud.server.services import events
+from neocloud.server.services import logs as log_svc
 from neocloud.server.services import pods as svc
-from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services.workspaces import authenticate
 from neocloud.server.state import AppState
 
@@ -43,13 +38,12 @@ router = APIRouter(tags=["pods"])
 
 
 @router.post("/pods", response_model=PodOut, status_code=201)
-def create_pod(body: PodCreate, caller: CallerDep, s: SessionDep, state: StateDep) -> PodOut:
+def create_pod(body: PodCreate, caller: CallerDep, s: SessionDep,
+               store: VolumeStoreDep) -> PodOut:
     caller.require(Role.member)
     pod = svc.create_pod(s, workspace_id=caller.workspace_id, spec=body,
-                         store=volume_store(state))
-    out = svc.pod_out(s, pod)
-    state.commit_and_wake(s)
-    return out
+                         store=store)
+    return svc.pod_out(s, pod)
 
 
 @router.get("/pods", response_model=Page[PodOut])
@@ -64,29 +58,24 @@ def get_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
 
 
 @router.post("/pods/{name}/start", response_model=PodOut)
-def start_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> PodOut:
+def start_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
     caller.require(Role.member)
     pod = svc.start_pod(s, workspace_id=caller.workspace_id, name=name)
-    out = svc.pod_out(s, pod)
-    state.commit_and_wake(s)
-    return out
+    return svc.pod_out(s, pod)
 
 
 @router.post("/pods/{name}/stop", response_model=PodOut)
-def stop_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> PodOut:
+def stop_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
     caller.require(Role.member)
     pod = svc.stop_pod(s, workspace_id=caller.workspace_id, name=name)
-    out = svc.pod_out(s, pod)
-    state.commit_and_wake(s)
-    return out
+    return svc.pod_out(s, pod)
 
 
 @router.delete("/pods/{name}", status_code=204)
-def delete_pod(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
+def delete_pod(name: str, caller: CallerDep, s: SessionDep) -> Response:
     """Stop and delete the pod; its working-directory volume is kept."""
     caller.require(Role.member)
     svc.delete_pod(s, workspace_id=caller.workspace_id, name=name)
-    state.commit_and_wake(s)
     return Response(status_code=204)
 
 
@@ -100,17 +89,12 @@ def pod_events(name: str, caller: CallerDep, s: SessionDep,
 
 
 @router.get("/pods/{name}/logs", response_class=PlainTextResponse)
-def pod_logs(name: str, caller: CallerDep, s: SessionDep, state: StateDep,
+def pod_logs(name: str, caller: CallerDep, s: SessionDep, state: StateDep, box: SecretBoxDep,
              tail: int | None = Query(None, ge=0, le=100_000)) -> PlainTextResponse:
     """The pod process's own output (its ``sshd`` log); secret values shown as ``***``."""
-    pod = svc.get_pod(s, workspace_id=caller.workspace_id, name=name)
-    path = state.settings.logs_dir / "pods" / f"{pod.id}.log"
-    try:
-        values = list(secret_svc.resolve(s, workspace_id=pod.workspace_id, refs=pod.secrets,
-                                         box=secret_box(state)).values())
-    except NeocloudError:
-        values = []
-    return PlainTextResponse(redact(tail_file(Path(path), tail), values))
+    return PlainTextResponse(log_svc.pod_logs(
+        s, backends=state.backends, box=box, workspace_id=caller.workspace_id, name=name,
+        tail=tail))
 
 
 # -- the shell --------------------------------------------------------------------------

@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from neocloud.models import Page, Role
+from neocloud.models.common import SECRET_NAME_PATTERN
 from neocloud.models.secrets import SecretOut, SecretSet
-from neocloud.server.crypto import SecretBox
-from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep
 from neocloud.server.services import secrets as svc
-from neocloud.server.state import AppState
 
 router = APIRouter(tags=["secrets"])
 
-
-def secret_box(state: AppState) -> SecretBox:
-    box: SecretBox = state.extras["secret_box"]
-    return box
+#: A secret name in a path (checked by the service: 400 naming ``name``).
+SecretPath = Annotated[str, Path(description="Secret name.",
+                                 json_schema_extra={"pattern": SECRET_NAME_PATTERN})]
 
 
 @router.put("/secrets/{name}", response_model=SecretOut,
             responses={201: {"model": SecretOut, "description": "Created"}})
-def set_secret(name: str, body: SecretSet, caller: CallerDep, s: SessionDep, state: StateDep,
-               response: Response) -> SecretOut:
+def set_secret(name: SecretPath, body: SecretSet, caller: CallerDep, s: SessionDep,
+               box: SecretBoxDep, response: Response) -> SecretOut:
     """Create or replace a secret; answers 201 when new, 200 when replaced. The value is
     never returned."""
     caller.require(Role.member)
     row, created = svc.set_secret(s, workspace_id=caller.workspace_id, name=name,
-                                  value=body.value, box=secret_box(state))
+                                  value=body.value, box=box)
     response.status_code = 201 if created else 200
     return svc.secret_out(row)
 
@@ -39,12 +39,12 @@ def list_secrets(caller: CallerDep, s: SessionDep) -> Page[SecretOut]:
 
 
 @router.get("/secrets/{name}", response_model=SecretOut)
-def get_secret(name: str, caller: CallerDep, s: SessionDep) -> SecretOut:
+def get_secret(name: SecretPath, caller: CallerDep, s: SessionDep) -> SecretOut:
     return svc.secret_out(svc.get_secret(s, workspace_id=caller.workspace_id, name=name))
 
 
 @router.delete("/secrets/{name}", status_code=204)
-def delete_secret(name: str, caller: CallerDep, s: SessionDep) -> Response:
+def delete_secret(name: SecretPath, caller: CallerDep, s: SessionDep) -> Response:
     caller.require(Role.member)
     svc.delete_secret(s, workspace_id=caller.workspace_id, name=name)
     return Response(status_code=204)

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from neocloud.models import Page, Role
 from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeOut
-from neocloud.server.deps import CallerDep, SessionDep, StateDep
+from neocloud.server.deps import CallerDep, SessionDep, StateDep, VolumeStoreDep
 from neocloud.server.services import volumes as svc
-from neocloud.server.state import AppState
-from neocloud.server.storage import VolumeStore, clean_path
+from neocloud.server.storage import clean_path
 
 router = APIRouter(tags=["volumes"])
 
+#: Volume paths as the OpenAPI schema states them: ``/``-separated parts of at most 255
+#: characters (the server counts 255 bytes), no NUL, at most 64 parts and 1024 bytes; a
+#: file path names at least one part, a folder to list may be the root (``""``).
+#: (Stated, not enforced here: the service's check answers 400 naming ``path``.)
+FOLDER_SCHEMA = {"pattern": r"^[^\x00/]{0,255}(/[^\x00/]{0,255}){0,63}$", "maxLength": 1024}
+FILE_SCHEMA = {"pattern": r"^[^\x00/]{1,255}(/[^\x00/]{1,255})*$", "maxLength": 1024}
+FilePath = Annotated[str, Path(description="File path in the volume.",
+                               json_schema_extra=FILE_SCHEMA)]
+
 #: Path prefix of uploads, which the control plane lets past its request-body limit.
 UPLOAD_PREFIX = "/api/v1/volumes/"
-
-
-def volume_store(state: AppState) -> VolumeStore:
-    store: VolumeStore = state.extras["volume_store"]
-    return store
 
 
 def is_upload(method: str, path: str) -> bool:
@@ -33,10 +37,10 @@ def is_upload(method: str, path: str) -> bool:
 
 @router.post("/volumes", response_model=VolumeOut, status_code=201)
 def create_volume(body: VolumeCreate, caller: CallerDep, s: SessionDep,
-                  state: StateDep) -> VolumeOut:
+                  store: VolumeStoreDep) -> VolumeOut:
     caller.require(Role.member)
     vol = svc.create_volume(s, workspace_id=caller.workspace_id, name=body.name,
-                            store=volume_store(state))
+                            store=store)
     return svc.volume_out(s, vol)
 
 
@@ -47,39 +51,40 @@ def list_volumes(caller: CallerDep, s: SessionDep) -> Page[VolumeOut]:
 
 
 @router.get("/volumes/{name}", response_model=VolumeOut)
-def get_volume(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> VolumeOut:
+def get_volume(name: str, caller: CallerDep, s: SessionDep, store: VolumeStoreDep) -> VolumeOut:
     """The volume, with its size measured now."""
     vol = svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
-    svc.measure(vol, volume_store(state))
+    svc.measure(vol, store)
     return svc.volume_out(s, vol)
 
 
 @router.delete("/volumes/{name}", status_code=204)
-def delete_volume(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
+def delete_volume(name: str, caller: CallerDep, s: SessionDep,
+                  store: VolumeStoreDep) -> Response:
     caller.require(Role.member)
-    svc.delete_volume(s, workspace_id=caller.workspace_id, name=name, store=volume_store(state))
+    svc.delete_volume(s, workspace_id=caller.workspace_id, name=name, store=store)
     return Response(status_code=204)
 
 
 @router.get("/volumes/{name}/files", response_model=Page[VolumeFile])
-def list_files(name: str, caller: CallerDep, s: SessionDep, state: StateDep,
-               path: str = Query("", max_length=4096)) -> Page[VolumeFile]:
+def list_files(name: str, caller: CallerDep, s: SessionDep, store: VolumeStoreDep,
+               path: str = Query("", max_length=4096, json_schema_extra=FOLDER_SCHEMA)
+               ) -> Page[VolumeFile]:
     """Every file and folder under ``path`` (the whole volume by default)."""
     svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
     prefix = clean_path(path, allow_root=True)
-    entries = volume_store(state).list(caller.workspace_id, name, prefix)
+    entries = store.list(caller.workspace_id, name, prefix)
     return Page(data=[VolumeFile(path=e.path, size_bytes=e.size_bytes, is_dir=e.is_dir,
                                  modified_at=e.modified_at) for e in entries])
 
 
 @router.put("/volumes/{name}/files/{path:path}", response_model=VolumeFile, status_code=201)
-async def upload_file(name: str, path: str, request: Request, caller: CallerDep,
-                      state: StateDep) -> VolumeFile:
+async def upload_file(name: str, path: FilePath, request: Request, caller: CallerDep,
+                      state: StateDep, store: VolumeStoreDep) -> VolumeFile:
     """Store the request body as the file ``path`` (streamed; replaces an existing file
     once complete)."""
     caller.require(Role.member)
     rel = clean_path(path)
-    store = volume_store(state)
 
     def check() -> None:
         with state.db.session() as s:
@@ -101,11 +106,11 @@ async def upload_file(name: str, path: str, request: Request, caller: CallerDep,
 
 
 @router.get("/volumes/{name}/files/{path:path}", response_class=StreamingResponse)
-def download_file(name: str, path: str, caller: CallerDep, s: SessionDep,
-                  state: StateDep) -> StreamingResponse:
+def download_file(name: str, path: FilePath, caller: CallerDep, s: SessionDep,
+                  store: VolumeStoreDep) -> StreamingResponse:
     """The file's bytes, streamed, with its ``Content-Length``."""
     svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
-    size, chunks = volume_store(state).read(caller.workspace_id, name, clean_path(path))
+    size, chunks = store.read(caller.workspace_id, name, clean_path(path))
     filename = quote(path.rsplit("/", 1)[-1])
     return StreamingResponse(chunks, media_type="application/octet-stream", headers={
         "Content-Length": str(size),
@@ -113,11 +118,10 @@ def download_file(name: str, path: str, caller: CallerDep, s: SessionDep,
 
 
 @router.delete("/volumes/{name}/files/{path:path}", status_code=204)
-def delete_file(name: str, path: str, caller: CallerDep, s: SessionDep,
-                state: StateDep) -> Response:
+def delete_file(name: str, path: FilePath, caller: CallerDep, s: SessionDep,
+                store: VolumeStoreDep) -> Response:
     caller.require(Role.member)
     vol = svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
-    store = volume_store(state)
     store.remove(caller.workspace_id, name, clean_path(path))
     svc.measure(vol, store)
     return Response(status_code=204)

@@ -2,12 +2,19 @@
 
 The reconciler (``server.reconcilers.deployments``) does the rest: it creates replica
 rows, places them, starts and probes them.
+
+Revisions: every accepted change of a deployment's spec raises ``revision`` and stores
+the spec in ``deployment_revisions`` (``neocloud history``); an update made against
+another revision (``If-Match`` or the ``revision`` field) is refused with 409, so a stale
+client never overwrites a newer change. Changes of the replica count made by the
+autoscaler (or a wake from zero) are not spec changes and keep the revision.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,13 +28,20 @@ from neocloud.models import (
     ReplicaOut,
     ReplicaStatus,
 )
-from neocloud.server.db.tables import Deployment, Node, Replica
-from neocloud.server.services import events
+from neocloud.models.autoscaling import AutoscalingConfig
+from neocloud.models.deployments import DryRunOut, Engine, ReasonCode
+from neocloud.server.db.tables import Deployment, DeploymentRevision, Node, Replica
+from neocloud.server.scheduler import Unschedulable
+from neocloud.server.services import budgets as budget_svc
+from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services.envvars import check_env
+from neocloud.server.services.lifecycle import lock_row, set_status
 from neocloud.server.services.shapes import get_shape
 
 _BUILTINS = ("embeddings", "chat")
+NEVER_FITS = "no node can run"
+"""How the scheduler's reason begins when no registered node could ever hold the request."""
 _REF = re.compile(r"^([A-Za-z_][\w.]*|[\w./-]+\.py):[A-Za-z_]\w*$")
 
 
@@ -42,15 +56,53 @@ def check_service_ref(ref: str, *, param: str = "service") -> None:
     )
 
 
+def check_engine(engine: Engine, service: str | None) -> str | None:
+    """Check an ``engine`` / ``service`` pair before anything is stored; returns the
+    service to store (``None`` for ``vllm``).
+
+    ``builtin`` needs a service reference (:func:`check_service_ref`); ``vllm`` takes none
+    and needs its engine environment on this machine
+    (:func:`neocloud.serving.engines.vllm.engine_python`: ``NEOCLOUD_VLLM_PYTHON``,
+    ``NEOCLOUD_VLLM_VENV`` or ``.venv-vllm``).
+
+    Raises:
+        InvalidRequest: a missing or conflicting ``service`` (400, ``param="service"``).
+        EngineNotInstalled: engine ``vllm`` without its environment (400 code
+            ``engine_not_installed``, ``param="engine"``, naming ``make install-vllm``).
+    """
+    if engine == Engine.vllm:
+        if service is not None:
+            raise InvalidRequest(
+                f"engine vllm runs vLLM's OpenAI server on the deployment's model; it takes "
+                f"no service (got {service!r}): leave service out, or use engine builtin",
+                param="service")
+        from neocloud.serving.engines.vllm import engine_python
+
+        engine_python()
+        return None
+    if service is None:
+        raise InvalidRequest("service is required with engine builtin (embeddings, chat, "
+                             "'package.module:Class' or 'file.py:Class')", param="service")
+    check_service_ref(service)
+    return service
+
+
 def _find(s: Session, *, workspace_id: str, name: str) -> Deployment | None:
     return s.scalars(
         select(Deployment).where(Deployment.workspace_id == workspace_id, Deployment.name == name)
     ).first()
 
 
-def get_deployment(s: Session, *, workspace_id: str, name: str) -> Deployment:
-    """The deployment ``name`` of the workspace; :class:`NotFound` for any other workspace's."""
+def get_deployment(s: Session, *, workspace_id: str, name: str, lock: bool = False
+                   ) -> Deployment:
+    """The deployment ``name`` of the workspace; :class:`NotFound` for any other workspace's.
+
+    With ``lock`` the newest row, locked until the transaction ends (``lifecycle.lock_row``),
+    so that a change decided on it cannot race the deployment reconciler.
+    """
     dep = _find(s, workspace_id=workspace_id, name=name)
+    if dep is not None and lock:
+        dep = lock_row(s, Deployment, dep.id)
     if dep is None:
         raise NotFound(f"deployment {name!r} not found", param="name")
     return dep
@@ -62,11 +114,16 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
     Raises:
         AlreadyExists: the workspace has a deployment of that name (409).
         NotFound: unknown shape (404, ``param="shape"``).
-        InvalidRequest: bad service reference or env names (400).
+        InvalidRequest: bad service reference, service and engine that do not go
+            together, or bad env names (400).
+        EngineNotInstalled: engine ``vllm`` without its environment (400, see
+            :func:`check_engine`).
     """
-    check_service_ref(spec.service)
+    service = check_engine(spec.engine, spec.service)
     check_env(spec.env)
     get_shape(s, name=spec.shape, param="shape")
+    # Budget hard stop: new work of a workspace over its budget is refused (402).
+    budget_svc.require_within_budget(s, workspace_id=workspace_id)
     secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
     old = _find(s, workspace_id=workspace_id, name=spec.name)
     if old is not None:
@@ -74,38 +131,196 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
             raise Conflict(f"deployment {spec.name!r} is being deleted; retry in a moment",
                            param="name")
         raise AlreadyExists(f"deployment {spec.name!r} already exists", param="name")
+    replicas = spec.replicas
+    if spec.autoscaling is not None:
+        a = spec.autoscaling
+        replicas = min(max(replicas, a.min_replicas), a.max_replicas)
     dep = Deployment(
-        workspace_id=workspace_id, name=spec.name, service=spec.service, model=spec.model,
-        shape=spec.shape, replicas=spec.replicas, env=dict(spec.env),
+        workspace_id=workspace_id, name=spec.name, service=service,
+        engine=spec.engine.value, model=spec.model,
+        shape=spec.shape, replicas=replicas, env=dict(spec.env),
         secrets=dict(spec.secrets),
         priority=spec.priority, preemptible=spec.preemptible,
-        status=DeploymentStatus.pending.value if spec.replicas else
+        drain_timeout_s=spec.drain_timeout_s, cold_start_timeout_s=spec.cold_start_timeout_s,
+        autoscaling=spec.autoscaling.model_dump(mode="json") if spec.autoscaling else None,
+        max_surge=spec.max_surge, max_unavailable=spec.max_unavailable,
+        revision=1,
+        status=DeploymentStatus.pending.value if replicas else
         DeploymentStatus.scaled_to_zero.value,
     )
     s.add(dep)
     s.flush()
+    scaling = (f"autoscaling {spec.autoscaling.min_replicas}..{spec.autoscaling.max_replicas}"
+               if spec.autoscaling else f"{replicas}")
+    runs = f"service {service}" if service is not None else \
+        f"engine {spec.engine.value}, model {spec.model or 'default'}"
+    message = f"deployment {dep.name} created: {scaling} x {spec.shape}, {runs}"
     events.record(s, workspace_id=workspace_id, kind="deployment", name=dep.name,
-                  object_id=dep.id, reason="Created",
-                  message=f"deployment {dep.name} created: {spec.replicas} x {spec.shape}, "
-                          f"service {spec.service}")
+                  object_id=dep.id, reason="Created", message=message)
+    _record_revision(s, dep, message)
     return dep
 
 
-def update_deployment(
-    s: Session, *, workspace_id: str, name: str, spec: DeploymentUpdate
-) -> Deployment:
-    """Apply a change. A new service, model, shape or env starts a new generation, which the
-    reconciler rolls out one replica at a time (a new replica is ready before an old one stops).
+def reason_code(reason: str) -> ReasonCode:
+    """The stable code of a pending reason written by the scheduler or admission.
+
+    The scheduler's sentences (``server.scheduler.placement.explain``, ``admission``)
+    start with fixed phrases; those say which code applies.
+    """
+    if reason.startswith("quota:"):
+        return ReasonCode.QUOTA_EXCEEDED
+    if reason.startswith(placement.PREEMPTING):
+        return ReasonCode.PREEMPTING
+    if reason.startswith("no node can run") or reason.startswith("gang of"):
+        # a node of the right type that is too small is the nearer miss
+        if "fewer GPUs in total" in reason:
+            return ReasonCode.INSUFFICIENT_GPUS_PER_NODE
+        if "another GPU type" in reason or "without GPUs" in reason:
+            return ReasonCode.NO_MATCHING_GPU_TYPE
+    return ReasonCode.WAITING_FOR_CAPACITY
+
+
+def dry_run(s: Session, *, workspace_id: str, spec: DeploymentCreate) -> DryRunOut:
+    """Check ``spec`` as :func:`create_deployment` does and say where one replica would go,
+    storing nothing (the caller rolls back; the placement lock is held until then).
+
+    Raises: the errors of :func:`create_deployment` (the same checks, in the same order).
+    """
+    check_engine(spec.engine, spec.service)
+    check_env(spec.env)
+    shape = get_shape(s, name=spec.shape, param="shape")
+    secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
+    old = _find(s, workspace_id=workspace_id, name=spec.name)
+    if old is not None:
+        raise AlreadyExists(f"deployment {spec.name!r} already exists", param="name")
+    result = placement.schedule(s, workspace_id=workspace_id,
+                                requests=[placement.request_for_shape(shape)],
+                                priority=spec.priority)
+    if isinstance(result, placement.Preempt):
+        return DryRunOut(fits_now=False, can_ever_fit=True, preempts=len(result.victims),
+                         reason=result.reason, code=ReasonCode.PREEMPTING)
+    if isinstance(result, Unschedulable):
+        code = reason_code(result.reason)
+        never = result.reason.startswith(NEVER_FITS) or code in (
+            ReasonCode.NO_MATCHING_GPU_TYPE, ReasonCode.INSUFFICIENT_GPUS_PER_NODE)
+        return DryRunOut(fits_now=False, can_ever_fit=not never, reason=result.reason,
+                         code=code)
+    node = s.get(Node, result[0].node_id)
+    return DryRunOut(fits_now=True, can_ever_fit=True, node=node.name if node else None)
+
+
+def _spec_of(dep: Deployment) -> dict[str, Any]:
+    """The user-set fields of a deployment, as stored in its revision history."""
+    return {"service": dep.service, "engine": dep.engine, "model": dep.model, "shape": dep.shape,
+            "replicas": dep.replicas, "env": dict(dep.env or {}),
+            "secrets": dict(dep.secrets or {}), "priority": dep.priority,
+            "preemptible": dep.preemptible, "drain_timeout_s": dep.drain_timeout_s,
+            "cold_start_timeout_s": dep.cold_start_timeout_s, "autoscaling": dep.autoscaling,
+            "max_surge": dep.max_surge, "max_unavailable": dep.max_unavailable}
+
+
+def _record_revision(s: Session, dep: Deployment, message: str) -> None:
+    s.add(DeploymentRevision(deployment_id=dep.id, revision=dep.revision,
+                             generation=dep.generation, spec=_spec_of(dep), message=message))
+
+
+def list_revisions(s: Session, *, workspace_id: str, name: str) -> list[DeploymentRevision]:
+    """The revisions of deployment ``name``, oldest first (the last is the active one).
+
+    Raises:
+        NotFound: no such deployment in the workspace.
     """
     dep = get_deployment(s, workspace_id=workspace_id, name=name)
+    return list(s.scalars(select(DeploymentRevision)
+                          .where(DeploymentRevision.deployment_id == dep.id)
+                          .order_by(DeploymentRevision.revision)))
+
+
+def event_object_ids(s: Session, dep: Deployment) -> list[str]:
+    """Ids whose events are this deployment's: the deployment and its replicas (a
+    deployment re-created under a deleted one's name shares none of them)."""
+    return [dep.id, *s.scalars(select(Replica.id).where(Replica.deployment_id == dep.id))]
+
+
+def autoscaling_of(dep: Deployment) -> AutoscalingConfig | None:
+    """The stored autoscaling settings of ``dep`` (``None``: a fixed replica count)."""
+    return AutoscalingConfig.model_validate(dep.autoscaling) if dep.autoscaling else None
+
+
+def can_wake(dep: Deployment) -> bool:
+    """Whether a request may start ``dep`` from zero: it autoscales down to zero."""
+    a = autoscaling_of(dep)
+    return a is not None and a.min_replicas == 0 and dep.status != "deleting"
+
+
+def wake(s: Session, *, deployment_id: str) -> bool:
+    """A request arrived for a deployment at zero: ask for one replica (desired 0 -> 1).
+
+    Only for a deployment that autoscales with ``min_replicas`` 0; the revision is kept
+    (a wake is not a change of the spec). Returns whether the count changed.
+    """
+    dep = lock_row(s, Deployment, deployment_id)
+    if dep is None or not can_wake(dep) or dep.replicas > 0:
+        return False
+    dep.replicas = 1
+    dep.updated_at = datetime.now(UTC)
+    events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
+                  object_id=dep.id, reason="ScalingFromZero",
+                  message="0 -> 1: SCALE_FROM_ZERO; a request is waiting")
+    return True
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The revision an ``If-Match`` header names (``"3"``, ``W/"3"``); ``None`` without one
+    (or ``*``).
+
+    Raises:
+        InvalidRequest: not a revision ETag (400, ``param="If-Match"``).
+    """
+    if value is None or value.strip() == "*":
+        return None
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise InvalidRequest(f"If-Match {value!r} is not a revision ETag such as '\"3\"'",
+                             param="If-Match")
+    return int(tag)
+
+
+def update_deployment(
+    s: Session, *, workspace_id: str, name: str, spec: DeploymentUpdate,
+    if_match: int | None = None,
+) -> Deployment:
+    """Apply a change. A new engine, service, model, shape or env starts a new generation, which the
+    reconciler rolls out one replica at a time (a new replica is ready before an old one stops).
+    Every change raises the revision.
+
+    Raises:
+        Conflict: ``if_match`` or ``spec.revision`` is not the current revision (409,
+            ``param`` names which), or the deployment is being deleted.
+        InvalidRequest / EngineNotInstalled: the new engine and service do not go
+            together, or engine ``vllm`` is not installed (400, see :func:`check_engine`).
+    """
+    dep = get_deployment(s, workspace_id=workspace_id, name=name, lock=True)
     if dep.status == DeploymentStatus.deleting.value:
         raise Conflict(f"deployment {name!r} is being deleted", param="name")
+    for given, param in ((if_match, "If-Match"), (spec.revision, "revision")):
+        if given is not None and given != dep.revision:
+            raise Conflict(f"deployment {name!r} is at revision {dep.revision}, not {given}; "
+                           "read it again and retry", param=param, code="revision_conflict")
     changes: list[str] = []
     roll = False
-    if spec.service is not None and spec.service != dep.service:
-        check_service_ref(spec.service)
-        dep.service, roll = spec.service, True
-        changes.append(f"service={spec.service}")
+    engine = spec.engine if spec.engine is not None else Engine(dep.engine)
+    if engine != dep.engine or (spec.service is not None and spec.service != dep.service):
+        # vllm drops the service; builtin keeps the stored one unless a new one is given
+        wanted = spec.service if spec.service is not None or engine == Engine.vllm \
+            else dep.service
+        service = check_engine(engine, wanted)
+        if engine != dep.engine:
+            dep.engine, roll = engine.value, True
+            changes.append(f"engine={engine.value}")
+        if service != dep.service:
+            dep.service, roll = service, True
+            changes.append(f"service={service}")
     if "model" in spec.model_fields_set and spec.model != dep.model:
         dep.model, roll = spec.model, True
         changes.append(f"model={spec.model}")
@@ -128,28 +343,61 @@ def update_deployment(
     if spec.preemptible is not None and spec.preemptible != dep.preemptible:
         changes.append(f"preemptible={spec.preemptible}")
         dep.preemptible = spec.preemptible
-    if spec.replicas is not None and spec.replicas != dep.replicas:
-        changes.append(f"replicas {dep.replicas}->{spec.replicas}")
-        dep.replicas = spec.replicas
+    if spec.drain_timeout_s is not None and spec.drain_timeout_s != dep.drain_timeout_s:
+        changes.append(f"drain_timeout_s={spec.drain_timeout_s:g}")
+        dep.drain_timeout_s = spec.drain_timeout_s
+    if spec.cold_start_timeout_s is not None \
+            and spec.cold_start_timeout_s != dep.cold_start_timeout_s:
+        changes.append(f"cold_start_timeout_s={spec.cold_start_timeout_s:g}")
+        dep.cold_start_timeout_s = spec.cold_start_timeout_s
+    if "autoscaling" in spec.model_fields_set:
+        new = spec.autoscaling.model_dump(mode="json") if spec.autoscaling else None
+        if new != dep.autoscaling:
+            changes.append("autoscaling " + (f"{spec.autoscaling.min_replicas}.."
+                                             f"{spec.autoscaling.max_replicas}"
+                                             if spec.autoscaling else "off"))
+            dep.autoscaling = new
+    surge = spec.max_surge if spec.max_surge is not None else dep.max_surge
+    unavailable = spec.max_unavailable if spec.max_unavailable is not None \
+        else dep.max_unavailable
+    if (surge, unavailable) != (dep.max_surge, dep.max_unavailable):
+        if surge == 0 and unavailable == 0:
+            raise InvalidRequest("max_surge and max_unavailable cannot both be 0 (a rolling "
+                                 "update could never start)", param="max_surge")
+        changes.append(f"max_surge={surge}, max_unavailable={unavailable}")
+        dep.max_surge, dep.max_unavailable = surge, unavailable
+    replicas = spec.replicas if spec.replicas is not None else dep.replicas
+    a = autoscaling_of(dep)
+    if a is not None:
+        replicas = min(max(replicas, a.min_replicas), a.max_replicas)
+    if replicas != dep.replicas:
+        changes.append(f"replicas {dep.replicas}->{replicas}")
+        dep.replicas = replicas
     if not changes:
         return dep
     if roll:
         dep.generation += 1
+    dep.revision += 1
     dep.updated_at = datetime.now(UTC)
+    message = (f"revision {dep.revision}: {', '.join(changes)}"
+               + (f" (generation {dep.generation})" if roll else ""))
     events.record(s, workspace_id=workspace_id, kind="deployment", name=name, object_id=dep.id,
-                  reason="Updated", message=f"updated: {', '.join(changes)}"
-                  + (f" (generation {dep.generation})" if roll else ""))
+                  reason="Updated", message=message)
+    _record_revision(s, dep, message)
     return dep
 
 
 def delete_deployment(s: Session, *, workspace_id: str, name: str) -> None:
-    """Mark the deployment ``deleting``; the reconciler stops its replicas, then removes it."""
-    dep = get_deployment(s, workspace_id=workspace_id, name=name)
+    """Mark the deployment ``deleting``; the reconciler stops its replicas, then removes it.
+
+    The row is locked first and ``deleting`` is final (no status follows it), so a
+    reconciler pass running at the same moment cannot bring the deployment back.
+    """
+    dep = get_deployment(s, workspace_id=workspace_id, name=name, lock=True)
     if dep.status != DeploymentStatus.deleting.value:
-        dep.status = DeploymentStatus.deleting.value
         dep.updated_at = datetime.now(UTC)
-        events.record(s, workspace_id=workspace_id, kind="deployment", name=name,
-                      object_id=dep.id, reason="Deleting", message="deployment deletion requested")
+        set_status(s, dep, DeploymentStatus.deleting, reason="Deleting",
+                   message="deployment deletion requested")
 
 
 def list_deployments(s: Session, *, workspace_id: str) -> list[Deployment]:
@@ -177,11 +425,17 @@ def deployment_out(s: Session, dep: Deployment) -> DeploymentOut:
     ).all()
     node_names = {n.id: n.name for n in s.scalars(select(Node))}
     return DeploymentOut(
-        id=dep.id, name=dep.name, service=dep.service, model=dep.model, shape=dep.shape,
+        id=dep.id, name=dep.name, service=dep.service, engine=Engine(dep.engine),
+        model=dep.model, shape=dep.shape,
         replicas=dep.replicas,
         ready_replicas=sum(1 for r in reps if r.status == ReplicaStatus.ready.value),
         status=DeploymentStatus(dep.status), pending_reason=dep.pending_reason,
-        generation=dep.generation, env=dep.env, secrets=dict(dep.secrets or {}),
+        pending_code=ReasonCode(dep.pending_code) if dep.pending_code else None,
+        generation=dep.generation, revision=dep.revision,
+        drain_timeout_s=dep.drain_timeout_s, cold_start_timeout_s=dep.cold_start_timeout_s,
+        autoscaling=autoscaling_of(dep),
+        max_surge=dep.max_surge, max_unavailable=dep.max_unavailable,
+        env=dep.env, secrets=dict(dep.secrets or {}),
         priority=dep.priority,
         preemptible=dep.preemptible, endpoint=f"/endpoints/{dep.name}/",
         created_at=dep.created_at, updated_at=dep.updated_at,

@@ -17,10 +17,12 @@ from neocloud.errors import AlreadyExists, Conflict, InvalidRequest, NotFound
 from neocloud.models.jobs import JobCreate, JobOut, JobStatus, JobWorkerOut, WorkerStatus
 from neocloud.models.volumes import VolumeMount
 from neocloud.server.db.tables import Job, JobWorker, Node
+from neocloud.server.services import budgets as budget_svc
 from neocloud.server.services import events
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services.envvars import check_env
+from neocloud.server.services.lifecycle import lock_row, set_status
 from neocloud.server.services.shapes import get_shape
 
 #: Variables neocloud sets in every job worker; a job may not set them itself.
@@ -36,9 +38,15 @@ def _find(s: Session, *, workspace_id: str, name: str) -> Job | None:
     return s.scalars(select(Job).where(Job.workspace_id == workspace_id, Job.name == name)).first()
 
 
-def get_job(s: Session, *, workspace_id: str, name: str) -> Job:
-    """The job ``name`` of the workspace; :class:`NotFound` for any other workspace's."""
+def get_job(s: Session, *, workspace_id: str, name: str, lock: bool = False) -> Job:
+    """The job ``name`` of the workspace; :class:`NotFound` for any other workspace's.
+
+    With ``lock`` the newest row, locked until the transaction ends (``lifecycle.lock_row``),
+    so that a change decided on it cannot race the job reconciler.
+    """
     job = _find(s, workspace_id=workspace_id, name=name)
+    if job is not None and lock:
+        job = lock_row(s, Job, job.id)
     if job is None:
         raise NotFound(f"job {name!r} not found", param="name")
     return job
@@ -58,6 +66,8 @@ def create_job(s: Session, *, workspace_id: str, spec: JobCreate) -> Job:
             raise InvalidRequest(f"env name {key!r} is set by neocloud for distributed jobs",
                                  param="env")
     get_shape(s, name=spec.shape, param="shape")
+    # Budget hard stop: new work of a workspace over its budget is refused (402).
+    budget_svc.require_within_budget(s, workspace_id=workspace_id)
     secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
     volume_svc.check_mounts(s, workspace_id=workspace_id, mounts=spec.volumes)
     if _find(s, workspace_id=workspace_id, name=spec.name) is not None:
@@ -88,34 +98,38 @@ def list_jobs(s: Session, *, workspace_id: str) -> list[Job]:
 def stop_job(s: Session, *, workspace_id: str, name: str) -> Job:
     """Ask the job to stop. A job that holds no workers stops at once; running workers get
     SIGTERM, then SIGKILL after the grace period, and their logs are kept. Stopping a
-    finished job changes nothing."""
-    job = get_job(s, workspace_id=workspace_id, name=name)
+    finished job changes nothing. The job row is locked first, so the stop cannot be lost
+    to a placement of the job running at the same moment (that placement either
+    committed before, and the workers are stopped, or sees the job stopped)."""
+    job = get_job(s, workspace_id=workspace_id, name=name, lock=True)
     status = JobStatus(job.status)
     if status.finished or status is JobStatus.stopping:
         return job
     now = datetime.now(UTC)
+    job.updated_at = now
     if status in (JobStatus.queued, JobStatus.retrying):
-        job.status, job.finished_at = JobStatus.stopped.value, now
+        job.finished_at = now
         job.reason = "stopped by the user before it ran" if not job.attempt else \
             "stopped by the user"
-        events.record(s, workspace_id=workspace_id, kind="job", name=name, object_id=job.id,
-                      reason="Stopped", message="job stopped by the user")
+        set_status(s, job, JobStatus.stopped, reason="Stopped",
+                   message="job stopped by the user")
     else:
-        job.status = JobStatus.stopping.value
         job.reason = "stop requested by the user"
-        events.record(s, workspace_id=workspace_id, kind="job", name=name, object_id=job.id,
-                      reason="Stopping", message="stop requested by the user")
-    job.updated_at = now
+        set_status(s, job, JobStatus.stopping, reason="Stopping",
+                   message="stop requested by the user")
     return job
 
 
 def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path) -> None:
     """Delete a finished job with its workers and logs.
 
+    Its workers' allocations go with them in the same transaction (foreign keys; a
+    finished job's workers hold none).
+
     Raises:
         Conflict: the job is still live (stop it first).
     """
-    job = get_job(s, workspace_id=workspace_id, name=name)
+    job = get_job(s, workspace_id=workspace_id, name=name, lock=True)
     if not JobStatus(job.status).finished:
         raise Conflict(f"job {name!r} is {job.status}; stop it first "
                        f"('neocloud job stop {name}')", param="name")

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from neocloud.errors import AlreadyExists, Conflict, NotFound
 from neocloud.models import GpuOut, NodeCreate, NodeOut, NodeStatus, NodeUpdate
+from neocloud.models.nodes_join import NodeJoin
 from neocloud.server.backends.discovery import MachineInfo
 from neocloud.server.db.tables import Allocation, Node
-from neocloud.server.services import events
+from neocloud.server.services import events, placement
+from neocloud.server.services.lifecycle import StaleStatus, lock_row
+
+
+def set_node_status(s: Session, node: Node, status: NodeStatus, *, reason: str,
+                    message: str, warning: bool = False) -> bool:
+    """Move ``node`` to ``status`` (any node status may follow any other), by
+    compare-and-set on the status read, with an event naming the new status in the same
+    transaction. Setting the status it has does nothing. Returns whether it changed.
+
+    Raises:
+        StaleStatus: the node's status in the database is no longer the one read.
+    """
+    new, old = NodeStatus(status).value, node.status
+    if new == old:
+        return False
+    done = s.execute(update(Node).where(Node.id == node.id, Node.status == old)
+                     .values(status=new).execution_options(synchronize_session=False))
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleStatus(f"node {node.name} is no longer {old}")
+    s.expire(node, ["status"])
+    events.record(s, kind="node", name=node.name, object_id=node.id, reason=reason,
+                  message=message, warning=warning, status=new)
+    return True
 
 
 def register_local(s: Session, *, machine: MachineInfo, backend: str) -> Node:
@@ -39,7 +64,7 @@ def create_node(s: Session, *, spec: NodeCreate) -> Node:
     """Register a node by hand (simulated ``fake`` nodes, or a server another backend runs)."""
     if s.scalars(select(Node).where(Node.name == spec.name)).first():
         raise AlreadyExists(f"node {spec.name!r} already exists", param="name")
-    gpus = []
+    gpus: list[dict[str, Any]] = []
     for g in spec.gpus:
         for _ in range(g.count):
             gpus.append({"index": len(gpus), "type": g.type, "memory_mib": g.memory_mib})
@@ -55,6 +80,51 @@ def create_node(s: Session, *, spec: NodeCreate) -> Node:
     return node
 
 
+#: Node label with the Ray node id of a node that joined (Ray's own label name).
+RAY_NODE_ID_LABEL = "ray.io/node-id"
+#: Node label with the price per hour (USD) an operator gave at join.
+PRICE_LABEL = "neocloud.io/price-per-hour-usd"
+
+
+def join_node(s: Session, *, spec: NodeJoin) -> tuple[Node, bool]:
+    """Register or refresh the Ray node ``spec.name``; returns it and whether it is new.
+
+    A node that rejoins keeps its id, allocations, pool and status (``cordoned`` and
+    ``draining`` stay); one that was ``not_ready`` is ``ready`` again.
+
+    Raises:
+        Conflict: a node of another backend has that name.
+    """
+    node = s.scalars(select(Node).where(Node.name == spec.name)).first()
+    created = node is None
+    if node is None:
+        node = Node(name=spec.name, backend="ray", status=NodeStatus.ready.value)
+        s.add(node)
+    elif node.backend != "ray":
+        raise Conflict(f"node {spec.name!r} exists with the {node.backend} backend; "
+                       "join under another name", param="name")
+    gpus: list[dict[str, Any]] = []
+    for g in spec.gpus:
+        for _ in range(g.count):
+            gpus.append({"index": len(gpus), "type": g.type, "memory_mib": g.memory_mib})
+    labels = {**spec.labels, RAY_NODE_ID_LABEL: spec.ray_node_id}
+    if spec.price_per_hour_usd is not None:
+        labels[PRICE_LABEL] = f"{spec.price_per_hour_usd:g}"
+    node.address, node.cpu_milli, node.memory_mib = spec.address, spec.cpu_milli, spec.memory_mib
+    node.gpus, node.labels = gpus, labels
+    if spec.pool is not None:
+        node.pool = spec.pool
+    node.heartbeat_at = datetime.now(UTC)
+    s.flush()
+    if node.status == NodeStatus.not_ready.value:
+        set_node_status(s, node, NodeStatus.ready, reason="NodeReady",
+                        message=f"node {spec.name}: not_ready -> ready (rejoined)")
+    events.record(s, kind="node", name=spec.name, reason="Joined" if created else "Rejoined",
+                  message=f"node {spec.name} joined at {spec.address} (Ray node "
+                          f"{spec.ray_node_id[:12]}) with {len(gpus)} GPUs")
+    return node, created
+
+
 def get_node(s: Session, *, name: str) -> Node:
     node = s.scalars(select(Node).where(Node.name == name)).first()
     if node is None:
@@ -63,21 +133,38 @@ def get_node(s: Session, *, name: str) -> Node:
 
 
 def update_node(s: Session, *, name: str, spec: NodeUpdate) -> Node:
+    """Change a node's status (``draining``: no new work; the node-health reconciler
+    cordons it once its work has finished or moved) or labels, under the node's row lock.
+
+    Raises:
+        NotFound: no such node.
+    """
     node = get_node(s, name=name)
+    node = lock_row(s, Node, node.id) or node
     if spec.status is not None and spec.status.value != node.status:
-        events.record(s, kind="node", name=name, reason="StatusChanged",
-                      message=f"node {name}: {node.status} -> {spec.status.value}")
-        node.status = spec.status.value
+        set_node_status(s, node, spec.status, reason="StatusChanged",
+                        message=f"node {name}: {node.status} -> {spec.status.value}")
     if spec.labels is not None:
         node.labels = spec.labels
     return node
 
 
 def delete_node(s: Session, *, name: str) -> None:
+    """Remove a node that holds no allocation, under the placement lock (no placement
+    can bind work to it meanwhile).
+
+    Raises:
+        NotFound: no such node.
+        Conflict: allocations remain on it (drain it first).
+    """
     node = get_node(s, name=name)
-    busy = s.scalars(select(Allocation).where(Allocation.node_id == node.id)).first()
-    if busy is not None:
-        raise Conflict(f"node {name!r} still runs work; cordon it and move its work first")
+    placement.lock_placement(s)
+    node = lock_row(s, Node, node.id) or node
+    busy = s.scalars(select(Allocation).where(Allocation.node_id == node.id)).all()
+    if busy:
+        raise Conflict(f"node {name!r} still holds {len(busy)} allocation(s); drain it "
+                       "(neocloud node drain) and remove it once its work has moved or "
+                       "finished", param="name")
     s.delete(node)
 
 

@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from sqlalchemy import delete, select, text
+from sqlalchemy import literal as sa_literal
 from sqlalchemy.orm import Session
 
+from neocloud.errors import BudgetExceeded
 from neocloud.server.db.tables import Allocation, Node, Quota, Shape
 from neocloud.server.scheduler import (
     Binding,
@@ -32,6 +34,7 @@ from neocloud.server.scheduler import (
     select_victims,
 )
 from neocloud.server.scheduler import Quota as SchedQuota
+from neocloud.server.services import budgets
 
 #: Called to preempt one workload: ``handler(session, owner_id, reason)``; registered per
 #: allocation kind (``replica``, ``job``, ``pod``) by the reconciler of that kind. The
@@ -40,28 +43,37 @@ PreemptHandler = Callable[[Session, str, str], None]
 PREEMPT_HANDLERS: dict[str, PreemptHandler] = {}
 
 
-#: Start of the pending reason of work that preempted others and waits for them to stop.
-#: While such work waits, work of lower priority is not placed, so that it cannot take the
-#: room being freed (the idea of Kubernetes' nominated pods, without naming a node).
+#: Start of the pending reason of work that preempted others and waits for them to stop
+#: (for people; the state itself is the ``preempting_at`` column of replicas, jobs and
+#: pods). While such work waits, work of lower priority is not placed, so that it cannot
+#: take the room being freed (the idea of Kubernetes' nominated pods, without naming a node).
 PREEMPTING = "preempting "
 
 
 def preempting_priority(s: Session) -> tuple[int, str] | None:
-    """Highest priority among waiting work (replicas, jobs) that preempted others and
-    waits for them to stop, with its name."""
-    from neocloud.server.db.tables import Deployment, Job, Replica
+    """Highest priority among waiting work (replicas, jobs, pods) that preempted others
+    and waits for them to stop (``preempting_at`` set), with its name."""
+    from neocloud.server.db.tables import Deployment, Job, Pod, Replica
 
     rows = [
         s.execute(select(Deployment.priority, Deployment.name)
                   .join(Replica, Replica.deployment_id == Deployment.id)
-                  .where(Replica.status == "pending", Replica.message.startswith(PREEMPTING))
+                  .where(Replica.status == "pending", Replica.preempting_at.is_not(None))
                   .order_by(Deployment.priority.desc()).limit(1)).first(),
         s.execute(select(Job.priority, Job.name)
-                  .where(Job.status == "queued", Job.reason.startswith(PREEMPTING))
+                  .where(Job.status == "queued", Job.preempting_at.is_not(None))
                   .order_by(Job.priority.desc()).limit(1)).first(),
+        s.execute(select(sa_literal(0), Pod.name)
+                  .where(Pod.status == "queued", Pod.preempting_at.is_not(None))
+                  .limit(1)).first(),
     ]
     found = [(int(r[0]), str(r[1])) for r in rows if r is not None]
     return max(found) if found else None
+
+
+#: The owner column of an allocation, per allocation kind.
+OWNER_COLUMNS: dict[str, str] = {"replica": "replica_id", "job": "job_worker_id",
+                                 "pod": "pod_id"}
 
 
 @dataclass(frozen=True)
@@ -182,12 +194,19 @@ def schedule(
 ) -> list[Binding] | Unschedulable | Preempt:
     """Admission, then placement, then preemption, for one workload or a gang.
 
-    Takes the placement lock. Order: the workspace quota (a reason naming the limit);
+    Takes the placement lock. Order: the workspace budget (a hard stop refuses), the
+    workspace quota (a reason naming the limit);
     then a place for every request at once (``place_gang``: all or nothing); failing
     that, the lowest-priority preemptible work whose stopping makes room
     (:class:`Preempt`); else the scheduler's reason.
     """
     lock_placement(s)
+    try:
+        # A hard-stopped budget refuses placement under the same lock as the quota check,
+        # so work queued before the spend crossed 100 % is not placed after it.
+        budgets.require_within_budget(s, workspace_id=workspace_id)
+    except BudgetExceeded as e:
+        return Unschedulable(e.message)
     reqs = list(requests)
     waiting = preempting_priority(s)
     if waiting is not None and waiting[0] > priority:
@@ -243,10 +262,19 @@ def bind(
     priority: int = 0,
     preemptible: bool = False,
 ) -> Allocation:
-    """Write the allocation of ``binding`` for the workload ``owner_id``.
+    """Write the allocation of ``binding`` for the workload ``owner_id`` of ``kind``
+    (``replica``, ``job`` for a job worker, ``pod``), owned in the schema: the allocation
+    is deleted with its owner's row.
 
+    Call it through :func:`neocloud.server.reconcilers.core.place`, which re-checks in the
+    same transaction, under the owner's row lock, that the owner is still wanted.
     ``gpu_type`` defaults to the type of the first bound GPU on its node.
+
+    Raises:
+        ValueError: ``kind`` is not an allocation kind.
     """
+    if kind not in OWNER_COLUMNS:
+        raise ValueError(f"unknown allocation kind {kind!r}")
     if gpu_type is None and binding.gpu_indices:
         node = s.get(Node, binding.node_id)
         types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
@@ -257,6 +285,7 @@ def bind(
         gpu_milli=binding.gpu_milli if binding.gpu_indices else 0,
         gpu_type=gpu_type, cpu_milli=binding.cpu_milli, memory_mib=binding.memory_mib,
         priority=priority, preemptible=preemptible,
+        **{OWNER_COLUMNS[kind]: owner_id},
     )
     s.add(alloc)
     s.flush()

@@ -18,10 +18,12 @@ from neocloud.models.pods import PodCreate, PodOut, PodSsh, PodStatus
 from neocloud.models.volumes import VolumeMount
 from neocloud.podrun import find_sshd
 from neocloud.server.db.tables import Node, Pod
+from neocloud.server.services import budgets as budget_svc
 from neocloud.server.services import events
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services.envvars import check_env
+from neocloud.server.services.lifecycle import lock_row, set_status
 from neocloud.server.services.shapes import get_shape
 from neocloud.server.storage import VolumeStore
 
@@ -33,9 +35,15 @@ def _find(s: Session, *, workspace_id: str, name: str) -> Pod | None:
     return s.scalars(select(Pod).where(Pod.workspace_id == workspace_id, Pod.name == name)).first()
 
 
-def get_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
-    """The pod ``name`` of the workspace; :class:`NotFound` for any other workspace's."""
+def get_pod(s: Session, *, workspace_id: str, name: str, lock: bool = False) -> Pod:
+    """The pod ``name`` of the workspace; :class:`NotFound` for any other workspace's.
+
+    With ``lock`` the newest row, locked until the transaction ends (``lifecycle.lock_row``),
+    so that a change decided on it cannot race the pod reconciler.
+    """
     pod = _find(s, workspace_id=workspace_id, name=name)
+    if pod is not None and lock:
+        pod = lock_row(s, Pod, pod.id)
     if pod is None or pod.desired == "deleted":
         raise NotFound(f"pod {name!r} not found", param="name")
     return pod
@@ -58,6 +66,8 @@ def create_pod(s: Session, *, workspace_id: str, spec: PodCreate, store: VolumeS
     """
     check_env(spec.env)
     get_shape(s, name=spec.shape, param="shape")
+    # Budget hard stop: new work of a workspace over its budget is refused (402).
+    budget_svc.require_within_budget(s, workspace_id=workspace_id)
     secret_svc.check_refs(s, workspace_id=workspace_id, refs=spec.secrets, env=spec.env)
     volume_svc.check_mounts(s, workspace_id=workspace_id, mounts=spec.volumes)
     if find_sshd() is None:
@@ -91,12 +101,13 @@ def create_pod(s: Session, *, workspace_id: str, spec: PodCreate, store: VolumeS
 
 def start_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
     """Start a stopped or failed pod again (its files are where it left them)."""
-    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    pod = get_pod(s, workspace_id=workspace_id, name=name, lock=True)
+    # Budget hard stop: new work of a workspace over its budget is refused (402).
+    budget_svc.require_within_budget(s, workspace_id=workspace_id)
     pod.desired = "running"
     if pod.status in (PodStatus.stopped, PodStatus.failed):
-        pod.status, pod.reason = PodStatus.queued.value, "waiting to be scheduled"
-        events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,
-                      reason="Starting", message="start requested")
+        pod.reason = "waiting to be scheduled"
+        set_status(s, pod, PodStatus.queued, reason="Starting", message="start requested")
     pod.updated_at = datetime.now(UTC)
     return pod
 
@@ -104,7 +115,7 @@ def start_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
 def stop_pod(s: Session, *, workspace_id: str, name: str, reason: str = "stopped by the user"
              ) -> Pod:
     """Stop a pod; billing stops once its process has ended. Files stay on its volume."""
-    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    pod = get_pod(s, workspace_id=workspace_id, name=name, lock=True)
     if pod.desired != "stopped":
         pod.desired, pod.reason = "stopped", reason
         pod.updated_at = datetime.now(UTC)
@@ -116,7 +127,7 @@ def stop_pod(s: Session, *, workspace_id: str, name: str, reason: str = "stopped
 def delete_pod(s: Session, *, workspace_id: str, name: str) -> None:
     """Stop and delete a pod; its working-directory volume is kept (delete it with
     ``neocloud volume rm``)."""
-    pod = get_pod(s, workspace_id=workspace_id, name=name)
+    pod = get_pod(s, workspace_id=workspace_id, name=name, lock=True)
     pod.desired = "deleted"
     pod.updated_at = datetime.now(UTC)
     events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import InvalidRequest, NeocloudError, NotFound
+from neocloud.masking import Masker, looks_sensitive
 from neocloud.models.secrets import MAX_SECRET_BYTES, SecretOut
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.tables import Secret
@@ -143,28 +144,30 @@ def resolve(
     return out
 
 
-#: Secret values shorter than this are not masked in output: masking every ``x`` or ``1``
-#: would garble logs, and such a value protects nothing.
-MIN_MASKED_CHARS = 4
-
-
 def redact(text: str, values: list[str]) -> str:
-    """``text`` with every occurrence of each secret value (of at least
-    :data:`MIN_MASKED_CHARS` characters) replaced by ``***``."""
-    for v in sorted(values, key=len, reverse=True):
-        if len(v) >= MIN_MASKED_CHARS:
-            text = text.replace(v, "***")
-    return text
+    """``text`` with every occurrence of each secret value replaced by ``***``, in every
+    form :class:`neocloud.masking.Masker` knows (plain, base64, URL-encoded, JSON-escaped;
+    values shorter than :data:`neocloud.masking.MIN_MASKED_CHARS` are left alone).
+
+    Logs are masked when they are written (:mod:`neocloud.logrun`); this second pass
+    covers text neocloud builds itself and logs written before masking existed.
+    """
+    return Masker(values).mask_text(text) if values and text else text
 
 
 def values_of(
-    s: Session, *, workspace_id: str, refs: dict[str, str], box: SecretBox | None
+    s: Session, *, workspace_id: str, refs: dict[str, str], box: SecretBox | None,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    """The clear values of the secrets ``refs`` names, to redact them from output
-    (empty when none can be decrypted)."""
+    """The clear values to redact from a workload's output: those of the secrets ``refs``
+    names (skipped when they cannot be decrypted or no longer exist) and those of the
+    ``env`` entries whose names look sensitive."""
+    out = [v for k, v in (env or {}).items() if looks_sensitive(k)]
     if not refs or box is None:
-        return []
-    try:
-        return list(resolve(s, workspace_id=workspace_id, refs=refs, box=box).values())
-    except NeocloudError:
-        return []
+        return out
+    for var, secret in refs.items():
+        try:
+            out += resolve(s, workspace_id=workspace_id, refs={var: secret}, box=box).values()
+        except NeocloudError:
+            continue
+    return out

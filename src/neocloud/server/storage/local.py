@@ -49,7 +49,7 @@ class LocalVolumeStore:
     ) -> int:
         target = self._file(workspace_id, volume, path)
         if target.is_dir():
-            raise InvalidRequest(f"{path!r} is a folder", param="path")
+            raise Conflict(f"{path!r} is a folder", param="path")
         vol = self._vol(workspace_id, volume)
         for parent in target.relative_to(vol).parents:
             if parent != Path(".") and (vol / parent).is_file():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
@@ -23,34 +22,42 @@ def check_model(service: Any, model: str) -> None:
         )
 
 
+#: Marks an option whose every value is harmless (metadata, service tier...).
+ANY: Any = object()
+
+
 def refuse(extra: dict[str, Any] | None, unsupported: dict[str, Any]) -> None:
     """Raise :class:`Unsupported` when ``extra`` sets an option this runtime does not do.
 
     ``unsupported`` maps option names to their harmless value (``None`` meaning "any
-    false-like value is fine").
+    false-like value is fine", :data:`ANY` any value at all).
 
     Raises:
         Unsupported: one option is set to something else.
     """
     for key, harmless in unsupported.items():
         value = (extra or {}).get(key)
-        if value is None or value == harmless or (harmless is None and not value):
+        if harmless is ANY or value is None or value == harmless:
+            continue
+        if harmless is None and not value:
             continue
         raise Unsupported(f"{key} is not supported by this model server", param=key)
+
+
+def refuse_unknown(extra: dict[str, Any] | None, known: dict[str, Any]) -> None:
+    """Like :func:`refuse`, and any option not in ``known`` is refused too (a 400 naming
+    it: an option the server does not know is never silently ignored).
+
+    Raises:
+        Unsupported: an unknown option, or a known one set to a value not served here.
+    """
+    for key in extra or {}:
+        if key not in known:
+            raise Unsupported(f"{key} is not a parameter this model server knows", param=key)
+    refuse(extra, known)
 
 
 def new_id(prefix: str) -> str:
     """An OpenAI-style object id such as ``chatcmpl-<32 hex>``."""
     return f"{prefix}-{uuid.uuid4().hex}"
 
-
-def env_int(name: str, default: int) -> int:
-    """Integer setting from the environment (``default`` when unset or empty)."""
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def env_float(name: str, default: float) -> float:
-    """Float setting from the environment (``default`` when unset or empty)."""
-    value = os.environ.get(name)
-    return float(value) if value else default

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from typing import Any
 
 from neocloud.errors import InvalidRequest, Unsupported
 from neocloud.models.openai import EmbeddingRequest
 from neocloud.serving.batching import Batcher
-from neocloud.serving.builtin.common import check_model, env_float, env_int
+from neocloud.serving.builtin.common import check_model
 from neocloud.serving.modelref import parse_model_ref
 from neocloud.serving.service import Service, endpoint
+from neocloud.serving.settings import ServingSettings
 
 log = logging.getLogger("neocloud.serving")
 
@@ -52,14 +52,18 @@ class EmbeddingsService(Service):
 
     name = "embeddings"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ServingSettings | None = None) -> None:
+        """``settings``: batch limits, device and torch threads (default: from the
+        environment, see :mod:`neocloud.serving.settings`)."""
+        self.settings = s = settings or ServingSettings.from_env()
         self.model: Any = None
         self.dimensions = 0
         self.device = "cpu"
         self.encode = Batcher(
             self._encode_batch,
-            max_batch_size=env_int("NEOCLOUD_MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE),
-            max_wait_s=env_float("NEOCLOUD_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS) / 1000.0,
+            max_batch_size=s.max_batch_size or DEFAULT_MAX_BATCH_SIZE,
+            max_wait_s=(DEFAULT_MAX_WAIT_MS if s.max_wait_ms is None else s.max_wait_ms)
+            / 1000.0,
             name="embeddings",
             owner=self,
         )
@@ -68,12 +72,12 @@ class EmbeddingsService(Service):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        threads = os.environ.get("NEOCLOUD_TORCH_THREADS")
+        threads = self.settings.torch_threads
         if threads:
-            torch.set_num_threads(int(threads))
+            torch.set_num_threads(threads)
         ref = parse_model_ref(self.model_ref)
         source = default_model_path() if ref.kind == "default" else ref.value
-        self.device = os.environ.get("NEOCLOUD_DEVICE") or (
+        self.device = self.settings.device or (
             "cuda" if torch.cuda.is_available() else "cpu")
         self.model = SentenceTransformer(source, device=self.device)
         self.model.eval()

@@ -48,14 +48,19 @@ class IncrementalDecoder:
             return delta
         return ""
 
-    def flush(self) -> str:
-        """Text of tokens still held back (at the end of generation)."""
+    def flush(self, whole_chars_only: bool = False) -> str:
+        """Text of tokens still held back (at the end of generation).
+
+        ``whole_chars_only`` (generation cut by ``max_tokens``): the bytes of a character
+        left incomplete are dropped instead of becoming U+FFFD.
+        """
         if self.read_offset == len(self.ids):
             return ""
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return full[len(prefix):]
+        out = full[len(prefix):]
+        return out.rstrip(_REPLACEMENT) if whole_chars_only else out
 
 
 class StopFilter:

@@ -1,42 +1,67 @@
-"""Token-by-token generation with a KV cache, sampling, stop conditions and ``n`` choices.
+"""Continuous batching: iteration-level scheduling of token generation (Yu et al., OSDI'22,
+"Orca: A Distributed Serving System for Transformer-Based Generative Models").
 
-One :class:`TextGenerator` owns one model. Generations run one at a time (an asyncio
-lock, first come first served); each model step runs in a dedicated worker thread so the
-event loop keeps serving. ``n`` choices of one request are decoded together as one batch
-of ``n`` rows sharing the prompt. When the consumer stops iterating (client gone), no
-further step runs.
+One :class:`TextGenerator` owns one model and one engine thread. Requests join and leave
+the running batch at every step:
 
-Sampling: ``temperature == 0`` is greedy (argmax); otherwise logits are divided by the
-temperature, nucleus filtering keeps the smallest set of tokens whose probability mass
-reaches ``top_p`` (Holtzman et al., 2019, "The Curious Case of Neural Text
-Degeneration"), and a token is drawn with a ``torch.Generator`` seeded by ``seed`` (random
-when absent).
+1. the inbox is read: new requests go to the waiting queue (first come, first served),
+   cancelled ones (client gone) leave the batch and free their rows now;
+2. admission: waiting requests are taken in order while the batch has rows left
+   (``max_num_seqs``), their prompts fit the step's prefill allowance
+   (``max_prefill_tokens``, padded tokens; the first one always enters) and their whole
+   run (prompt + ``max_tokens``) fits in the KV budget (``kv_budget_tokens``) beside the
+   batch as it is laid out; a request that does not fit waits, and the queue is not
+   overtaken. The newcomers are prefilled together in one forward and their first tokens
+   sampled (prefill is interleaved with decode steps: running streams wait at most one
+   prefill between two of their tokens);
+3. one decode step for every running sequence (one token each), then detokenization,
+   stop strings, EOS and ``max_tokens``; finished sequences free their rows.
+
+Each request has its own :class:`SamplingParams` (temperature, top_p, seed, stop, n,
+max_tokens); its ``n`` choices are ``n`` rows. Since every admitted run was reserved
+whole, the batch never outgrows the budget; should it still have to (a guard), the most
+recently admitted sequence is preempted: its rows are freed and it goes back to the front
+of the queue with its tokens, to be prefilled again (recomputation, as vLLM does); what
+it already streamed is not repeated. A request whose ``n`` choices could not fit even
+alone (:func:`slots_needed` > budget) is refused with a 400 before it starts.
+
+KV layout and accounting: :mod:`neocloud.serving.textgen.kvcache`. The model is a
+transformers causal LM of the Llama family layout (``config.num_hidden_layers``,
+``num_key_value_heads``, ``head_dim``) called with a 4-D boolean attention mask, explicit
+position ids and the :class:`SlotCache` as its cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
-import secrets
+import logging
+import threading
+import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from neocloud.errors import InvalidRequest
+from neocloud.serving.engine_metrics import EngineMetrics
 from neocloud.serving.textgen.detok import IncrementalDecoder, StopFilter
+from neocloud.serving.textgen.kvcache import COL_BLOCK, ROW_BLOCK, SlotCache
+from neocloud.serving.textgen.sampling import SamplingParams, make_generator, sample
 
+log = logging.getLogger("neocloud.serving")
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Options of one generation (see the module docstring); ``max_tokens`` per choice."""
+#: Default cap on running sequences (rows of the batch).
+DEFAULT_MAX_NUM_SEQS = 64
+#: Default cap on padded prompt tokens prefilled in one step.
+DEFAULT_MAX_PREFILL_TOKENS = 1024
+#: Share of the memory available at start given to the KV cache by default.
+DEFAULT_KV_MEMORY_FRACTION = 0.3
+#: Finished requests remembered for usage look-ups (:meth:`TextGenerator.usage`).
+LEDGER_SIZE = 4096
 
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
+__all__ = ["Delta", "EngineConfig", "SamplingParams", "TextGenerator", "Usage", "run_to_end",
+           "slots_needed"]
 
 
 @dataclass
@@ -51,11 +76,40 @@ class Delta:
 
 
 @dataclass
-class _Choice:
-    decoder: IncrementalDecoder
-    stops: StopFilter
-    tokens: int = 0
-    finish: str | None = None
+class Usage:
+    """Tokens of one request as the engine counted them (``finished`` once it ended, by
+    completion, error or cancellation)."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Scheduling limits of one engine.
+
+    Attributes:
+        max_num_seqs: most sequences (rows) decoded together.
+        max_prefill_tokens: most padded prompt tokens prefilled in one step (the first
+            waiting request enters even when it alone is longer).
+        kv_budget_tokens: KV-cache slots (tokens × rows, padding included); ``None``
+            derives it from memory: :data:`DEFAULT_KV_MEMORY_FRACTION` of the memory
+            available at start divided by the bytes of one token's keys and values
+            (``2 × layers × kv_heads × head_dim × dtype size``).
+    """
+
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
+    kv_budget_tokens: int | None = None
+
+
+def slots_needed(n: int, prompt_tokens: int, max_tokens: int) -> int:
+    """KV slots a request needs when it runs alone: its ``n`` rows (rounded up to the row
+    block) × prompt + output columns (rounded up to the column block)."""
+    rows = -(-n // ROW_BLOCK) * ROW_BLOCK
+    cols = -(-(prompt_tokens + max_tokens) // COL_BLOCK) * COL_BLOCK
+    return rows * cols
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -71,37 +125,140 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _available_memory_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+class _Seq:
+    """One choice of a request: one row of the batch while it runs."""
+
+    __slots__ = ("req", "index", "tokens", "decoder", "stops", "gen", "finish", "row", "order")
+
+    def __init__(self, req: _Request, index: int, decoder: IncrementalDecoder,
+                 stops: StopFilter, gen: Any) -> None:
+        self.req = req
+        self.index = index
+        self.tokens: list[int] = []
+        self.decoder = decoder
+        self.stops = stops
+        self.gen = gen
+        self.finish: str | None = None
+        self.row: int | None = None
+        self.order = 0  # admission order (preemption takes the latest)
+
+
+@dataclass(eq=False)
+class _Request:
+    rid: str
+    prompt: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[Any]
+    usage: Usage
+    seqs: list[_Seq] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+    waiting: bool = False
+
+
+_END = object()
+
+
 class TextGenerator:
-    """Generation over one causal LM and its tokenizer.
+    """Continuous-batching generation over one causal LM and its tokenizer.
 
     Args:
-        model: a transformers causal LM (or any module with the same call signature:
-            ``model(input_ids=..., past_key_values=..., use_cache=True)`` returning
-            ``.logits`` of shape ``(batch, seq, vocab)`` and ``.past_key_values``; the
-            argument and attribute are named ``cache`` when ``forward`` takes ``cache``).
+        model: a transformers causal LM (see the module docstring).
         tokenizer: its tokenizer (``apply_chat_template``, ``encode``, ``decode``).
         device: torch device string of the model.
         context_length: prompt + output limit in tokens (default from the model config).
+        config: scheduling limits (:class:`EngineConfig`).
     """
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu",
-                 context_length: int | None = None) -> None:
+                 context_length: int | None = None, config: EngineConfig | None = None
+                 ) -> None:
+        import torch
+
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        cfg = getattr(model, "config", None)
+        self.config = config or EngineConfig()
+        cfg = model.config
         self.context_length = context_length or int(
-            getattr(cfg, "max_position_embeddings", 0) or 2048
-        )
+            getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.eos_ids = _eos_ids(model, tokenizer)
-        # transformers 5 renamed ``past_key_values`` to ``cache`` (argument and output)
         try:
             names = set(inspect.signature(model.forward).parameters)
         except (AttributeError, TypeError, ValueError):
             names = set()
         self._cache_arg = "cache" if "cache" in names else "past_key_values"
-        self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="textgen")
+        self._keep_arg = "logits_to_keep" if "logits_to_keep" in names else None
+        heads = int(cfg.num_attention_heads)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        layers = int(cfg.num_hidden_layers)
+        dtype = next(model.parameters()).dtype
+        self.bytes_per_token = 2 * layers * kv_heads * head_dim * torch.empty(
+            (), dtype=dtype).element_size()
+        budget = self.config.kv_budget_tokens
+        if budget is None:
+            budget = int(_available_memory_bytes(device) * DEFAULT_KV_MEMORY_FRACTION
+                         ) // self.bytes_per_token
+        self.kv_budget_tokens = int(budget)
+        self.cache = SlotCache(layers, kv_heads, head_dim, dtype, device)
+        self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
+        self.ledger: collections.OrderedDict[str, Usage] = collections.OrderedDict()
+        self.generated_tokens = 0   # all tokens sampled (a counter)
+        self.prompt_tokens = 0      # prompt tokens of submitted requests (a counter)
+        self.preemptions = 0
+        self.metrics = EngineMetrics()
+        self._rows: list[_Seq] = []  # row -> sequence
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._running: list[_Request] = []
+        self._inbox: list[tuple[str, _Request]] = []
+        self._cv = threading.Condition()
+        self._order = 0
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="textgen", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> int:
+        """Requests with sequences in the batch."""
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for admission (new or preempted)."""
+        return len(self._waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        """Allocated KV slots / budget (0..1)."""
+        return min(1.0, self.cache.allocated_tokens / max(1, self.kv_budget_tokens))
+
+    def render_metrics(self) -> bytes:
+        """The engine series of :mod:`neocloud.serving.engine_metrics`."""
+        return self.metrics.render(
+            running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
+            prompt_tokens=self.prompt_tokens, generation_tokens=self.generated_tokens,
+            preemptions=self.preemptions)
+
+    def close(self) -> None:
+        """Stop the engine thread (pending requests end with an error)."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -140,130 +297,324 @@ class TextGenerator:
         """Token ids of a plain prompt (with the tokenizer's own special tokens)."""
         return list(self.tokenizer.encode(prompt))
 
-    def check(self, prompt_ids: list[int], max_tokens: int | None, default_max: int | None
-              ) -> int:
-        """The effective ``max_tokens`` for a prompt.
+    def check(self, prompt_ids: list[int], max_tokens: int | None, default_max: int | None,
+              n: int = 1) -> int:
+        """The effective ``max_tokens`` for a prompt of ``n`` choices.
 
-        ``default_max`` None means "up to the context length".
+        ``default_max`` None means "up to the context length" (and, for the default
+        only, no more than the KV budget allows).
 
         Raises:
-            InvalidRequest: empty prompt, or prompt + ``max_tokens`` beyond the context.
+            InvalidRequest: empty prompt, prompt + ``max_tokens`` beyond the context, or a
+                request that could never fit in the KV budget (``kv_cache_exceeded``).
         """
         if not prompt_ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
-        room = self.context_length - len(prompt_ids)
+        p = len(prompt_ids)
+        room = self.context_length - p
         if room < 1:
             raise InvalidRequest(
-                f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                f"the prompt has {p} tokens; this model's context is "
                 f"{self.context_length} tokens", param="messages", code="context_length_exceeded")
         if max_tokens is None:
-            return room if default_max is None else min(default_max, room)
+            out = room if default_max is None else min(default_max, room)
+            if default_max is None:  # shrink the implicit limit to what the cache can hold
+                rows = -(-n // ROW_BLOCK) * ROW_BLOCK
+                fit = (self.kv_budget_tokens // rows) // COL_BLOCK * COL_BLOCK - p
+                out = min(out, fit)
+            if out < 1 or slots_needed(n, p, out) > self.kv_budget_tokens:
+                raise self._never_fits(n, p, max(out, 1), "messages")
+            return out
         if max_tokens > room:
             raise InvalidRequest(
-                f"max_tokens {max_tokens} + prompt {len(prompt_ids)} tokens exceeds this "
+                f"max_tokens {max_tokens} + prompt {p} tokens exceeds this "
                 f"model's context of {self.context_length} tokens", param="max_tokens",
                 code="context_length_exceeded")
+        if slots_needed(n, p, max_tokens) > self.kv_budget_tokens:
+            raise self._never_fits(n, p, max_tokens, "max_tokens")
         return max_tokens
 
-    # ------------------------------------------------------------------ model steps
-    def _forward(self, input_ids: Any, past: Any) -> tuple[Any, Any]:
-        import torch
+    def _never_fits(self, n: int, p: int, m: int, param: str) -> InvalidRequest:
+        return InvalidRequest(
+            f"{n} choice(s) of {p} prompt + {m} output tokens need "
+            f"{slots_needed(n, p, m)} KV-cache slots; this replica has "
+            f"{self.kv_budget_tokens}", param=param, code="kv_cache_exceeded")
 
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: past})
-        return out.logits[:, -1, :], getattr(out, self._cache_arg)
+    # ------------------------------------------------------------------ requests
+    def usage(self, request_id: str) -> Usage | None:
+        """The engine's count for a request id (running or among the last
+        :data:`LEDGER_SIZE` finished), else ``None``."""
+        return self.ledger.get(request_id)
 
-    def _sample(self, logits: Any, params: SamplingParams, gen: Any) -> list[int]:
-        import torch
-
-        with torch.inference_mode():
-            logits = logits.float()
-            if params.temperature == 0.0:
-                return logits.argmax(dim=-1).tolist()
-            probs = torch.softmax(logits / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-                cum = torch.cumsum(sorted_p, dim=-1)
-                drop = cum - sorted_p >= params.top_p  # keep tokens until the mass is reached
-                sorted_p = sorted_p.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-            return torch.multinomial(probs, 1, generator=gen).squeeze(-1).tolist()
-
-    def _first_step(self, prompt_ids: list[int], params: SamplingParams) -> tuple[Any, Any, Any]:
-        import torch
-
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
-        ids = torch.tensor([prompt_ids] * params.n, dtype=torch.long, device=self.device)
-        logits, past = self._forward(ids, None)
-        return self._sample(logits, params, gen), past, gen
-
-    def _next_step(self, tokens: list[int], past: Any, params: SamplingParams, gen: Any
-                   ) -> tuple[list[int], Any]:
-        import torch
-
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(-1)
-        logits, past = self._forward(ids, past)
-        return self._sample(logits, params, gen), past
-
-    # ------------------------------------------------------------------ generation
-    async def generate(self, prompt_ids: list[int], params: SamplingParams
-                       ) -> AsyncIterator[list[Delta]]:
-        """Yield, after every model step, the text deltas of the choices that have new text.
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[list[Delta]]:
+        """Yield, after every step that gave text, the deltas of this request's choices.
 
         Each choice ends with a delta carrying ``finish_reason`` (``stop`` for EOS or a
-        stop string, ``length`` at ``max_tokens``) and its generated token count.
+        stop string, ``length`` at ``max_tokens``) and its generated token count. Leaving
+        the iteration early cancels the request (its rows are freed at the next step).
+
+        Raises:
+            RuntimeError: the engine failed on a model step (the message says why).
         """
         loop = asyncio.get_running_loop()
-        async with self._lock:
-            choices = [_Choice(IncrementalDecoder(self.tokenizer), StopFilter(list(params.stop)))
-                       for _ in range(params.n)]
-            tokens, past, gen = await loop.run_in_executor(
-                self._executor, self._first_step, prompt_ids, params)
+        rid = request_id or f"gen-{id(params)}-{time.monotonic_ns()}"
+        req = _Request(rid, list(prompt_ids), params, loop, asyncio.Queue(),
+                       Usage(len(prompt_ids)))
+        for i in range(params.n):
+            req.seqs.append(_Seq(req, i, IncrementalDecoder(self.tokenizer),
+                                 StopFilter(list(params.stop)),
+                                 make_generator(params.seed, i, self.device)))
+        self._remember(rid, req.usage)
+        with self._cv:
+            if self._stopped:
+                raise RuntimeError("the generation engine is stopped")
+            self._inbox.append(("new", req))
+            self._cv.notify()
+        self.prompt_tokens += len(prompt_ids)
+        started = time.perf_counter()
+        first_at: float | None = None
+        finished = False
+        try:
             while True:
-                deltas = self._advance(choices, tokens, params)
-                if deltas:
-                    yield deltas
-                if all(c.finish for c in choices):
+                item = await req.queue.get()
+                if item is _END:
+                    finished = True
+                    if first_at is not None:
+                        per_choice = max(len(s.tokens) for s in req.seqs)
+                        if per_choice > 1:
+                            self.metrics.tpot.observe(
+                                (time.perf_counter() - first_at) / (per_choice - 1))
                     return
-                tokens, past = await loop.run_in_executor(
-                    self._executor, self._next_step, tokens, past, params, gen)
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise RuntimeError(f"generation failed: {item}") from item
+                if first_at is None:
+                    first_at = time.perf_counter()
+                    self.metrics.ttft.observe(first_at - started)
+                yield item
+        finally:
+            if not finished:
+                with self._cv:
+                    self._inbox.append(("cancel", req))
+                    self._cv.notify()
 
-    def _advance(self, choices: list[_Choice], tokens: list[int], params: SamplingParams
-                 ) -> list[Delta]:
-        out: list[Delta] = []
-        for i, (c, tok) in enumerate(zip(choices, tokens, strict=True)):
-            if c.finish:
-                continue
-            c.tokens += 1
+    def _remember(self, rid: str, usage: Usage) -> None:
+        self.ledger[rid] = usage
+        self.ledger.move_to_end(rid)
+        while len(self.ledger) > LEDGER_SIZE:
+            self.ledger.popitem(last=False)
+
+    # ------------------------------------------------------------------ engine thread
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_grad_enabled(False)
+        while True:
+            with self._cv:
+                while not self._inbox and not self._rows and not self._waiting \
+                        and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    inbox, self._inbox = self._inbox, []
+                    break
+                inbox, self._inbox = self._inbox, []
+            for kind, req in inbox:
+                if kind == "new":
+                    req.waiting = True
+                    self._waiting.append(req)
+                elif not req.done:
+                    req.cancelled = True
+                    self._finish_request(req, None)
+            try:
+                self._admit()
+                if self._rows:
+                    self._decode()
+            except Exception as exc:  # a failed step fails every request in it
+                log.exception("generation step failed")
+                for req in list(self._running) + list(self._waiting):
+                    self._finish_request(req, exc)
+                self._rows = []
+                self.cache.release()
+        for req in list(self._running) + list(self._waiting) + [r for _, r in inbox]:
+            self._finish_request(req, RuntimeError("the generation engine stopped"))
+
+    def _emit(self, req: _Request, item: Any) -> None:
+        if not req.cancelled:
+            req.loop.call_soon_threadsafe(req.queue.put_nowait, item)
+
+    def _finish_request(self, req: _Request, error: BaseException | None) -> None:
+        if req.done:
+            return
+        req.done = True
+        for s in req.seqs:
+            if s.row is not None:
+                self._free_row(s)
+        if req.waiting:
+            req.waiting = False
+            try:
+                self._waiting.remove(req)
+            except ValueError:
+                pass
+        if req in self._running:
+            self._running.remove(req)
+        req.usage.finished = True
+        self._emit(req, error if error is not None else _END)
+        if not self._rows:
+            self.cache.release()
+
+    def _free_row(self, seq: _Seq) -> None:
+        row = seq.row
+        assert row is not None
+        moved = self.cache.remove_row(row)
+        if moved is not None:
+            other = self._rows[moved]
+            self._rows[row] = other
+            other.row = row
+        self._rows.pop()
+        seq.row = None
+
+    def _history(self, seq: _Seq) -> list[int]:
+        return seq.req.prompt + seq.tokens
+
+    def _admit(self) -> None:
+        cfg, budget = self.config, self.kv_budget_tokens
+        picked: list[_Seq] = []
+        longest = 0   # longest history to prefill
+        horizon = 0   # most tokens any newcomer may still generate
+        while self._waiting:
+            req = self._waiting[0]
+            seqs = [s for s in req.seqs if s.finish is None and s.row is None]
+            rows = len(self._rows) + len(picked) + len(seqs)
+            p = max([longest] + [len(self._history(s)) for s in seqs])
+            h = max([horizon] + [req.params.max_tokens - len(s.tokens) for s in seqs])
+            if picked and p * (len(picked) + len(seqs)) > cfg.max_prefill_tokens:
+                break
+            if (self._rows or picked) and rows > cfg.max_num_seqs:
+                break
+            # the newcomers' whole runs must fit beside the batch as it is laid out now
+            if (self._rows or picked) and self.cache.tokens_after(
+                    rows, p, h, budget, shrink=True) > budget:
+                break
+            self._waiting.popleft()
+            req.waiting = False
+            if req not in self._running:
+                self._running.append(req)
+            picked.extend(seqs)
+            longest, horizon = p, h
+        if picked:
+            self._prefill(picked, longest)
+
+    def _forward(self, input_ids: Any, q: int) -> Any:
+        import torch
+
+        cache = self.cache
+        kwargs: dict[str, Any] = {self._cache_arg: cache}
+        if self._keep_arg:
+            kwargs[self._keep_arg] = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=cache.mask(q),
+                             position_ids=cache.positions(q), use_cache=True, **kwargs)
+        return out.logits[:, -1, :]
+
+    def _prefill(self, seqs: list[_Seq], longest: int) -> None:
+        import torch
+
+        cache = self.cache
+        rows, budget = len(self._rows) + len(seqs), self.kv_budget_tokens
+        shrink = cache.tokens_after(rows, longest, 1, budget) > budget
+        cache.reserve(rows, longest, 1, budget, shrink)
+        t = cache.t
+        hist = [self._history(s) for s in seqs]
+        first = cache.add_rows([t - len(h) for h in hist])
+        for i, s in enumerate(seqs):
+            self._order += 1
+            s.order = self._order
+            s.row = first + i
+            self._rows.append(s)
+        ids = torch.tensor([[self.pad_id] * (longest - len(h)) + h for h in hist],
+                           dtype=torch.long, device=self.device)
+        cache.set_window(first, first + len(seqs), t - longest)
+        logits = self._forward(ids, longest)
+        tokens = sample(logits, [s.req.params for s in seqs], [s.gen for s in seqs])
+        self._advance(seqs, tokens)
+
+    def _decode(self) -> None:
+        import torch
+
+        cache, budget = self.cache, self.kv_budget_tokens
+        shrink = cache.tokens_after(len(self._rows), 0, 1, budget) > budget
+        while shrink and self._rows and cache.tokens_after(
+                len(self._rows), 0, 1, budget, shrink=True) > budget:
+            self._preempt()
+        if not self._rows:
+            return
+        cache.reserve(len(self._rows), 0, 1, budget, shrink)
+        seqs = list(self._rows)
+        ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
+        cache.set_window(0, len(seqs), cache.t)
+        logits = self._forward(ids, 1)
+        cache.t += 1
+        tokens = sample(logits, [s.req.params for s in seqs], [s.gen for s in seqs])
+        self._advance(seqs, tokens)
+
+    def _preempt(self) -> None:
+        victim = max(self._rows, key=lambda s: s.order)
+        self._free_row(victim)
+        self.preemptions += 1
+        req = victim.req
+        if not req.waiting:
+            req.waiting = True
+            self._waiting.appendleft(req)
+        if all(s.row is None for s in req.seqs) and req in self._running:
+            self._running.remove(req)
+        if not self._rows:
+            self.cache.release()
+
+    def _advance(self, seqs: list[_Seq], tokens: list[int]) -> None:
+        out: dict[int, tuple[_Request, list[Delta]]] = {}
+        for s, tok in zip(seqs, tokens, strict=True):
+            req = s.req
+            s.tokens.append(tok)
+            req.usage.completion_tokens += 1
+            self.generated_tokens += 1
+            params = req.params
             finish = None
             if tok in self.eos_ids:
-                text, finish = c.decoder.flush(), "stop"
+                text, finish = s.decoder.flush(), "stop"
             else:
-                text = c.decoder.push(tok)
-            emit, hit = c.stops.feed(text)
+                text = s.decoder.push(tok)
+            emit, hit = s.stops.feed(text)
             if hit:
                 finish = "stop"
-            elif finish is None and c.tokens >= params.max_tokens:
-                tail, _ = c.stops.feed(c.decoder.flush())
+            elif finish is None and len(s.tokens) >= params.max_tokens:
+                tail, _ = s.stops.feed(s.decoder.flush(whole_chars_only=True))
                 emit += tail
                 finish = "length"
             if finish is not None and not hit:
-                emit += c.stops.flush()
-            c.finish = finish
+                emit += s.stops.flush()
+            if finish is not None:
+                s.finish = finish
+                self._free_row(s)
             if emit or finish:
-                out.append(Delta(i, emit, finish, c.tokens if finish else 0))
-        return out
+                entry = out.setdefault(id(req), (req, []))
+                entry[1].append(Delta(s.index, emit, finish, len(s.tokens) if finish else 0))
+        for req, deltas in out.values():
+            self._emit(req, deltas)
+            if all(s.finish for s in req.seqs):
+                self._finish_request(req, None)
+        if not self._rows:
+            self.cache.release()
 
 
-async def run_to_end(gen: TextGenerator, prompt_ids: list[int], params: SamplingParams
-                     ) -> tuple[list[str], list[str], int]:
+async def run_to_end(gen: TextGenerator, prompt_ids: list[int], params: SamplingParams,
+                     request_id: str | None = None) -> tuple[list[str], list[str], int]:
     """Generate fully; returns ``(text per choice, finish_reason per choice, generated
     tokens over all choices)``."""
     texts = [""] * params.n
     finish = ["length"] * params.n
     tokens = 0
-    async for deltas in gen.generate(prompt_ids, params):
+    async for deltas in gen.generate(prompt_ids, params, request_id):
         for d in deltas:
             texts[d.index] += d.text
             if d.finish_reason:

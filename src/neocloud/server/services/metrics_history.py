@@ -1,0 +1,255 @@
+"""Metrics history: fixed-resolution time series of deployments and nodes, in the database.
+
+Two resolutions are kept, each with a bounded retention (:data:`RESOLUTIONS`): 10-second
+buckets for a day and 5-minute buckets for 31 days, so a series holds at most
+8,640 + 8,928 rows whatever the load. Every sample is added to the bucket of *both*
+resolutions as it arrives (a 5-minute bucket is the sum of its thirty 10-second ones), and
+:func:`prune` drops buckets older than their retention, so downsampling needs no
+separate pass over old data.
+
+- ``deployment`` series: per bucket, requests, 5xx errors, prompt and completion tokens,
+  summed latency and a latency histogram over ``gateway.stats.LATENCY_BUCKETS`` (from
+  the gateway's request records); p50/p99 are estimated by linear interpolation inside
+  the histogram bucket that holds the quantile (as Prometheus' ``histogram_quantile``).
+- ``node`` series: per bucket, the sum of ``samples`` allocation samples (GPUs and GPUs
+  allocated, CPU millicores and allocated millicores), one per 10 seconds.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from neocloud.gateway.stats import LATENCY_BUCKETS
+from neocloud.gateway.types import RequestRecord
+from neocloud.models.metrics import DeploymentPoint, NodePoint
+from neocloud.server.db.tables import Allocation, MetricPoint, Node
+
+#: resolution (seconds) -> retention (seconds).
+RESOLUTIONS: dict[int, int] = {10: 86_400, 300: 31 * 86_400}
+FINE, COARSE = 10, 300
+
+
+def resolution_for(window_s: float) -> int:
+    """The finest resolution whose retention covers a window of ``window_s`` seconds."""
+    return FINE if window_s <= RESOLUTIONS[FINE] else COARSE
+
+
+@dataclass
+class _Acc:
+    workspace_id: str
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_sum_s: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+
+
+def _add_hist(a: list[int], b: Iterable[int]) -> list[int]:
+    b = list(b)
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
+
+
+def _upsert(s: Session, *, series: str, object_id: str, resolution_s: int, t: int,
+            workspace_id: str | None) -> MetricPoint:
+    """The bucket row, created if missing (another control-plane copy may race: the
+    unique constraint decides, and the loser re-reads the winner's row)."""
+    q = select(MetricPoint).where(MetricPoint.series == series,
+                                  MetricPoint.object_id == object_id,
+                                  MetricPoint.resolution_s == resolution_s, MetricPoint.t == t)
+    row = s.scalars(q.with_for_update()).first()
+    if row is not None:
+        return row
+    try:
+        with s.begin_nested():
+            row = MetricPoint(series=series, object_id=object_id, resolution_s=resolution_s,
+                              t=t, workspace_id=workspace_id, requests=0, errors=0,
+                              prompt_tokens=0, completion_tokens=0, latency_sum_s=0.0,
+                              latency_buckets=[], samples=0, gpus=0.0, gpus_allocated=0.0,
+                              cpu_milli=0.0, cpu_allocated_milli=0.0)
+            s.add(row)
+            s.flush()
+        return row
+    except IntegrityError:
+        row = s.scalars(q.with_for_update()).first()
+        assert row is not None
+        return row
+
+
+def _bucket_rows(s: Session, accs: dict[tuple[str, int, int], _Acc]
+                 ) -> dict[tuple[str, int, int], MetricPoint]:
+    """The rows of every bucket in ``accs``, read in one query per resolution and the
+    missing ones inserted together (a batch spanning a day costs a few statements, not one
+    per bucket). If another copy inserted one of them first, the batch insert is undone and
+    the caller falls back to :func:`_upsert` for each bucket."""
+    out: dict[tuple[str, int, int], MetricPoint] = {}
+    for res in RESOLUTIONS:
+        keys = [k for k in accs if k[1] == res]
+        if not keys:
+            continue
+        ids = sorted({k[0] for k in keys})
+        lo, hi = min(k[2] for k in keys), max(k[2] for k in keys)
+        for row in s.scalars(select(MetricPoint).where(
+                MetricPoint.series == "deployment", MetricPoint.object_id.in_(ids),
+                MetricPoint.resolution_s == res, MetricPoint.t >= lo, MetricPoint.t <= hi)
+                .with_for_update()):
+            out[(row.object_id, res, row.t)] = row
+    new = [MetricPoint(series="deployment", object_id=k[0], resolution_s=k[1], t=k[2],
+                       workspace_id=accs[k].workspace_id, requests=0, errors=0,
+                       prompt_tokens=0, completion_tokens=0, latency_sum_s=0.0,
+                       latency_buckets=[], samples=0, gpus=0.0, gpus_allocated=0.0,
+                       cpu_milli=0.0, cpu_allocated_milli=0.0)
+           for k in accs if k not in out]
+    if new:
+        try:
+            with s.begin_nested():
+                s.add_all(new)
+                s.flush()
+        except IntegrityError:
+            return {k: v for k, v in out.items()}
+        out.update({(r.object_id, r.resolution_s, r.t): r for r in new})
+    return out
+
+
+def record_requests(s: Session, batch: Iterable[RequestRecord]) -> None:
+    """Add gateway request records to their deployments' buckets (by completion time)."""
+    accs: dict[tuple[str, int, int], _Acc] = {}
+    for r in batch:
+        end = r.started_at + r.latency_s
+        for res in RESOLUTIONS:
+            key = (r.deployment_id, res, int(end // res * res))
+            a = accs.get(key)
+            if a is None:
+                a = accs[key] = _Acc(workspace_id=r.workspace_id)
+            a.requests += 1
+            a.errors += 1 if r.status >= 500 else 0
+            a.prompt_tokens += r.prompt_tokens
+            a.completion_tokens += r.completion_tokens
+            a.latency_sum_s += r.latency_s
+            a.buckets[bisect.bisect_left(LATENCY_BUCKETS, r.latency_s)] += 1
+    rows = _bucket_rows(s, accs)
+    for (dep_id, res, t), a in sorted(accs.items()):
+        row = rows.get((dep_id, res, t)) or _upsert(
+            s, series="deployment", object_id=dep_id, resolution_s=res, t=t,
+            workspace_id=a.workspace_id)
+        row.requests += a.requests
+        row.errors += a.errors
+        row.prompt_tokens += a.prompt_tokens
+        row.completion_tokens += a.completion_tokens
+        row.latency_sum_s += a.latency_sum_s
+        row.latency_buckets = _add_hist(list(row.latency_buckets or []), a.buckets)
+
+
+def sample_nodes(s: Session, now: datetime) -> int:
+    """Take one allocation sample of every node for the current 10-second bucket (once
+    per bucket, whichever copy comes first); returns the samples written."""
+    t_now = int(now.timestamp())
+    t_fine = t_now // FINE * FINE
+    taken = set(s.scalars(select(MetricPoint.object_id).where(
+        MetricPoint.series == "node", MetricPoint.resolution_s == FINE,
+        MetricPoint.t == t_fine)))
+    alloc: dict[str, tuple[float, float]] = {}
+    for a in s.scalars(select(Allocation)):
+        g, c = alloc.get(a.node_id, (0.0, 0.0))
+        alloc[a.node_id] = (g + len(a.gpu_indices or []) * a.gpu_milli / 1000.0,
+                            c + a.cpu_milli)
+    written = 0
+    for node in s.scalars(select(Node)):
+        if node.id in taken:
+            continue
+        g_alloc, c_alloc = alloc.get(node.id, (0.0, 0.0))
+        gpus = float(len(node.gpus or []))
+        fine = _upsert(s, series="node", object_id=node.id, resolution_s=FINE, t=t_fine,
+                       workspace_id=None)
+        if fine.samples:
+            continue  # another copy sampled this bucket first
+        for res in RESOLUTIONS:
+            row = fine if res == FINE else _upsert(
+                s, series="node", object_id=node.id, resolution_s=res,
+                t=t_now // res * res, workspace_id=None)
+            row.samples += 1
+            row.gpus += gpus
+            row.gpus_allocated += g_alloc
+            row.cpu_milli += node.cpu_milli
+            row.cpu_allocated_milli += c_alloc
+        written += 1
+    return written
+
+
+def prune(s: Session, now: datetime) -> int:
+    """Delete buckets older than their resolution's retention; returns rows deleted."""
+    n = 0
+    for res, keep in RESOLUTIONS.items():
+        cutoff = int(now.timestamp()) - keep
+        result = s.execute(delete(MetricPoint).where(MetricPoint.resolution_s == res,
+                                                     MetricPoint.t < cutoff))
+        n += int(getattr(result, "rowcount", 0) or 0)
+    return n
+
+
+def quantile_ms(buckets: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, in milliseconds; ``None`` if empty.
+
+    Linear interpolation inside the bucket holding the quantile; the open last bucket is
+    taken to end at twice the last finite bound."""
+    n = sum(buckets)
+    if n == 0:
+        return None
+    rank = q * n
+    seen = 0
+    for i, c in enumerate(buckets):
+        if c and seen + c >= rank:
+            lo = LATENCY_BUCKETS[i - 1] if i > 0 else 0.0
+            hi = LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else LATENCY_BUCKETS[-1] * 2
+            return (lo + (hi - lo) * (rank - seen) / c) * 1000.0
+        seen += c
+    return LATENCY_BUCKETS[-1] * 2000.0
+
+
+def _rows(s: Session, series: str, object_id: str, res: int, start: int,
+          end: int) -> list[MetricPoint]:
+    return list(s.scalars(select(MetricPoint).where(
+        MetricPoint.series == series, MetricPoint.object_id == object_id,
+        MetricPoint.resolution_s == res, MetricPoint.t >= start // res * res,
+        MetricPoint.t < end).order_by(MetricPoint.t)))
+
+
+def deployment_points(s: Session, *, deployment_id: str, start: int, end: int,
+                      resolution_s: int) -> list[DeploymentPoint]:
+    """Buckets of a deployment in ``[start, end)`` (unix seconds), empty ones left out."""
+    out = []
+    for r in _rows(s, "deployment", deployment_id, resolution_s, start, end):
+        hist = list(r.latency_buckets or [])
+        out.append(DeploymentPoint(
+            t=r.t, requests=r.requests, errors=r.errors, prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            request_rate_per_s=r.requests / resolution_s,
+            tokens_per_s=(r.prompt_tokens + r.completion_tokens) / resolution_s,
+            latency_p50_ms=quantile_ms(hist, 0.5), latency_p99_ms=quantile_ms(hist, 0.99)))
+    return out
+
+
+def node_points(s: Session, *, node_id: str, start: int, end: int,
+                resolution_s: int) -> list[NodePoint]:
+    out = []
+    for r in _rows(s, "node", node_id, resolution_s, start, end):
+        k = max(1, r.samples)
+        out.append(NodePoint(t=r.t, gpus=r.gpus / k, gpus_allocated=r.gpus_allocated / k,
+                             cpu_milli=r.cpu_milli / k,
+                             cpu_allocated_milli=r.cpu_allocated_milli / k))
+    return out
+
+
+def size(s: Session) -> dict[str, int]:
+    """Rows per ``series/resolution`` (e.g. ``deployment/10s``)."""
+    rows = s.execute(select(MetricPoint.series, MetricPoint.resolution_s, func.count())
+                     .group_by(MetricPoint.series, MetricPoint.resolution_s)).all()
+    return {f"{series}/{res}s": int(n) for series, res, n in rows}

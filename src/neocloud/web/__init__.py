@@ -1,0 +1,1 @@
+"""The console's templates and static files (served by ``server.routers.ui``)."""

@@ -1,0 +1,76 @@
+"""Schemathesis hooks for ``run_schemathesis.sh`` (``SCHEMATHESIS_HOOKS=tests.fuzz.hooks``).
+
+The one exclusion: the run never revokes its own token. A ``DELETE /api/v1/tokens/{name}``
+naming it (a generated name, or one taken from ``/whoami`` by a stateful link) is sent for
+another, absent token instead; every other call goes out as generated.
+
+The schema states every rule it can (patterns, lengths, bounds, one-of). These are outside
+what OpenAPI can say, so their refusals of schema-valid data are not failures:
+
+- a node has GPUs of one type only (a rule across the items of ``gpus``): a 422 for a body
+  that mixes types is right;
+- no two volumes of a job or pod are mounted at one path (a rule across the items of
+  ``volumes``; identical items are refused by the schema's ``uniqueItems``);
+- a metrics window may not be longer than its resolution's buckets are kept (a rule
+  across two query parameters);
+- the rules of an autoscaling config that compare two of its fields (the delay to zero
+  not shorter than the delay down, the panic window not longer than the window): the
+  config as a whole is refused (``param="autoscaling"``);
+- pods need an OpenSSH server (CI installs one, as for the pod tests) and, with
+  ``jupyter``, JupyterLab on this machine: without them a pod create is refused with code
+  ``unsupported`` whatever the body.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import schemathesis
+
+from neocloud.podrun import find_sshd
+
+OWN_TOKEN = os.environ.get("NEOCLOUD_FUZZ_TOKEN_NAME", "")
+
+
+@schemathesis.hook
+def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
+    if (case.method.upper() == "DELETE" and case.operation.path.endswith("/tokens/{name}")
+            and case.path_parameters and case.path_parameters.get("name") == OWN_TOKEN):
+        case.path_parameters["name"] = f"{OWN_TOKEN}-not-this-run"
+
+
+def _mixed_gpu_types(case: Any) -> bool:
+    body = case.body if isinstance(case.body, dict) else {}
+    gpus = body.get("gpus")
+    return isinstance(gpus, list) and len(
+        {g.get("type") for g in gpus if isinstance(g, dict)}) > 1
+
+
+def _same_mount_path(case: Any) -> bool:
+    body = case.body if isinstance(case.body, dict) else {}
+    mounts = [m.get("path") for m in body.get("volumes") or [] if isinstance(m, dict)]
+    return len(mounts) != len(set(mounts))
+
+
+@schemathesis.hook
+def filter_failure(ctx: Any, failure: Any, case: Any, response: Any) -> bool:
+    """``False`` drops a failure that is one of the two refusals named above."""
+    method, path = case.method.upper(), case.operation.path
+    if (method == "POST" and path in ("/api/v1/nodes", "/api/v1/nodes/join")
+            and response.status_code == 422 and _mixed_gpu_types(case)):
+        return False
+    if (path.startswith("/api/v1/metrics/") and response.status_code == 400
+            and "buckets are kept for" in response.text):
+        return False
+    if (response.status_code == 400 and "two volumes are mounted at" in response.text
+            and _same_mount_path(case)):
+        return False
+    if (path.startswith("/api/v1/deployments") and response.status_code == 422
+            and '"param":"autoscaling"' in response.text.replace(" ", "")):
+        return False
+    if (method == "POST" and path == "/api/v1/pods" and response.status_code == 400
+            and '"unsupported"' in response.text
+            and (find_sshd() is None or "JupyterLab is not installed" in response.text)):
+        return False
+    return True

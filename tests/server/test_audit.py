@@ -1,0 +1,125 @@
+"""The audit log: every change and every denied attempt, who sees which entries, filters,
+and the CLI (both databases)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from neocloud.cli.context import CliState
+from neocloud.cli.main import app as cli_app
+from tests.asgi_client import SyncASGITransport, real_cloud
+from tests.server.helpers import Cloud
+
+
+def _audit(cloud: Cloud, token: str | None = None, **params: Any) -> list[dict[str, Any]]:
+    r = cloud.client.get("/api/v1/audit", headers=cloud.h(token), params=params)
+    assert r.status_code == 200, r.text
+    entries: list[dict[str, Any]] = r.json()["data"]
+    return entries
+
+
+def _has(entries: list[dict[str, Any]], **want: Any) -> bool:
+    return any(all(e.get(k) == v for k, v in want.items()) for e in entries)
+
+
+def test_denied_cross_workspace_call_and_successful_delete_appear(cloud: Cloud) -> None:
+    tok_a = cloud.new_workspace("team-a")
+    tok_b = cloud.new_workspace("team-b")
+    r = cloud.api("POST", "/deployments", token=tok_b,
+                  json={"name": "model-b", "service": "embeddings", "replicas": 0})
+    assert r.status_code == 201
+    # A reaches for B's deployment: 404 (names are not probed), but recorded as denied.
+    assert cloud.api("DELETE", "/deployments/model-b", token=tok_a).status_code == 404
+    assert cloud.api("GET", "/deployments/model-b", token=tok_a).status_code == 404
+    # A 404 on a name nobody has is no attempt on anyone: not recorded for a read.
+    assert cloud.api("GET", "/deployments/nobody-has-it", token=tok_a).status_code == 404
+    assert cloud.api("DELETE", "/deployments/model-b", token=tok_b).status_code == 204
+
+    seen_by_b = _audit(cloud, tok_b)
+    assert _has(seen_by_b, action="create_deployment", target="deployments/model-b",
+                outcome="success", status=201, workspace="team-b", token_name="t1")
+    assert _has(seen_by_b, action="delete_deployment", target="deployments/model-b",
+                outcome="success", status=204, workspace="team-b", token_name="t1")
+    for method, action in (("DELETE", "delete_deployment"), ("GET", "get_deployment")):
+        assert _has(seen_by_b, method=method, action=action, target="deployments/model-b",
+                    outcome="denied", status=404, code="not_found", workspace="team-a",
+                    token_name="t1", target_workspace="team-b"), seen_by_b
+    seen_by_a = _audit(cloud, tok_a)
+    assert _has(seen_by_a, action="delete_deployment", outcome="denied", workspace="team-a")
+    assert not _has(seen_by_a, target="deployments/nobody-has-it")
+    assert not _has(seen_by_a, outcome="success", workspace="team-b")  # B's own calls
+    # The operator sees both workspaces' entries.
+    every = _audit(cloud)
+    assert _has(every, workspace="team-a", outcome="denied")
+    assert _has(every, workspace="team-b", action="delete_deployment", outcome="success")
+
+
+def test_401_and_403_are_recorded_and_only_admins_read(cloud: Cloud) -> None:
+    member = cloud.api("POST", "/tokens", json={"name": "dev", "role": "member"}).json()["token"]
+    r = cloud.client.get("/api/v1/deployments", headers={"Authorization": "Bearer nc_bad_x"})
+    assert r.status_code == 401
+    assert cloud.api("POST", "/shapes", token=member, json={
+        "name": "gpu.x", "cpu_milli": 1, "memory_mib": 1,
+        "price_per_hour_usd": 1}).status_code == 403
+    assert cloud.api("GET", "/audit", token=member).status_code == 403
+    every = _audit(cloud)
+    assert _has(every, method="GET", target="deployments", outcome="denied", status=401,
+                code="invalid_api_key", workspace=None, token_name=None)
+    assert _has(every, action="create_shape", outcome="denied", status=403, token_name="dev",
+                code="permission_denied")
+    assert _has(every, action="list_audit", outcome="denied", status=403, token_name="dev")
+    # Failed changes are recorded too, with their code.
+    assert cloud.api("POST", "/deployments", json={"name": "Bad_Name"}).status_code == 422
+    assert _has(_audit(cloud), action="create_deployment", outcome="failed", status=422,
+                code="validation_failed")
+    # Reads that succeed are not recorded.
+    assert not _has(_audit(cloud), action="list_deployments", outcome="success")
+
+
+def test_since_and_limit(cloud: Cloud) -> None:
+    for i in range(5):
+        assert cloud.api("PUT", f"/secrets/s{i}", json={"value": "v"}).status_code == 201
+    entries = _audit(cloud, limit=3)
+    assert [e["target"] for e in entries] == ["secrets/s2", "secrets/s3", "secrets/s4"]
+    assert [e["id"] for e in entries] == sorted(e["id"] for e in entries)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert _audit(cloud, since=later) == []
+    assert len(_audit(cloud, since="2000-01-01T00:00:00")) >= 5
+    r = cloud.api("GET", "/audit", params={"limit": 0})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "query.limit"
+
+
+def test_cli_audit(tmp_path: Path, db_url: str) -> None:
+    transport, token, _app = real_cloud(tmp_path / "home", db_url)
+    try:
+        _cli_audit(transport, token)
+    finally:
+        transport.stop()
+
+
+def _cli_audit(transport: SyncASGITransport, token: str) -> None:
+    h = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(transport=transport, base_url="http://cloud.test") as c:
+        assert c.delete("/api/v1/tokens/nobody", headers=h).status_code == 404
+
+    def state() -> CliState:
+        s = CliState(transport=transport)
+        s.url, s.token = "http://cloud.test", token
+        return s
+
+    res = CliRunner().invoke(cli_app, ["audit", "--since", "1h", "--json"], obj=state(),
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    entries = json.loads(res.stdout)
+    assert _has(entries, action="delete_token", target="tokens/nobody", outcome="failed",
+                status=404)
+    res = CliRunner().invoke(cli_app, ["audit"], obj=state(), catch_exceptions=False)
+    assert res.exit_code == 0 and "delete_token" in res.stdout and "tokens/nobody" in res.stdout
+    res = CliRunner().invoke(cli_app, ["audit", "--since", "yesterday"], obj=state())
+    assert res.exit_code == 2 and "--since" in res.output

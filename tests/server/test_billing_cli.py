@@ -1,0 +1,91 @@
+"""The billing commands against a real control plane on loopback: ``neocloud price``,
+``neocloud invoice``, ``neocloud budget``, ``neocloud chargeback``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner, Result
+
+from neocloud.cli import output
+from neocloud.cli.context import CliState
+from neocloud.cli.main import app as cli_app
+from neocloud.server.app import create_app
+from neocloud.server.backends import FakeBackend
+from neocloud.server.bootstrap import bootstrap
+from neocloud.server.db.tables import Shape, Workspace
+from neocloud.server.metering.records import record_running
+from tests.server.helpers import make_settings
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.setattr(output.out, "width", 200)
+    monkeypatch.setattr(output.err, "width", 200)
+    app = create_app(make_settings(tmp_path / "home", sqlite_url),
+                     backends={"fake": FakeBackend()}, run_reconcilers=False)
+    srv = live_server_factory(app)
+    token = bootstrap(app.state.db).token
+
+    def run(*args: str) -> Result:
+        state = CliState()
+        state.url, state.token = srv.url, token
+        return CliRunner().invoke(cli_app, list(args), obj=state, catch_exceptions=False,
+                                  env={"COLUMNS": "200"})
+
+    run.app = app  # type: ignore[attr-defined]
+    return run
+
+
+def test_price_invoice_budget_commands(cli) -> None:  # type: ignore[no-untyped-def]
+    r = cli("price", "set", "shape", "gpu.h100", "--per-hour", "3.25",
+            "--effective", "2026-01-01T00:00:00")
+    assert r.exit_code == 0, r.output
+    r = cli("price", "set", "model", "chat", "--input-per-m", "0.15", "--output-per-m", "0.6")
+    assert r.exit_code == 0, r.output
+    r = cli("price", "ls")
+    assert "$3.25/h" in r.output and "in $0.15/M, out $0.60/M" in r.output
+    r = cli("price", "set", "shape", "gpu.h100", "--per-hour", "1.0000001")
+    assert r.exit_code == 2 and "at most 6 decimals" in r.output
+    r = cli("price", "set", "shape", "nope", "--per-hour", "1")
+    assert r.exit_code == 1 and "shape 'nope' does not exist" in r.output
+    assert "Traceback" not in r.output
+    app = cli.app
+    with app.state.db.session() as s:
+        ws = s.scalars(select(Workspace.id).where(Workspace.name == "default")).one()
+        start = datetime(2026, 10, 3, 10, tzinfo=UTC)
+        record_running(s, workspace_id=ws, kind="replica", object_id="a" * 32, name="llm",
+                       shape=s.get(Shape, "gpu.h100"), start=start,
+                       end=start + timedelta(hours=2), written_at=start + timedelta(hours=2))
+    r = cli("invoice", "--period", "2026-10")
+    assert r.exit_code == 0, r.output
+    assert "gpu_seconds H100" in r.output and "2.0000 GPU-h" in r.output
+    assert "$6.50" in r.output and "closed" in r.output
+    r = cli("invoice", "--period", "2026-10", "--json")
+    inv = json.loads(r.output)
+    assert inv["total_micros"] == 6_500_000 and inv["status"] == "closed"
+    r = cli("invoice", "--period", "2026-10", "--csv")
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert rows[-1]["kind"] == "TOTAL" and rows[-1]["amount_micros"] == "6500000"
+    r = cli("invoice", "--period", "october")
+    assert r.exit_code == 1 and "neither YYYY-MM nor YYYY-MM-DD" in r.output
+    r = cli("budget", "set", "250", "--hard-stop", "--alert", "50", "--alert", "90")
+    assert r.exit_code == 0, r.output
+    r = cli("budget", "show", "--json")
+    b = json.loads(r.output)
+    assert b["monthly_micros"] == 250_000_000 and b["thresholds"] == [50, 90] and b["hard_stop"]
+    r = cli("budget", "set", "10", "--stop-running")
+    assert r.exit_code == 2 and "needs --hard-stop" in r.output
+    r = cli("chargeback", "--period", "2026-10")
+    assert r.exit_code == 0, r.output
+    r = cli("budget", "rm")
+    assert r.exit_code == 0
+    r = cli("budget")
+    assert r.exit_code == 1 and "no budget" in r.output
