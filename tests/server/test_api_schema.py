@@ -121,3 +121,14 @@ def test_schema_says_what_schemathesis_found_missing(cloud: Cloud) -> None:
     assert re.match(pattern, "2026-11") and re.match(pattern, "0001-01-31")
     r = cloud.api("GET", "/invoices/0000-07")
     assert r.status_code == 400 and r.json()["error"]["param"] == "period"
+
+
+def test_routes_that_admit_new_work_document_402(cloud: Cloud) -> None:
+    """A spent hard-stopped budget answers 402 on creates, scale-ups and pod starts; the
+    schema must say so (schemathesis counts an undocumented status as a violation)."""
+    paths = _schema(cloud)["paths"]
+    for path, method in [("/api/v1/deployments", "post"), ("/api/v1/deployments/{name}", "patch"),
+                         ("/api/v1/jobs", "post"), ("/api/v1/pods", "post"),
+                         ("/api/v1/pods/{name}/start", "post")]:
+        assert "402" in paths[path][method]["responses"], (method, path)
+        assert _error_schema_ok(paths[path][method]["responses"]["402"])

@@ -267,6 +267,14 @@ def test_budget_alerts_once_per_threshold_and_stops_running_work(cloud: Cloud) -
     r = cloud.api("POST", "/jobs", token=tok, json={
         "name": "j", "shape": "cpu.small", "command": ["true"]})
     assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded"
+    # Scaling up is new work too (was answered 200 and left to wait as unschedulable);
+    # the message gives the amounts to the micro-dollar, not rounded to cents.
+    r = cloud.api("PATCH", "/deployments/svc", token=tok, json={"replicas": 2})
+    assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    assert "budget of 1.00 USD" in r.json()["error"]["message"]
+    with cloud.app.state.db.session() as s:
+        assert s.scalars(select(Deployment).where(Deployment.workspace_id == ws)).one(
+        ).replicas == 0
     # Raising the budget lets work in again; a budget without hard stop only alerts.
     cloud.api("PUT", "/budget", token=tok, json={"monthly_micros": 500_000})
     r = cloud.api("POST", "/deployments", token=tok, json={

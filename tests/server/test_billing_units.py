@@ -59,3 +59,13 @@ def test_check_budget() -> None:
     assert c.exceeded and not c.refuse and c.percent == 500.0
     c = check_budget(monthly_micros=0, thresholds=[], hard_stop=True, spent_micros=0)
     assert c.refuse  # a zero budget refuses at once
+
+
+def test_refusal_amounts_keep_their_micro_dollars() -> None:
+    """A budget of 0.0001 USD read "0.00 USD" in the 402 message, beside a budget status
+    of 682 %."""
+    from neocloud.server.services.budgets import usd
+
+    assert usd(100) == "0.0001" and usd(682) == "0.000682"
+    assert usd(10_000_000) == "10.00" and usd(6_667_610) == "6.66761" and usd(0) == "0.00"
+    assert usd(-1_500) == "-0.0015"

@@ -13,7 +13,8 @@ as their schema) into the OpenAPI schema. The rule, from what the shared parts r
 - ``413``: every route with a body (the request-body limit, or the file-size limit);
 - ``403`` and ``409``: every route with a mutating method (roles; state and name
   conflicts);
-- anything a route declares itself in ``responses`` (e.g. ``403`` on an admin-only read).
+- anything a route declares itself in ``responses`` (e.g. ``403`` on an admin-only read,
+  ``402`` on the routes that admit new work: :data:`BUDGET_SPENT`).
 
 Routes whose success answer is not JSON (logs, downloads) still answer errors as JSON; their
 error responses say so.
@@ -101,6 +102,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries for ``statuses``, each with the OpenAI error object."""
     return {s: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(s, "Error")}
             for s in statuses}
+
+
+#: ``responses=`` of the routes that admit new work (creates, scale-ups, pod starts): a
+#: workspace whose hard-stopped budget is spent gets 402 ``budget_exceeded``.
+BUDGET_SPENT = error_responses(402)
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:

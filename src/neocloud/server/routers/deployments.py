@@ -16,6 +16,7 @@ from neocloud.models import (
 from neocloud.models.deployments import DryRunOut, RevisionOut
 from neocloud.models.secrets import mask_env
 from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep
+from neocloud.server.errors_http import BUDGET_SPENT
 from neocloud.server.services import deployments as svc
 from neocloud.server.services import events
 from neocloud.server.services import logs as log_svc
@@ -25,7 +26,8 @@ router = APIRouter(tags=["deployments"])
 
 @router.post("/deployments", response_model=DeploymentOut, status_code=201,
              responses={200: {"model": DryRunOut,
-                              "description": "dry_run: where one replica would go"}})
+                              "description": "dry_run: where one replica would go"},
+                        **BUDGET_SPENT})
 def create_deployment(
     body: DeploymentCreate, caller: CallerDep, s: SessionDep,
     dry_run: bool = Query(False, description="Check and place nothing: say whether a "
@@ -55,7 +57,7 @@ def get_deployment(name: str, caller: CallerDep, s: SessionDep, response: Respon
     return svc.deployment_out(s, dep)
 
 
-@router.patch("/deployments/{name}", response_model=DeploymentOut)
+@router.patch("/deployments/{name}", response_model=DeploymentOut, responses=BUDGET_SPENT)
 def update_deployment(
     name: str, body: DeploymentUpdate, caller: CallerDep, s: SessionDep, response: Response,
     if_match: str | None = Header(None, alias="If-Match", json_schema_extra={

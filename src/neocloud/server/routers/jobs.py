@@ -8,6 +8,7 @@ from fastapi.responses import PlainTextResponse
 from neocloud.models import EventOut, Page, Role
 from neocloud.models.jobs import JobCreate, JobOut
 from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep
+from neocloud.server.errors_http import BUDGET_SPENT
 from neocloud.server.services import events
 from neocloud.server.services import jobs as svc
 from neocloud.server.services import logs as log_svc
@@ -15,7 +16,7 @@ from neocloud.server.services import logs as log_svc
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/jobs", response_model=JobOut, status_code=201)
+@router.post("/jobs", response_model=JobOut, status_code=201, responses=BUDGET_SPENT)
 def create_job(body: JobCreate, caller: CallerDep, s: SessionDep) -> JobOut:
     caller.require(Role.member)
     job = svc.create_job(s, workspace_id=caller.workspace_id, spec=body)

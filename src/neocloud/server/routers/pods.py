@@ -26,6 +26,7 @@ from neocloud.models import EventOut, Page, Role
 from neocloud.models.pods import PodCreate, PodOut, PodStatus
 from neocloud.server.db.tables import Node, Pod
 from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep, VolumeStoreDep
+from neocloud.server.errors_http import BUDGET_SPENT
 from neocloud.server.podshell import ShellSession
 from neocloud.server.services import events
 from neocloud.server.services import logs as log_svc
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["pods"])
 
 
-@router.post("/pods", response_model=PodOut, status_code=201)
+@router.post("/pods", response_model=PodOut, status_code=201, responses=BUDGET_SPENT)
 def create_pod(body: PodCreate, caller: CallerDep, s: SessionDep,
                store: VolumeStoreDep) -> PodOut:
     caller.require(Role.member)
@@ -57,7 +58,7 @@ def get_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
     return svc.pod_out(s, svc.get_pod(s, workspace_id=caller.workspace_id, name=name))
 
 
-@router.post("/pods/{name}/start", response_model=PodOut)
+@router.post("/pods/{name}/start", response_model=PodOut, responses=BUDGET_SPENT)
 def start_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
     caller.require(Role.member)
     pod = svc.start_pod(s, workspace_id=caller.workspace_id, name=name)

@@ -149,9 +149,18 @@ def require_within_budget(s: Session, *, workspace_id: str,
 
 
 def _refusal(b: Budget, spent: int) -> str:
-    return (f"the workspace's monthly budget of {b.monthly_micros / MICROS_PER_USD:.2f} USD "
-            f"is spent ({spent / MICROS_PER_USD:.2f} USD this month) and has a hard stop; "
+    return (f"the workspace's monthly budget of {usd(b.monthly_micros)} USD is spent "
+            f"({usd(spent)} USD this month) and has a hard stop; "
             "raise it with 'neocloud budget set'")
+
+
+def usd(micros: int) -> str:
+    """Micro-dollars as a US-dollar amount for a person: cents when whole, else every
+    micro-dollar digit that is not a trailing zero (``10.00``, ``0.000682``)."""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    digits = f"{frac:06d}"
+    shown = digits[:2] if digits[2:] == "0000" else digits.rstrip("0")
+    return f"{'-' if micros < 0 else ''}{whole}.{shown}"
 
 
 def refusals(s: Session, now: datetime | None = None) -> dict[str, str]:

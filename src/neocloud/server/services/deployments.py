@@ -297,6 +297,8 @@ def update_deployment(
     Raises:
         Conflict: ``if_match`` or ``spec.revision`` is not the current revision (409,
             ``param`` names which), or the deployment is being deleted.
+        BudgetExceeded: more replicas asked while the workspace's hard-stopped budget is
+            spent (402).
         InvalidRequest / EngineNotInstalled: the new engine and service do not go
             together, or engine ``vllm`` is not installed (400, see :func:`check_engine`).
     """
@@ -371,6 +373,8 @@ def update_deployment(
     if a is not None:
         replicas = min(max(replicas, a.min_replicas), a.max_replicas)
     if replicas != dep.replicas:
+        if replicas > dep.replicas:  # more replicas is new work: a hard-stopped budget refuses
+            budget_svc.require_within_budget(s, workspace_id=workspace_id)
         changes.append(f"replicas {dep.replicas}->{replicas}")
         dep.replicas = replicas
     if not changes:
