@@ -141,6 +141,17 @@ def start_or_adopt(backend: Backend, spec: WorkloadSpec) -> dict[str, Any]:
     return found if found is not None else backend.start(spec)
 
 
+def handle_log(handle: dict[str, Any], *, tail: int | None, this_run: bool) -> str:
+    """The log file a handle names (``log_path``), as :meth:`Backend.logs` returns it:
+    the last ``tail`` lines (all when ``None``), of this run only (from the handle's
+    ``log_offset``, bytes) when ``this_run``; '' when the handle names no log."""
+    path = handle.get("log_path")
+    if not path:
+        return ""
+    start = int(handle.get("log_offset", 0)) if this_run else 0
+    return tail_file(Path(path), tail, start=start)
+
+
 def tail_file(path: Path, lines: int | None, *, start: int = 0) -> str:
     """The last ``lines`` lines of a text file from byte ``start`` on ('' if it does not
     exist).

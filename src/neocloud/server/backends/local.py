@@ -31,8 +31,8 @@ from neocloud.server.backends.base import (
     WorkloadSpec,
     WorkloadState,
     gpu_env,
+    handle_log,
     masked_env_names,
-    tail_file,
 )
 from neocloud.server.datafolder import make_private_dirs, open_private
 
@@ -180,11 +180,7 @@ class LocalBackend:
     def logs(
         self, handle: dict[str, Any], *, tail: int | None = None, this_run: bool = False
     ) -> str:
-        path = handle.get("log_path")
-        if not path:
-            return ""
-        start = int(handle.get("log_offset", 0)) if this_run else 0
-        return tail_file(Path(path), tail, start=start)
+        return handle_log(handle, tail=tail, this_run=this_run)
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
         try:

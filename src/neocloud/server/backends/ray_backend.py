@@ -60,8 +60,8 @@ from neocloud.server.backends.base import (
     WorkloadSpec,
     WorkloadState,
     gpu_env,
+    handle_log,
     masked_env_names,
-    tail_file,
 )
 from neocloud.server.backends.ray_supervisor import WorkloadSupervisor
 from neocloud.server.datafolder import make_private_dirs, open_private
@@ -338,11 +338,7 @@ class RayBackend:
         elif (actor := self._actor(name)) is not None:
             self._watch(handle, actor)
             self._pull(name)
-        path = handle.get("log_path")
-        if not path:
-            return ""
-        start = int(handle.get("log_offset", 0)) if this_run else 0
-        return tail_file(Path(path), tail, start=start)
+        return handle_log(handle, tail=tail, this_run=this_run)
 
     def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
         try:
