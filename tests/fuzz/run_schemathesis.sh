@@ -35,7 +35,8 @@ done
 read -r URL TOKEN TOKEN_NAME <"$WORK/ready"
 
 status=0
-NEOCLOUD_FUZZ_TOKEN_NAME="$TOKEN_NAME" SCHEMATHESIS_HOOKS=tests.fuzz.hooks PYTHONPATH=. \
+NEOCLOUD_FUZZ_TOKEN_NAME="$TOKEN_NAME" NEOCLOUD_FUZZ_URL="$URL" NEOCLOUD_FUZZ_TOKEN="$TOKEN" \
+SCHEMATHESIS_HOOKS=tests.fuzz.hooks PYTHONPATH=. \
 "$ST" run "$URL/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks all \

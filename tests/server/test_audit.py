@@ -123,3 +123,17 @@ def _cli_audit(transport: SyncASGITransport, token: str) -> None:
     assert res.exit_code == 0 and "delete_token" in res.stdout and "tokens/nobody" in res.stdout
     res = CliRunner().invoke(cli_app, ["audit", "--since", "yesterday"], obj=state())
     assert res.exit_code == 2 and "--since" in res.output
+
+
+def test_refused_create_names_its_object_and_a_dry_run_is_not_recorded(cloud: Cloud) -> None:
+    body = {"name": "dup", "service": "embeddings", "replicas": 0}
+    assert cloud.api("POST", "/deployments", json=body).status_code == 201
+    r = cloud.api("POST", "/deployments", json=body)  # the same name again: refused
+    assert r.status_code == 409, r.text
+    assert cloud.api("POST", "/deployments?dry_run=true",
+                     json={**body, "name": "only-checked"}).status_code == 200
+    entries = _audit(cloud)
+    assert _has(entries, action="create_deployment", target="deployments/dup", status=409,
+                code=r.json()["error"]["code"])
+    assert not any("only-checked" in e["target"] for e in entries), entries
+    assert not any(e["action"] == "create_deployment" and e["status"] == 200 for e in entries)

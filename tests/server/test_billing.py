@@ -182,6 +182,21 @@ def test_invoice_sums_equal_usage_record_sums_to_the_micro_dollar(cloud: Cloud) 
     assert days_total == month["total_micros"]
     csv_text = cloud.api("GET", "/invoices/2026-10?format=csv").text
     assert csv_text.splitlines()[-1].split(",")[-2] == str(month["total_micros"])
+    # Every line states its units, and its priced quantity times its unit price is its
+    # amount up to per-record rounding (a unit price per GPU-hour, not per shape-hour).
+    units = {"gpu_seconds": ("GPU-second", "GPU-hour"), "cpu_seconds": ("CPU-second", "CPU-hour"),
+             "input_tokens": ("token", "million tokens"),
+             "output_tokens": ("token", "million tokens"),
+             "storage_byte_hours": ("byte-hour", "GiB-hour")}
+    for ln in month["lines"]:
+        assert (ln["quantity_unit"], ln["price_unit"]) == units[ln["meter"]]
+        slack = ln["records"] + ln["priced_quantity"] + 1
+        assert abs(ln["priced_quantity"] * ln["unit_price_micros"] - ln["amount_micros"]) \
+            <= slack, ln
+    header, first = (row.split(",") for row in csv_text.splitlines()[:2])
+    row = dict(zip(header, first, strict=True))
+    assert row["quantity_unit"] == units[row["meter"]][0]
+    assert row["price_unit"] == units[row["meter"]][1]
 
 
 def test_closed_periods_never_change(cloud: Cloud) -> None:
@@ -212,6 +227,8 @@ def test_invoice_bad_period_and_other_workspaces(cloud: Cloud) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "period"
     r = cloud.api("GET", "/invoices/last-week")
     assert r.status_code == 400
+    r = cloud.api("GET", "/invoices/2026-11-31")  # the pattern's shape, not a calendar date
+    assert r.status_code == 400 and "not a calendar date" in r.json()["error"]["message"]
     tok = cloud.new_workspace("team", role="member")
     r = cloud.api("GET", "/invoices/current?workspace=default", token=tok)
     assert r.status_code == 404

@@ -13,9 +13,8 @@ from neocloud.cli.context import client
 from neocloud.cli.output import print_json, table
 from neocloud.cli.prices import usd6
 
-_UNITS = {"gpu_seconds": ("GPU-h", 3600.0, "/GPU-h"), "cpu_seconds": ("CPU-h", 3600.0, "/CPU-h"),
-          "input_tokens": ("tokens", 1.0, "/M"), "output_tokens": ("tokens", 1.0, "/M"),
-          "storage_byte_hours": ("GiB-h", float(1 << 30), "/GiB-h")}
+_SHORT = {"GPU-hour": "GPU-h", "CPU-hour": "CPU-h", "million tokens": "M tokens",
+          "GiB-hour": "GiB-h"}
 
 
 def invoice(
@@ -40,10 +39,12 @@ def invoice(
              + (f", closed {inv.closed_at:%Y-%m-%d %H:%M UTC}" if inv.closed_at else "") + ")")
     rows = []
     for ln in inv.lines:
-        unit, div, per = _UNITS[ln.meter.value]
+        unit = _SHORT.get(ln.price_unit, ln.price_unit)
         what = ln.meter.value + (f" {ln.gpu_type}" if ln.gpu_type else "")
-        rows.append((ln.kind, ln.name, what, f"{ln.quantity / div:,.4f} {unit}",
-                     usd6(ln.unit_price_micros) + per, usd6(ln.amount_micros)))
+        qty = (f"{ln.quantity:,.0f} tokens" if ln.quantity_unit == "token"
+               else f"{ln.priced_quantity:,.4f} {unit}")
+        rows.append((ln.kind, ln.name, what, qty,
+                     f"{usd6(ln.unit_price_micros)}/{unit}", usd6(ln.amount_micros)))
     tbl = table(("KIND", "NAME", "METER", "QUANTITY", "UNIT PRICE", "AMOUNT"), rows,
                 title=title)
     tbl.show_footer = True

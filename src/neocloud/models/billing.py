@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, computed_field
 
 from neocloud.models.common import OutModel, WireModel
 
@@ -94,6 +94,17 @@ class Meter(StrEnum):
     """Bytes held × hours; priced per GiB-hour."""
 
 
+METER_UNITS: dict[Meter, tuple[str, str, float]] = {
+    Meter.gpu_seconds: ("GPU-second", "GPU-hour", 3600.0),
+    Meter.cpu_seconds: ("CPU-second", "CPU-hour", 3600.0),
+    Meter.input_tokens: ("token", "million tokens", 1e6),
+    Meter.output_tokens: ("token", "million tokens", 1e6),
+    Meter.storage_byte_hours: ("byte-hour", "GiB-hour", float(1 << 30)),
+}
+"""Per meter: the unit of a quantity, the unit a price is per, and how many quantity units
+make one price unit (a shape's hourly price is split evenly over its GPUs, or its CPUs)."""
+
+
 class PeriodKind(StrEnum):
     day = "day"
     month = "month"
@@ -109,8 +120,12 @@ class InvoiceStatus(StrEnum):
 class InvoiceLine(OutModel):
     """One workload and meter at one unit price over the invoice's period.
 
-    ``unit_price_micros`` is per hour of the shape (running time), per million tokens, or
-    per GiB-hour; ``amount_micros`` is the sum of the covered usage records' amounts.
+    ``quantity`` is in ``quantity_unit`` (GPU-seconds, CPU-seconds, tokens, byte-hours);
+    ``unit_price_micros`` is per ``price_unit`` (a GPU-hour or CPU-hour: the shape's hourly
+    price over its GPUs or CPUs; a million tokens; a GiB-hour), and ``priced_quantity`` is
+    the quantity in that unit, so ``priced_quantity * unit_price_micros`` is
+    ``amount_micros`` up to rounding; ``amount_micros`` is the sum of the covered usage
+    records' amounts (exact).
     """
 
     kind: str
@@ -123,6 +138,21 @@ class InvoiceLine(OutModel):
     unit_price_micros: int
     amount_micros: int
     records: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def quantity_unit(self) -> str:
+        return METER_UNITS[self.meter][0]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def price_unit(self) -> str:
+        return METER_UNITS[self.meter][1]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def priced_quantity(self) -> float:
+        return self.quantity / METER_UNITS[self.meter][2]
 
 
 class InvoiceOut(OutModel):

@@ -5,7 +5,10 @@ It lets the request through, watches the answer, and - for the calls
 the response starts, so a client that got its answer can read the entry at once. The
 caller comes from ``request.state.caller`` (set by :func:`neocloud.server.deps.get_caller`),
 the operation from the route FastAPI matched, the error code from the OpenAI error
-object of an error response, and a created object's name from a ``201`` body.
+object of an error response, and a created object's name from a ``201`` body (or, for a
+refused create, from the request's body).
+
+A dry run (``?dry_run=true``) changes nothing and is not recorded.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from neocloud.asgi import Message, Receive, Scope, Send
 from neocloud.server.db.engine import Database
@@ -36,16 +40,25 @@ class AuditLog:
         self.db = db
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if (scope["type"] != "http" or not scope["path"].startswith(API_PREFIX)
+                or _is_dry_run(scope)):
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
         held: list[Message] = []
         body = bytearray()
+        request_body = bytearray()
         done = False
 
+        async def read(message_source: Receive = receive) -> Message:
+            message = await message_source()
+            if method == "POST" and message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                request_body.extend(chunk[: _ERROR_BODY_BYTES - len(request_body)])
+            return message
+
         async def write_entry(status: int) -> None:
-            call = _call_of(scope, method, status, bytes(body))
+            call = _call_of(scope, method, status, bytes(body), bytes(request_body))
             try:
                 await asyncio.to_thread(audit.record, self.db, call)
             except Exception:  # the answer still goes out; the failure is logged
@@ -84,12 +97,25 @@ class AuditLog:
                 return
             await send(message)
 
-        await self.app(scope, receive, watch)
+        await self.app(scope, read, watch)
         for m in held:  # the app ended with a partial error body: send what it gave
             await send(m)
 
 
-def _call_of(scope: Scope, method: str, status: int, body: bytes) -> audit.Call:
+def _is_dry_run(scope: Scope) -> bool:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return any(v.lower() in ("1", "true", "yes", "on") for v in query.get("dry_run", []))
+
+
+def _json_of(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _call_of(scope: Scope, method: str, status: int, body: bytes,
+             request_body: bytes = b"") -> audit.Call:
     path: str = scope["path"]
     target = path[len(API_PREFIX):]
     route = scope.get("route")
@@ -103,13 +129,13 @@ def _call_of(scope: Scope, method: str, status: int, body: bytes) -> audit.Call:
     params = scope.get("path_params") or {}
     caller = (scope.get("state") or {}).get("caller")
     code = None
-    try:
-        doc = json.loads(body) if body else None
-    except ValueError:
-        doc = None
+    doc = _json_of(body)
     if isinstance(doc, dict) and status >= 400:
         err = doc.get("error")
         code = err.get("code") if isinstance(err, dict) else None
+        sent = _json_of(request_body) if method == "POST" and "name" not in params else None
+        if isinstance(sent, dict) and isinstance(sent.get("name"), str):
+            target = f"{target.rstrip('/')}/{sent['name'][:200]}"  # a refused create
     elif isinstance(doc, dict) and isinstance(doc.get("name"), str) and "name" not in params:
         target = f"{target.rstrip('/')}/{doc['name']}"  # a create: the new object
     return audit.Call(

@@ -48,7 +48,8 @@ def parse_period(period: str, *, param: str = "period") -> tuple[PeriodKind, dat
             start = datetime.strptime(period, "%Y-%m-%d").replace(tzinfo=UTC)
             return PeriodKind.day, start, start + timedelta(days=1)
     except ValueError:
-        pass
+        raise InvalidRequest(f"period {period!r} is not a calendar date or month",
+                             param=param) from None
     raise InvalidRequest(f"period {period!r} is neither YYYY-MM nor YYYY-MM-DD", param=param)
 
 

@@ -180,16 +180,21 @@ def close_due(s: Session, now: datetime) -> int:
 
 
 def to_csv(inv: InvoiceOut) -> str:
-    """The invoice as CSV: one row per line, then a TOTAL row (amounts in µ$ and USD)."""
+    """The invoice as CSV: one row per line, then a TOTAL row (amounts in µ$ and USD).
+
+    Each row names its units: ``quantity`` in ``quantity_unit``, ``unit_price_micros`` per
+    ``price_unit``, and ``priced_quantity`` (the quantity in the price's unit)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["period", "status", "kind", "name", "shape", "meter", "gpu_type", "quantity",
-                "unit_price_micros", "amount_micros", "amount_usd"])
+                "quantity_unit", "priced_quantity", "unit_price_micros", "price_unit",
+                "amount_micros", "amount_usd"])
     for ln in inv.lines:
         w.writerow([inv.period, inv.status.value, ln.kind, ln.name, ln.shape or "",
                     ln.meter.value, ln.gpu_type or "", f"{ln.quantity:.6f}",
-                    ln.unit_price_micros, ln.amount_micros,
+                    ln.quantity_unit, f"{ln.priced_quantity:.9f}", ln.unit_price_micros,
+                    ln.price_unit, ln.amount_micros,
                     f"{ln.amount_micros / MICROS_PER_USD:.6f}"])
-    w.writerow([inv.period, inv.status.value, "TOTAL", "", "", "", "", "", "",
-                inv.total_micros, f"{inv.total_micros / MICROS_PER_USD:.6f}"])
+    w.writerow([inv.period, inv.status.value, "TOTAL", "", "", "", "", "", "", "", "",
+                "", inv.total_micros, f"{inv.total_micros / MICROS_PER_USD:.6f}"])
     return buf.getvalue()
