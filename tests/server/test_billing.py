@@ -20,7 +20,15 @@ from neocloud.gateway.types import RequestRecord
 from neocloud.server.app import create_app
 from neocloud.server.backends import FakeBackend
 from neocloud.server.bootstrap import bootstrap
-from neocloud.server.db.tables import Deployment, Event, Shape, UsageRecord, Volume, Workspace
+from neocloud.server.db.tables import (
+    Deployment,
+    Event,
+    Node,
+    Shape,
+    UsageRecord,
+    Volume,
+    Workspace,
+)
 from neocloud.server.metering.loop import MeteringLoop
 from neocloud.server.metering.records import record_running
 from neocloud.server.metering.storage import meter_storage
@@ -366,6 +374,7 @@ def test_chargeback_splits_pool_cost_over_workspaces_and_idle(cloud: Cloud) -> N
         "gpus": [{"type": "H100", "count": 4, "memory_mib": 81559}], "backend": "fake"})
     assert r.status_code == 201, r.text
     node = r.json()
+    _registered_at(cloud, node["id"], datetime(2026, 10, 1, tzinfo=UTC))
     cloud.new_workspace("team")
     a, b = _ws_id(cloud), _ws_id(cloud, "team")
     # The pool costs its owner $8/h (4 GPUs); a day is $192.
@@ -385,3 +394,18 @@ def test_chargeback_splits_pool_cost_over_workspaces_and_idle(cloud: Cloud) -> N
     assert sum(shares.values()) == p["cost_micros"]
     tok = cloud.new_workspace("viewer-ws", role="admin")
     assert cloud.api("GET", "/chargeback", token=tok).status_code == 403
+    # A node that joined at noon adds no idle capacity before it joined: capacity is the
+    # 12 hours it was there, so the 36 GPU-hours used leave 12 idle of 48.
+    _registered_at(cloud, node["id"], day + timedelta(hours=12))
+    p = cloud.api("GET", "/chargeback?period=2026-10-20").json()["pools"][0]
+    assert p["capacity_units"] == 4 * 43200
+    shares = {x["workspace"]: x["amount_micros"] for x in p["shares"]}
+    assert shares == {"default": 48_000_000, "team": 96_000_000, "(idle)": 48_000_000}
+
+
+def _registered_at(cloud: Cloud, node_id: str, at: datetime) -> None:
+    with cloud.app.state.db.session() as s:
+        n = s.get(Node, node_id)
+        assert n is not None
+        n.created_at = at
+        s.commit()

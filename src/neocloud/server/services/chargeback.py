@@ -5,9 +5,11 @@ For a pool ``P`` and period ``[a, b)`` (clipped to now for the current one):
 
 - cost = the pool's hourly cost (``pool`` price list, versioned) integrated over the period,
   in µ$ (cut at each price change);
-- unit = GPU-seconds if the pool's nodes have GPUs, else CPU-seconds; capacity = the
-  pool's current GPUs (or CPUs) × the period's seconds (nodes added or removed inside the
-  period are counted as if present all along: a known approximation);
+- unit = GPU-seconds if the pool's nodes have GPUs, else CPU-seconds; capacity = Σ over
+  the pool's nodes of its GPUs (or CPUs) × the seconds of the period it was registered
+  (from ``max(a, created_at)``), so a node that joined mid-month adds no idle time before
+  it joined; a node removed inside the period is no longer stored and counts for none of
+  it (its usage records still count as used);
 - used(w) = the unit summed over the usage records of workspace ``w`` on ``P`` whose
   running time starts inside the period;
 - share(w) = cost × used(w) / max(capacity, Σ used), idle = the rest. Shares are split by
@@ -45,6 +47,12 @@ def pool_cost_micros(s: Session, pool: str, start: datetime, end: datetime) -> i
                                                                        strict=False))
 
 
+def _present_s(node: Node, start: datetime, until: datetime) -> float:
+    """Seconds of ``[start, until)`` the node was registered."""
+    joined = node.created_at if node.created_at.tzinfo else node.created_at.replace(tzinfo=UTC)
+    return max(0.0, (until - max(start, joined)).total_seconds())
+
+
 def chargeback(s: Session, *, period: str | None = None,
                now: datetime | None = None) -> ChargebackOut:
     """Cost per pool split over workspaces and idle capacity (see the module docstring).
@@ -56,7 +64,6 @@ def chargeback(s: Session, *, period: str | None = None,
     period = period or month_of(now)
     _, start, end = parse_period(period)
     until = min(end, max(start, now))
-    seconds = (until - start).total_seconds()
     pools: dict[str, list[Node]] = {}
     for n in s.scalars(select(Node)):
         pools.setdefault(n.pool or "default", []).append(n)
@@ -65,7 +72,8 @@ def chargeback(s: Session, *, period: str | None = None,
     for pool, nodes in sorted(pools.items()):
         gpus = sum(len(n.gpus or []) for n in nodes)
         unit = "gpu_seconds" if gpus else "cpu_seconds"
-        capacity = (gpus if gpus else sum(n.cpu_milli for n in nodes) / 1000.0) * seconds
+        capacity = sum((len(n.gpus or []) if gpus else n.cpu_milli / 1000.0)
+                       * _present_s(n, start, until) for n in nodes)
         col = UsageRecord.gpu_seconds if gpus else UsageRecord.cpu_seconds
         used = {ws: float(u or 0) for ws, u in s.execute(
             select(UsageRecord.workspace_id, func.sum(col))
