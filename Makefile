@@ -44,11 +44,17 @@ $(VLLM_STAMP):
 demo: install
 	$(PY) demo/stdlib_search.py
 
+# Tests run in TEST_WORKERS pytest-xdist processes (2: the CI machine's cores); groups that
+# must share one process (the Ray clusters, the one vLLM server, each module's fixtures) are
+# kept together, slow groups first (see tests/conftest.py). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks demo

@@ -1,15 +1,17 @@
 """Streamed generation: the built-in engine against vLLM, direct and through the gateway.
 
-Starts (loopback only) a built-in ``chat`` replica (``python -m neocloud.serving chat``),
-a vLLM replica (``python -m neocloud.serving.engines.vllm``, when ``make install-vllm``
-was run; skipped otherwise) on the same converted SmolLM2-135M checkpoint, and one
-standalone gateway routing ``builtin`` and ``vllm`` to them. Then, interleaved per
-concurrency level: streamed chat completions with ``max_tokens`` 64 (greedy), ``c``
-clients each sending ``rounds`` requests back to back, against each target. Figures:
-aggregate completion tokens/s (the engine's own ``usage`` counts, asked with
-``stream_options.include_usage``), time to first token p50/p99, time per output token
-p50 ((last token - first token) / (tokens - 1) per request), and the gateway's cost as
-ratios to the direct figures of the same run.
+Starts (loopback only) a built-in ``chat`` replica (``python -m neocloud.serving chat``,
+float32, the CPU default), a second one in bfloat16 (``NEOCLOUD_DTYPE=bfloat16``, the
+dtype vLLM's CPU backend picks for this float32 checkpoint; experimental, for comparison
+only; measured direct only; ``--no-bf16`` skips it), a vLLM replica (``python -m
+neocloud.serving.engines.vllm``, when ``make install-vllm`` was run; skipped otherwise) on
+the same converted SmolLM2-135M checkpoint, and one standalone gateway routing ``builtin``
+and ``vllm`` to them. Then, interleaved per concurrency level: streamed chat completions
+with ``max_tokens`` 64 (greedy), ``c`` clients each sending ``rounds`` requests back to
+back, against each target. Figures: aggregate completion tokens/s (the engine's own
+``usage`` counts, asked with ``stream_options.include_usage``), time to first token
+p50/p99, time per output token p50 ((last token - first token) / (tokens - 1) per
+request), and the gateway's cost as ratios to the direct figures of the same run.
 
 Trace replay: the first ``--trace-requests`` rows of
 ``../shared/traces/azure-llm-inference-2023/AzureLLMInferenceTrace_conv.csv`` (arrival
@@ -24,7 +26,7 @@ since an idle vLLM server keeps polling and the machine has 2 cores.
 
 Prints ``uptime`` first, a table, and one JSON line last.
 
-    .venv/bin/python benchmarks/generation/bench.py            # full run (about 15 min)
+    .venv/bin/python benchmarks/generation/bench.py            # full run (5 min on a quiet machine)
     .venv/bin/python benchmarks/generation/bench.py --quick    # c=1,8 only, short trace
 """
 
@@ -93,13 +95,34 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def groups(proc: subprocess.Popen[bytes]) -> list[int]:
+    """Process groups of ``proc`` and of every process below it (the vLLM launcher puts
+    vLLM in a group of its own)."""
+    import psutil
+
+    found = [proc.pid]
+    try:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                found.append(os.getpgid(child.pid))
+            except ProcessLookupError:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return list(dict.fromkeys(found))
+
+
 def hold(procs: dict[str, subprocess.Popen[bytes]], running: str) -> None:
     """Let only the engine ``running`` have the CPUs: the other engines' process groups
     are stopped (SIGSTOP) and resumed when their turn comes. An idle vLLM server keeps
     polling, which on 2 cores would slow whatever is measured beside it."""
     for name, proc in procs.items():
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGCONT if name == running else signal.SIGSTOP)
+            for pgid in groups(proc):
+                try:
+                    os.killpg(pgid, signal.SIGCONT if name == running else signal.SIGSTOP)
+                except ProcessLookupError:
+                    pass
 
 
 def pct(values: list[float], q: float) -> float:
@@ -200,6 +223,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="c=1,8, one round, a short trace")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="skip the built-in engine in bfloat16 (vLLM's dtype on this CPU)")
     ap.add_argument("--trace-requests", type=int, default=48)
     ap.add_argument("--trace-speedup", type=float, default=1.0)
     ap.add_argument("--trace-prompt-div", type=float, default=4.0)
@@ -216,12 +241,20 @@ def main() -> None:
     try:
         bport = free_port()
         procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(bport),
-                            "--name", "builtin"]))
+                            "--name", "builtin"], {"NEOCLOUD_DTYPE": "float32"}))
         burl = f"http://127.0.0.1:{bport}"
         wait_http(burl + "/ready", 300, procs[-1])
         engines["builtin"] = procs[-1]
         routes = [f"builtin={burl}"]
         targets["builtin direct"] = (burl, "builtin", {})
+        if a.bf16:
+            hport = free_port()
+            procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(hport),
+                                "--name", "builtin-bf16"], {"NEOCLOUD_DTYPE": "bfloat16"}))
+            hurl = f"http://127.0.0.1:{hport}"
+            wait_http(hurl + "/ready", 300, procs[-1])
+            engines["builtin-bf16"] = procs[-1]
+            targets["builtin-bf16 direct"] = (hurl, "builtin-bf16", {})
         vurl = None
         if not a.no_vllm:
             from neocloud.errors import InvalidRequest
@@ -255,32 +288,34 @@ def main() -> None:
             hold(engines, model)
             asyncio.run(closed_loop(url, model, 1, 1, headers))
         results: dict[str, dict[str, Any]] = {}
-        print(f"{'target':<18}{'c':>4}{'req':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+        print(f"{'target':<22}{'c':>4}{'req':>5}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
               f"{'TPOT p50':>10}", flush=True)
         for c in levels:
             for name, (url, model, headers) in targets.items():
                 hold(engines, model)
                 r = asyncio.run(closed_loop(url, model, c, rounds, headers))
                 results[f"{name} c={c}"] = r
-                print(f"{name:<18}{c:>4}{r['requests']:>5}{r['tok_s']:>9.1f}"
+                print(f"{name:<22}{c:>4}{r['requests']:>5}{r['tok_s']:>9.1f}"
                       f"{r['ttft_p50']:>10.3f}{r['ttft_p99']:>10.3f}{r['tpot_p50']:>10.3f}",
                       flush=True)
         trace = load_trace(trace_n, a.trace_speedup, a.trace_prompt_div, a.trace_output_div)
-        for name in ("builtin direct", "vllm direct"):
+        for name in ("builtin direct", "builtin-bf16 direct", "vllm direct"):
             if name in targets:
                 url, model, headers = targets[name]
                 hold(engines, model)
                 r = asyncio.run(replay(url, model, trace, headers))
                 results[f"{name} azure-trace"] = r
-                print(f"{name + ' trace':<18}{'-':>4}{r['requests']:>5}{r['tok_s']:>9.1f}"
+                print(f"{name + ' trace':<22}{'-':>4}{r['requests']:>5}{r['tok_s']:>9.1f}"
                       f"{r['ttft_p50']:>10.3f}{r['ttft_p99']:>10.3f}{r['tpot_p50']:>10.3f}",
                       flush=True)
         ratios: dict[str, float] = {}
         for c in levels:
-            b, v = results.get(f"builtin direct c={c}"), results.get(f"vllm direct c={c}")
-            if b and v:
-                ratios[f"builtin/vllm tok_s c={c}"] = b["tok_s"] / v["tok_s"]
-                ratios[f"builtin/vllm ttft_p50 c={c}"] = b["ttft_p50"] / v["ttft_p50"]
+            v = results.get(f"vllm direct c={c}")
+            for eng in ("builtin", "builtin-bf16"):
+                b = results.get(f"{eng} direct c={c}")
+                if b and v:
+                    ratios[f"{eng}/vllm tok_s c={c}"] = b["tok_s"] / v["tok_s"]
+                    ratios[f"{eng}/vllm ttft_p50 c={c}"] = b["ttft_p50"] / v["ttft_p50"]
             for eng in ("builtin", "vllm"):
                 d, g = results.get(f"{eng} direct c={c}"), results.get(f"{eng} gateway c={c}")
                 if d and g:
@@ -296,7 +331,11 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGCONT)
+                for pgid in groups(p):
+                    try:
+                        os.killpg(pgid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
             stop(p)
 
 

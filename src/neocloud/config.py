@@ -11,6 +11,14 @@ A connection setting is resolved field by field, first match wins:
 2. the environment: ``NEOCLOUD_URL``, ``NEOCLOUD_TOKEN``;
 3. the config file;
 4. for the URL only, :data:`DEFAULT_URL`.
+
+An empty value counts as unset at every step: ``NEOCLOUD_TOKEN=`` (or ``--token ""``)
+means "no token from here", and the next source decides (the config file's token, if
+any). To send no token at all, leave it out of the config file too.
+
+The URL is the control plane's base URL, ``http://host:port``. A URL that ends in the
+REST API's prefix ``/api/v1`` (as copied from an API call) means the same control plane:
+the prefix is removed (:func:`base_url`).
 """
 
 from __future__ import annotations
@@ -141,11 +149,24 @@ def resolve(url: str | None = None, token: str | None = None) -> Connection:
             url, url_from = saved.url, f"config file {config_path()}"
         if not token and saved.token:
             token, token_from = saved.token, f"config file {config_path()}"
-    url = (url or DEFAULT_URL).rstrip("/")
+    url = base_url(url or DEFAULT_URL)
     check_url(url, source=url_from)
     if token:
         check_token(token, source=token_from)
     return Connection(url=url, token=token or None)
+
+
+#: The REST API's path under the control plane's base URL.
+API_PREFIX = "/api/v1"
+
+
+def base_url(url: str) -> str:
+    """``url`` without trailing ``/`` and without a final ``/api/v1`` (see the module
+    docstring): ``http://h:8700/api/v1/`` -> ``http://h:8700``."""
+    url = url.rstrip("/")
+    if url.lower().endswith(API_PREFIX):
+        url = url[: -len(API_PREFIX)].rstrip("/")
+    return url
 
 
 def check_url(url: str, *, source: str = "the URL") -> None:

@@ -28,7 +28,8 @@ Hierarchy::
      ├── Timeout (504)
      ├── Unavailable (503)
      │    └── NoReadyReplica (503)
-     └── UpstreamError (502)
+     ├── UpstreamError (502)
+     └── InsufficientStorage (507)
 """
 
 from __future__ import annotations
@@ -162,6 +163,15 @@ class UpstreamError(NeocloudError):
     status = 502
     type = "upstream_error"
     default_code = "upstream_error"
+
+
+class InsufficientStorage(NeocloudError):
+    """The storage behind a volume (or the data folder) is full: the disk has no space
+    left (``ENOSPC``) or its quota is spent (``EDQUOT``). Nothing partial was kept."""
+
+    status = 507
+    type = "insufficient_storage"
+    default_code = "insufficient_storage"
 
 
 _BY_CODE: dict[str, type[NeocloudError]] = {}

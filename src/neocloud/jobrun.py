@@ -54,22 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         parser.error("no command given")
+
+    def outlive(_signum: int, _frame: FrameType | None) -> None:
+        pass  # the command got the same signal through the process group
+
+    # Before the command starts: a stop signal that reached the group between its start
+    # and these handlers killed this process, so no code was recorded. The command starts
+    # with the default actions (exec resets caught signals).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, outlive)
     try:
         proc = subprocess.Popen(cmd)
     except OSError as e:
         print(f"neocloud: cannot run {cmd[0]!r}: {e.strerror}", file=sys.stderr, flush=True)
         code = 127 if isinstance(e, FileNotFoundError) else 126
-        write_exit(args.exit_file, code)
+        _record(args.exit_file, code)
         return code
-
-    def outlive(_signum: int, _frame: FrameType | None) -> None:
-        pass  # the command got the same signal through the process group
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, outlive)
     code = proc.wait()
-    write_exit(args.exit_file, code)
+    _record(args.exit_file, code)
     return code if code >= 0 else 128 - code
+
+
+def _record(path: Path, code: int) -> None:
+    """:func:`write_exit`, or a line on stderr when it cannot be written (a full disk):
+    this process still exits with the command's code, which the backend then reports."""
+    try:
+        write_exit(path, code)
+    except OSError as e:
+        print(f"neocloud: cannot record exit code {code}: {e.strerror}", file=sys.stderr,
+              flush=True)
 
 
 if __name__ == "__main__":

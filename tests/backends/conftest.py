@@ -79,13 +79,14 @@ def ray_cluster() -> Iterator[Any]:
     """A head and two 2-GPU workers on loopback; this process is a driver of it."""
     if not HAVE_RAY:
         pytest.skip(NO_RAY)
+    from tests.backends.raycluster import TEST_RAY_ENV, LocalRayCluster
+
+    os.environ.update(TEST_RAY_ENV)  # before Ray reads its configuration
     import ray
 
     from neocloud.server.backends.ray_backend import RayBackend
-    from tests.backends.raycluster import LocalRayCluster
 
     root = Path(tempfile.mkdtemp(prefix="nrc", dir="/tmp"))  # short: socket path limits
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     cluster = LocalRayCluster(root, workers=2, worker_gpus=2)
     try:
         cluster.start()

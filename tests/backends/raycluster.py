@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,39 @@ WORKER_PORTS = 40
 #: the whole machine's memory. neocloud's supervisors ask Ray for no memory.
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 WORKER_MEMORY_BYTES = 100 * 1024 * 1024
+#: What every process of the test cluster (nodes and drivers) runs with: Ray turns token
+#: authentication on for a new head when the machine's ``~/.ray/auth_token`` exists, but
+#: not for a client, which then cannot connect ("InvalidAuthToken"); a loopback test
+#: cluster does without it, whatever another Ray user of the machine left there.
+TEST_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_block(size: int, *, low: int = 20000, tries: int = 50) -> int:
+    """The first port of ``size`` consecutive ports free now, below the range the kernel
+    hands out to outgoing connections (``ip_local_port_range``, often from 32768): a port
+    in it can be taken by any client meanwhile (a head once failed so, "Address already in
+    use" for its GCS port)."""
+    try:
+        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        high = 32768
+    if high - size <= low:
+        high = 60000
+    rng = random.Random()
+    for _ in range(tries):
+        base = rng.randrange(low, high - size, 100)
+        if all(_bindable(p) for p in range(base, base + size)):
+            return base
+    raise RuntimeError(f"no {size} free consecutive ports between {low} and {high}")
 
 
 @dataclass
@@ -79,7 +113,7 @@ class LocalRayCluster:
         self.workers = workers
         self.worker_gpus = worker_gpus
         self.ray = str(Path(python).with_name("ray"))
-        self.base = random.Random().randrange(20000, 50000 - PORTS_PER_NODE * 8, 100)
+        self.base = free_block(PORTS_PER_NODE * 8)
         self.nodes: list[RayNode] = []
         self.address = f"127.0.0.2:{self.base}"
         self.started_s = 0.0
@@ -88,6 +122,7 @@ class LocalRayCluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEOCLOUD_")}
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env.update(TEST_RAY_ENV)
         return env
 
     def _start_node(self, i: int, name: str, *, num_gpus: int | None = None) -> RayNode:
@@ -116,9 +151,12 @@ class LocalRayCluster:
             for n in self.nodes:
                 if n.proc.poll() is not None:
                     raise RuntimeError(f"ray node {n.name} exited:\n{n.log.read_text()[-3000:]}")
-            out = subprocess.run([str(Path(self.ray).with_name("python")), "-c", code,
-                                  self.address], capture_output=True, text=True,
-                                 env=self._env(), timeout=60)
+            try:
+                out = subprocess.run([str(Path(self.ray).with_name("python")), "-c", code,
+                                      self.address], capture_output=True, text=True,
+                                     env=self._env(), timeout=60)
+            except subprocess.TimeoutExpired:
+                continue  # a node that exited meanwhile is reported above
             if out.returncode == 0 and out.stdout.strip().isdigit() \
                     and int(out.stdout.strip()) >= count:
                 return

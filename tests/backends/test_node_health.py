@@ -24,7 +24,7 @@ from neocloud.server.app import create_app
 from neocloud.server.backends.base import WorkloadSpec, WorkloadState
 from neocloud.server.backends.fake import FakeBackend
 from neocloud.server.bootstrap import bootstrap
-from neocloud.server.db.tables import Allocation, Event, Node
+from neocloud.server.db.tables import Allocation, Event, Node, Replica
 from neocloud.server.invariants import check_database
 from tests.server.helpers import Cloud, make_settings
 from tests.server.workload_helpers import get
@@ -45,6 +45,8 @@ class FleetBackend(FakeBackend):
         self.alive: set[str] = set()
         self.ports_asked: list[str] = []
         self.stopped: list[str] = []
+        self.unready: set[str] = set()
+        """Names of nodes whose processes do not answer ready (yet)."""
         self._ports: Iterator[int] = itertools.count(31000)
 
     def add(self, name: str) -> str:
@@ -77,6 +79,11 @@ class FleetBackend(FakeBackend):
     def stop(self, handle: dict[str, Any], *, grace_s: float) -> WorkloadState:
         self.stopped.append(str(handle.get("fake_id")))
         return super().stop(handle, grace_s=grace_s)
+
+    def probe_ready(self, handle: dict[str, Any], url: str, *, timeout_s: float) -> bool:
+        with self._lock:
+            spec = self._running.get(handle.get("fake_id"))  # type: ignore[arg-type]
+        return spec is not None and spec.node_name not in self.unready
 
 
 @pytest.fixture
@@ -260,6 +267,9 @@ def test_replica_on_lost_node_moves(fleet: tuple[Cloud, FleetBackend]) -> None:
     run(cloud, 4)
     dep = get(cloud, "/deployments/emb")
     assert dep["status"] == "ready", dep
+    on_a = next(r for r in dep["replica_list"] if r["node"] == "a")
+    handle = be.find(on_a["id"])
+    assert handle is not None
     join(cloud, be, "c", "127.0.0.5")
     be.kill("a")
     run(cloud, 6)
@@ -267,6 +277,104 @@ def test_replica_on_lost_node_moves(fleet: tuple[Cloud, FleetBackend]) -> None:
     assert dep["status"] == "ready", dep
     assert allocations_on(cloud, "a") == 0
     assert allocations_on(cloud, "b") == 1 and allocations_on(cloud, "c") == 1
+    moved = next(r for r in dep["replica_list"] if r["id"] == on_a["id"])
+    assert moved["node"] == "c" and moved["status"] == "ready" and moved["restarts"] == 0
+    assert str(handle["fake_id"]) in be.stopped  # released through its backend
+    events = [(e["reason"], e["message"]) for e in get(
+        cloud, "/events?kind=deployment&name=emb&limit=1000")["data"]
+        if on_a["id"][:8] in e["message"]]
+    assert ("NodeLost", f"replica {on_a['id'][:8]}: node a is not ready; its allocation "
+                        "was freed") in events, events
+    assert any(r == "Scheduled" and "placed on node c" in m for r, m in events), events
+    started = len(be.started)
+
+    join(cloud, be, "a", "127.0.0.3")  # the node comes back (a new Ray node id)
+    run(cloud, 3)
+    assert get(cloud, "/nodes/a")["status"] == "ready"
+    assert len(be.started) == started  # nothing that moved is started again
+    assert sorted(r["node"] for r in get(cloud, "/deployments/emb")["replica_list"]
+                  if r["status"] != "stopped") == ["b", "c"]
+    no_violations(cloud)
+
+
+def test_replica_listens_on_its_nodes_address_on_a_port_of_that_node(
+        fleet: tuple[Cloud, FleetBackend]) -> None:
+    cloud, be = fleet
+    join(cloud, be, "a", "127.0.0.3")
+    r = cloud.api("POST", "/deployments", json={"name": "emb", "service": "embeddings",
+                                                "shape": "t4.x2", "replicas": 1})
+    assert r.status_code == 201, r.text
+    run(cloud, 3)
+    rep = get(cloud, "/deployments/emb")["replica_list"][0]
+    assert rep["status"] == "ready" and rep["port"] == 31000, rep
+    assert be.ports_asked == ["a"]  # asked of the replica's node, not of this machine
+    spec = be.started[-1]
+    cmd = spec.command
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.3", cmd
+    assert cmd[cmd.index("--port") + 1] == "31000" and spec.port == 31000, cmd
+    assert spec.node_name == "a" and spec.node_address == "127.0.0.3"
+
+
+def test_replica_on_draining_node_moves_replacement_first(
+        fleet: tuple[Cloud, FleetBackend]) -> None:
+    cloud, be = fleet
+    join(cloud, be, "a", "127.0.0.3")
+    r = cloud.api("POST", "/deployments", json={"name": "emb", "service": "embeddings",
+                                                "shape": "t4.x2", "replicas": 1})
+    assert r.status_code == 201, r.text
+    run(cloud, 3)
+    old = get(cloud, "/deployments/emb")["replica_list"][0]
+    assert old["status"] == "ready" and old["node"] == "a", old
+    join(cloud, be, "b", "127.0.0.4")
+    be.unready.add("b")  # the replacement takes its time to answer ready
+    assert cloud.api("PATCH", "/nodes/a", json={"status": "draining"}).status_code == 200
+    run(cloud, 3)
+    reps = {r["id"]: r for r in get(cloud, "/deployments/emb")["replica_list"]}
+    assert reps[old["id"]]["status"] == "ready", reps  # keeps serving until replaced
+    new = [r for r in reps.values() if r["id"] != old["id"]]
+    assert [(r["node"], r["status"]) for r in new] == [("b", "starting")], reps
+    assert get(cloud, "/nodes/a")["status"] == "draining"
+
+    be.unready.clear()
+    run(cloud, 4)
+    reps = {r["id"]: r for r in get(cloud, "/deployments/emb")["replica_list"]}
+    assert list(reps) == [new[0]["id"]] and reps[new[0]["id"]]["status"] == "ready", reps
+    with cloud.app.state.db.session() as s:
+        assert s.get(Replica, old["id"]).status == "stopped"
+    assert get(cloud, "/deployments/emb")["status"] == "ready"
+    assert get(cloud, "/nodes/a")["status"] == "cordoned"
+    events = [e["reason"] for e in get(
+        cloud, "/events?kind=deployment&name=emb&limit=1000")["data"]
+        if old["id"][:8] in e["message"]]
+    assert "NodeDraining" in events, events
+    no_violations(cloud)
+
+
+def test_replica_gone_before_its_node_is_declared_dead_moves_without_a_crash(
+        fleet: tuple[Cloud, FleetBackend]) -> None:
+    """Ray reads a replica whose raylet died as ended, with no exit code, seconds before it
+    marks the node dead: that is the node's loss, not a crash (no restart on the dying
+    node)."""
+    cloud, be = fleet
+    join(cloud, be, "a", "127.0.0.3")
+    join(cloud, be, "b", "127.0.0.4")
+    r = cloud.api("POST", "/deployments", json={"name": "emb", "service": "embeddings",
+                                                "shape": "t4.x2", "replicas": 1})
+    assert r.status_code == 201, r.text
+    run(cloud, 3)
+    rep = get(cloud, "/deployments/emb")["replica_list"][0]
+    with be._lock:  # its process is gone; the backend still lists the node as alive
+        for fid, spec in list(be._running.items()):
+            if spec.workload_id == rep["id"]:
+                del be._running[fid]
+    run(cloud, 2)
+    now = get(cloud, "/deployments/emb")["replica_list"][0]
+    assert now["status"] == "ready" and now["restarts"] == 0, now
+    be.kill(rep["node"])
+    run(cloud, 4)
+    now = get(cloud, "/deployments/emb")["replica_list"][0]
+    assert now["id"] == rep["id"] and now["node"] != rep["node"], now
+    assert now["status"] == "ready" and now["restarts"] == 0, now
     no_violations(cloud)
 
 

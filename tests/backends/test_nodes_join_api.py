@@ -74,3 +74,28 @@ def test_drain_is_a_status(cloud: Cloud) -> None:
     assert r.status_code == 200 and r.json()["status"] == "draining"
     again = cloud.api("POST", "/nodes/join", json=_body())
     assert again.json()["status"] == "draining"  # rejoining does not undo a drain
+
+
+def test_shared_folder_check_is_read_back_at_the_same_path(cloud: Cloud,
+                                                           tmp_path: Path) -> None:
+    from neocloud.server.services.shared_fs import MARKER_TTL_S, check_marker, write_marker
+
+    r = cloud.api("POST", "/nodes/join/check")
+    assert r.status_code == 201, r.text
+    check = r.json()
+    path = Path(check["path"])
+    assert path.parent.parent == tmp_path / "home" / "volumes"  # the volumes folder
+    assert check_marker(check["path"], check["token"]) is None  # shared: this machine
+    wrong = check_marker(check["path"], "0" * 32)
+    assert wrong is not None and "not the control plane's file" in wrong
+    missing = check_marker(str(tmp_path / "elsewhere" / ".join-checks" / "x.marker"),
+                           check["token"])
+    assert missing is not None and "is missing here" in missing
+    assert "--no-shared-check" in missing and str(tmp_path / "elsewhere") in missing
+    # stale markers go at the next check; fresh ones stay
+    later = write_marker(path.parent.parent, now=path.stat().st_mtime + MARKER_TTL_S + 1)
+    assert not path.exists() and later.path.exists()
+
+    member = cloud.new_workspace("team-a", role="admin")
+    r = cloud.api("POST", "/nodes/join/check", token=member)
+    assert r.status_code == 403 and r.json()["error"]["type"], r.text

@@ -180,3 +180,30 @@ def test_alive_node_ids_and_a_port_free_on_the_chosen_node(ray_backend: Any) -> 
         s.bind(("127.0.0.4", port))
     with pytest.raises(OSError, match="no alive Ray node"):
         ray_backend.free_port(node_name="nowhere", address="127.0.0.99")
+
+
+TREE = ("import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('tree up', flush=True)\ntime.sleep(600)\n")
+
+
+def test_killing_the_supervisor_kills_the_workloads_whole_tree(
+        ray_backend: Any, tmp_path: Path) -> None:
+    """The failing input: after a raylet kill, a workload's grandchild was left running.
+    The supervisor (the actor's process) is killed by PID; every process of the
+    workload, the command's own child included, must go with it."""
+    spec = _spec(tmp_path, "worker1", TREE, env={"API_TOKEN": "tok-123456789"})
+    h = ray_backend.start(spec)
+    try:
+        procs = wait_for(lambda: len(processes_of(spec.workload_id)) >= 3
+                         and processes_of(spec.workload_id),
+                         what="logrun, command and grandchild")
+        supervisor = psutil.Process(h["supervisor_pid"])
+        assert psutil.Process(h["pid"]).ppid() == supervisor.pid
+        assert {p.pid for p in procs} <= {p.pid for p in supervisor.children(recursive=True)}
+        supervisor.kill()
+        wait_for(lambda: not processes_of(spec.workload_id), timeout_s=20,
+                 what="the workload's processes to die with their supervisor")
+        assert not ray_backend.inspect(h).running
+    finally:
+        ray_backend.stop(h, grace_s=2)

@@ -78,9 +78,11 @@ class Fleet:
 
 
 def _env() -> dict[str, str]:
+    from tests.backends.raycluster import TEST_RAY_ENV
+
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("NEOCLOUD_") and k != "RAY_ADDRESS"}
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(TEST_RAY_ENV)
     return env
 
 
@@ -256,3 +258,144 @@ def test_gang_across_servers_then_a_raylet_dies(fleet: Fleet) -> None:
           f"on {other}: {moved_after:.1f} s")
     assert fleet.api("POST", "/jobs/sleeper/stop").status_code == 200
     _wait_job(fleet, "sleeper", "stopped", timeout_s=120)
+
+
+@dataclass
+class SteadyClient:
+    """One embeddings request after another through the gateway (the official OpenAI
+    client, no retries), each outcome kept with its time, until :meth:`stop`."""
+
+    base_url: str
+    token: str
+    model: str
+    outcomes: list[tuple[float, bool, str]] = field(default_factory=list)
+    _stop: Any = None
+    _thread: Any = None
+
+    def start(self) -> SteadyClient:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        from openai import OpenAI
+
+        oai = OpenAI(base_url=self.base_url, api_key=self.token, max_retries=0, timeout=30)
+        while not self._stop.is_set():
+            t = time.monotonic()
+            try:
+                resp = oai.embeddings.create(model=self.model, input=["a steady request"])
+                ok, why = len(resp.data[0].embedding) == 384, ""
+            except Exception as e:  # counted: a request lost
+                ok, why = False, f"{type(e).__name__}: {e}"[:200]
+            self.outcomes.append((t, ok, why))
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def lost_between(self, t0: float, t1: float) -> list[str]:
+        return [why for t, ok, why in self.outcomes if t0 <= t <= t1 and not ok]
+
+
+def _replicas(fleet: Fleet, name: str) -> list[dict[str, Any]]:
+    reps: list[dict[str, Any]] = fleet.get(f"/deployments/{name}")["replica_list"]
+    return reps
+
+
+def _ready_on(fleet: Fleet, name: str) -> dict[str, str]:
+    """Replica id -> node of the ready replicas of deployment ``name``."""
+    return {r["id"]: r["node"] for r in _replicas(fleet, name) if r["status"] == "ready"}
+
+
+def _set_node(fleet: Fleet, node: str, status: str) -> None:
+    r = fleet.api("PATCH", f"/nodes/{node}", json={"status": status})
+    assert r.status_code == 200, r.text
+
+
+def test_replicas_on_two_servers_then_a_raylet_dies_and_its_replica_moves(
+        fleet: Fleet) -> None:
+    from openai import OpenAI
+
+    shape = {"name": "t4.x1", "cpu_milli": 500, "memory_mib": 1024, "gpu_count": 1,
+             "gpu_type": "T4", "price_per_hour_usd": 0.25}
+    assert fleet.api("POST", "/shapes", json=shape).status_code == 201
+    # One replica per server: the scheduler packs, so each server in turn is the only
+    # one that takes new work while a replica is placed.
+    _set_node(fleet, "gpu-b", "cordoned")
+    r = fleet.api("POST", "/deployments", json={"name": "emb", "service": "embeddings",
+                                                "shape": "t4.x1", "replicas": 1})
+    assert r.status_code == 201, r.text
+    wait_for(lambda: list(_ready_on(fleet, "emb").values()) == ["gpu-a"], timeout_s=300,
+             what="the first replica ready on gpu-a")
+    _set_node(fleet, "gpu-a", "cordoned")
+    _set_node(fleet, "gpu-b", "ready")
+    assert fleet.api("PATCH", "/deployments/emb", json={"replicas": 2}).status_code == 200
+    wait_for(lambda: sorted(_ready_on(fleet, "emb").values()) == ["gpu-a", "gpu-b"],
+             timeout_s=300, what="a replica ready on each server")
+    _set_node(fleet, "gpu-a", "ready")
+    addresses = {"gpu-a": "127.0.0.3", "gpu-b": "127.0.0.4"}
+    for rep in _replicas(fleet, "emb"):  # each listens on its server's address
+        with httpx.Client(timeout=5) as c:
+            assert c.get(f"http://{addresses[rep['node']]}:{rep['port']}/ready"
+                         ).status_code == 200, rep
+
+    oai = OpenAI(base_url=f"{fleet.url}/v1", api_key=fleet.token)
+    resp = oai.embeddings.create(model="emb", input=["a cat sat", "a kitten sat",
+                                                     "stock market report"])
+    assert [len(d.embedding) for d in resp.data] == [384, 384, 384]
+    memory = _memory_mib(fleet.memory_pids)
+
+    victim = "gpu-b"
+    moving = next(rid for rid, node in _ready_on(fleet, "emb").items() if node == victim)
+    client = SteadyClient(f"{fleet.url}/v1", fleet.token, "emb").start()
+    try:
+        wait_for(lambda: sum(ok for _, ok, _ in client.outcomes) >= 5, timeout_s=60,
+                 what="the steady client to get answers")
+        raylet = _raylet_of(fleet.joins[victim])
+        os.kill(raylet.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: fleet.get(f"/nodes/{victim}")["status"] == "not_ready",
+                 timeout_s=120, what=f"{victim} to become not_ready")
+        lost_after = time.monotonic() - killed
+        wait_for(lambda: _ready_on(fleet, "emb").get(moving) == "gpu-a", timeout_s=300,
+                 what="the replica of the lost server ready on the other one")
+        moved_after = time.monotonic() - killed
+        ready_at = time.monotonic()
+        wait_for(lambda: sum(ok for t, ok, _ in client.outcomes if t > ready_at) >= 10,
+                 timeout_s=60, what="requests after the move")
+    finally:
+        client.stop()
+    lost = client.lost_between(killed, ready_at)
+    during = [o for o in client.outcomes if killed <= o[0] <= ready_at]
+    after = [ok for t, ok, _ in client.outcomes if t > ready_at]
+    assert after and all(after), client.lost_between(ready_at, time.monotonic())
+
+    # The control plane's records: the node's loss, the replica's loss and its move.
+    assert "NodeLost" in [r for r, _ in fleet.node_events(victim)]
+    reps = _replicas(fleet, "emb")
+    assert sorted(r["node"] for r in reps if r["status"] == "ready") == ["gpu-a", "gpu-a"]
+    assert fleet.get(f"/nodes/{victim}")["allocated_cpu_milli"] == 0
+    events = [(e["reason"], e["message"]) for e in
+              fleet.get("/events?kind=deployment&name=emb&limit=1000")["data"]
+              if moving[:8] in e["message"]]
+    assert (("NodeLost", f"replica {moving[:8]}: node {victim} is not ready; its "
+             "allocation was freed") in events), events
+    assert any(r == "Scheduled" and "placed on node gpu-a" in m for r, m in events), events
+    with sqlite3.connect(fleet.db) as con:
+        row = con.execute("SELECT r.status, n.name FROM replicas r JOIN nodes n "
+                          "ON n.id = r.node_id WHERE r.id = ?", (moving,)).fetchone()
+    assert row == ("ready", "gpu-a"), row
+    resp = oai.embeddings.create(model="emb", input=["after the move"])
+    assert len(resp.data[0].embedding) == 384
+    print(f"\nreplica move: raylet SIGKILL -> node not_ready {lost_after:.1f} s; -> "
+          f"replacement ready on gpu-a {moved_after:.1f} s")
+    print(f"requests during the move: {len(during)} sent, {len(lost)} lost "
+          f"({sorted(set(w.split(':')[0] for w in lost))}); {len(after)} after, all answered")
+    print(f"cluster memory with 2 embeddings replicas (RSS of the Ray nodes' process "
+          f"trees): {memory:.0f} MiB; after the loss: {_memory_mib(fleet.memory_pids):.0f} MiB")
+    assert fleet.api("DELETE", "/deployments/emb").status_code in (200, 202, 204)

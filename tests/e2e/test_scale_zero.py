@@ -181,7 +181,33 @@ def test_autoscaled_deployment_goes_zero_to_n_to_zero_without_a_failed_request(
         d = sdk.deployments.get("auto")
         assert d.replicas == 0 and d.status.value == "scaled_to_zero", d
         reasons = [e.reason for e in sdk.deployments.events("auto")]
-        assert "ScalingFromZero" in reasons or "SCALE_FROM_ZERO" in reasons
-        assert "SCALE_TO_ZERO" in reasons and "ColdStart" in reasons
+        assert "ScalingFromZero" in reasons or "ScaleFromZero" in reasons
+        assert "ScaleToZero" in reasons and "ColdStart" in reasons
+    finally:
+        cloud.stop()
+
+
+@pytest.mark.slow
+def test_a_stream_cut_by_the_drain_timeout_ends_with_an_error_event(
+        tmp_path: Path, service: str) -> None:
+    """A stream longer than the drain timeout, through a scale to zero: the client gets
+    the events so far, then a final SSE error event, then a clean end (a bare reset would
+    raise in the client)."""
+    cloud = CloudProcess(tmp_path / "home").start()
+    try:
+        sdk = Client(url=cloud.url, token=cloud.token)
+        sdk.deployments.create("s", service, replicas=1, drain_timeout_s=2)
+        sdk.deployments.wait_ready("s", timeout_s=120)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(_stream, cloud.url, cloud.token, "s")
+            time.sleep(2.0)
+            r = httpx.patch(f"{cloud.url}/api/v1/deployments/s", json={"replicas": 0},
+                            headers={"Authorization": f"Bearer {cloud.token}"}, timeout=30)
+            assert r.status_code == 200, r.text
+            events = fut.result(timeout=120)
+        assert 0 < len(events) < TICKS + 1, events
+        last = json.loads(events[-1])
+        assert last["error"]["code"] == "drain_timeout" and "2 s" in last["error"]["message"]
+        assert [json.loads(e)["i"] for e in events[:-1]] == list(range(len(events) - 1))
     finally:
         cloud.stop()

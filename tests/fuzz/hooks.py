@@ -1,8 +1,9 @@
 """Schemathesis hooks for ``run_schemathesis.sh`` (``SCHEMATHESIS_HOOKS=tests.fuzz.hooks``).
 
 The one exclusion: the run never revokes its own token. A ``DELETE /api/v1/tokens/{name}``
-naming it (a generated name, or one taken from ``/whoami`` by a stateful link) is sent for
-another, absent token instead; every other call goes out as generated.
+(or ``/api/v1/workspaces/{name}/tokens/{token}``) naming it (a generated name, or one taken
+from ``/whoami`` by a stateful link) is sent for another, absent token instead; every
+other call goes out as generated.
 
 The schema states every rule it can (patterns, lengths, bounds, one-of). These are outside
 what OpenAPI can say, so their refusals of schema-valid data are not failures:
@@ -31,6 +32,7 @@ what OpenAPI can say, so their refusals of schema-valid data are not failures:
   deployment is ``deleting``, and it stays readable, in that status, while its replicas
   drain; a read after the DELETE that finds it ``deleting`` (or gone by then) is not a
   use after free.
+- a job's ``command[0]`` must name a program (not blank): a 400 naming ``command.0``;
 - pods need an OpenSSH server (CI installs one, as for the pod tests) and, with
   ``jupyter``, JupyterLab on this machine: without them a pod create is refused with code
   ``unsupported`` whatever the body.
@@ -56,6 +58,10 @@ def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     if (case.method.upper() == "DELETE" and case.operation.path.endswith("/tokens/{name}")
             and case.path_parameters and case.path_parameters.get("name") == OWN_TOKEN):
         case.path_parameters["name"] = f"{OWN_TOKEN}-not-this-run"
+    # The operator's revocation of any workspace's token: never this run's own.
+    if (case.method.upper() == "DELETE" and case.operation.path.endswith("/tokens/{token}")
+            and case.path_parameters and case.path_parameters.get("token") == OWN_TOKEN):
+        case.path_parameters["token"] = f"{OWN_TOKEN}-not-this-run"
 
 
 def _mixed_gpu_types(case: Any) -> bool:
@@ -122,6 +128,9 @@ def filter_failure(ctx: Any, failure: Any, case: Any, response: Any) -> bool:
         return False
     if (type(failure).__name__ == "UseAfterFree" and path.startswith("/api/v1/deployments/{name}")
             and _deployment_deleting(case)):
+        return False
+    if (method == "POST" and path == "/api/v1/jobs" and response.status_code == 400
+            and '"param":"command.0"' in response.text.replace(" ", "")):
         return False
     if (method == "POST" and path == "/api/v1/pods" and response.status_code == 400
             and '"unsupported"' in response.text

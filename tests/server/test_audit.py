@@ -137,3 +137,49 @@ def test_refused_create_names_its_object_and_a_dry_run_is_not_recorded(cloud: Cl
                 code=r.json()["error"]["code"])
     assert not any("only-checked" in e["target"] for e in entries), entries
     assert not any(e["action"] == "create_deployment" and e["status"] == 200 for e in entries)
+
+
+def test_gateway_401_and_402_refusals_are_recorded(cloud: Cloud) -> None:
+    """The gateway's refusals are in the audit log (committed before the answer): a bad
+    or missing token (401, no workspace) and a workspace past its budget hard stop (402,
+    with the caller's workspace and token)."""
+    from sqlalchemy import select
+
+    from neocloud.server.db.tables import Shape, Workspace
+    from neocloud.server.metering.records import record_running
+
+    tok = cloud.new_workspace("team")
+    body = {"model": "emb", "input": "hello"}
+    bad = cloud.client.post("/v1/embeddings", json=body,
+                            headers={"Authorization": "Bearer nc_bad_x"})
+    assert bad.status_code == 401
+    assert cloud.client.post("/endpoints/emb/x", content=b"{}").status_code == 401
+    every = _audit(cloud)
+    assert _has(every, action="gateway", method="POST", target="v1/embeddings",
+                outcome="denied", status=401, code="invalid_api_key", workspace=None,
+                token_name=None), every
+    assert _has(every, action="gateway", target="endpoints/emb/x", status=401,
+                code="missing_api_key")
+    r = cloud.api("POST", "/deployments", token=tok, json={
+        "name": "emb", "service": "embeddings", "shape": "cpu.small", "replicas": 0})
+    assert r.status_code == 201, r.text
+    cloud.app.state.routes.refresh()
+    assert cloud.client.post("/v1/embeddings", json=body,
+                             headers=cloud.h(tok)).status_code == 503  # scaled to zero
+    assert cloud.api("PUT", "/budget?workspace=team", json={
+        "monthly_micros": 100_000, "hard_stop": True}).status_code in (200, 201)
+    with cloud.app.state.db.session() as s:  # spend past the budget
+        ws = s.scalars(select(Workspace.id).where(Workspace.name == "team")).one()
+        now = datetime.now(UTC)
+        record_running(s, workspace_id=ws, kind="replica", object_id="x" * 32, name="emb",
+                       shape=s.get(Shape, "gpu.h100"), start=now - timedelta(seconds=600),
+                       end=now)
+    cloud.app.state.routes.refresh()
+    r = cloud.client.post("/v1/embeddings", json=body, headers=cloud.h(tok))
+    assert r.status_code == 402 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    seen_by_team = _audit(cloud, tok)
+    assert _has(seen_by_team, action="gateway", method="POST", target="v1/embeddings",
+                outcome="denied", status=402, code="budget_exceeded", workspace="team",
+                token_name="t1"), seen_by_team
+    # Requests the gateway serves or fails for other reasons are not audit entries.
+    assert not _has(_audit(cloud), action="gateway", status=503)

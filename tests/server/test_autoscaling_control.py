@@ -86,7 +86,7 @@ def test_load_scales_up_then_idle_scales_down_to_zero(cloud: Cloud, load: Load) 
     assert dep["replicas"] == 4 and dep["ready_replicas"] == 4, dep
     assert dep["revision"] == revision  # the autoscaler's count is not a spec change
     ups = [e for e in cloud.api("GET", "/deployments/a/events").json()["data"]
-           if e["reason"] in ("SCALE_UP", "BURST_SCALE_UP")]
+           if e["reason"] in ("ScaleUp", "BurstScaleUp")]
     assert ups and "in_flight" in ups[0]["message"] and "-> 4" in ups[0]["message"]
     # Idle: down only after the delays, then to zero.
     load.set(d["id"], in_flight=0, total=50)
@@ -96,7 +96,7 @@ def test_load_scales_up_then_idle_scales_down_to_zero(cloud: Cloud, load: Load) 
     dep = _dep(cloud, "a")
     assert dep["replicas"] == 0 and dep["status"] == "scaled_to_zero", dep
     reasons = [e["reason"] for e in cloud.api("GET", "/deployments/a/events").json()["data"]]
-    assert "SCALE_TO_ZERO" in reasons
+    assert "ScaleToZero" in reasons
 
 
 def test_steady_load_does_not_oscillate(cloud: Cloud, load: Load) -> None:
@@ -338,3 +338,50 @@ def test_models_list_marks_deployments_that_cannot_serve(cloud: Cloud) -> None:
     got = {m["id"]: m for m in cloud.client.get("/v1/models", headers=cloud.h()).json()["data"]}
     assert got["waiting"]["ready"] is False and got["waiting"]["servable"] is False
     assert got["sleepy"]["ready"] is False and got["sleepy"]["servable"] is True
+
+
+def test_scale_to_zero_without_autoscaling_drains_then_refuses_with_a_clear_503(
+        cloud: Cloud) -> None:
+    """``neocloud scale NAME 0`` on a deployment that does not autoscale: its replicas
+    drain (the drain timeout as grace) and stop, it reads ``scaled_to_zero``, and a request
+    gets 503 ``deployment_scaled_to_zero`` at once, saying it cannot wake; nothing starts."""
+    cloud.add_fake_node("n1")
+    rec = cloud.app.state.reconcilers.deployments
+    slow = SlowStops(cloud.fake, cloud, delay_s=0.0)
+    rec.backends["fake"] = slow
+    _create(cloud, "fixed", replicas=1, drain_timeout_s=30)
+    cloud.reconcile(2)
+    assert _dep(cloud, "fixed")["ready_replicas"] == 1
+    assert cloud.api("PATCH", "/deployments/fixed", json={"replicas": 0}).status_code == 200
+    cloud.reconcile(1)
+    assert rec.wait_stops(10)
+    cloud.reconcile(1)
+    dep = _dep(cloud, "fixed")
+    assert dep["status"] == "scaled_to_zero" and dep["replicas"] == 0
+    assert dep["replica_list"] == []
+    assert [grace for grace, _ in slow.stops] == [30 + DRAIN_MARGIN_S]
+    cloud.app.state.routes.refresh()
+    r = cloud.client.post("/endpoints/fixed/x", headers=cloud.h(), content=b"{}")
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "deployment_scaled_to_zero" and err["type"]
+    assert "scaled to zero" in err["message"] and "cannot wake" in err["message"]
+    assert "neocloud scale fixed 1" in err["message"]
+    assert "retry-after" not in r.headers  # it will not come back by itself
+    cloud.reconcile(1)
+    assert _dep(cloud, "fixed")["replicas"] == 0  # the request did not wake it
+    reasons = [e["reason"] for e in cloud.api("GET", "/deployments/fixed/events").json()["data"]]
+    assert "ScalingFromZero" not in reasons
+
+
+def test_a_request_right_after_the_create_finds_the_deployment(cloud: Cloud) -> None:
+    """A request sent before the route table's next rebuild is not a 404 for a deployment
+    that exists: the gateway's table rebuilds on such a miss."""
+    cloud.add_fake_node("n1")
+    cloud.app.state.routes.refresh()  # the table as it was before the create
+    _create(cloud, "fresh", replicas=0)
+    r = cloud.client.post("/endpoints/fresh/x", headers=cloud.h(), content=b"{}")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "deployment_scaled_to_zero"
+    gone = cloud.client.post("/endpoints/never-created/x", headers=cloud.h(), content=b"{}")
+    assert gone.status_code == 404

@@ -211,12 +211,21 @@ def deploy(
         _print_ready(api, deployment, waited=wait)
 
 
+#: Default seconds without a request before an autoscaled deployment goes from 1 to 0.
+IDLE_TO_ZERO_DEFAULT_S = float(AutoscalingConfig.model_fields["scale_to_zero_delay_s"].default)
+
+
 def _autoscaling(min_replicas: int | None, max_replicas: int | None,
-                 target_inflight: float | None) -> AutoscalingConfig | None:
-    """The settings of ``--min/--max/--target-inflight`` (``None`` when none is given)."""
-    if min_replicas is None and max_replicas is None and target_inflight is None:
+                 target_inflight: float | None, idle_to_zero_s: float | None = None
+                 ) -> AutoscalingConfig | None:
+    """The settings of ``--min/--max/--target-inflight/--idle-to-zero`` (``None`` when none
+    is given)."""
+    if min_replicas is None and max_replicas is None and target_inflight is None \
+            and idle_to_zero_s is None:
         return None
     given: dict[str, float] = {}
+    if idle_to_zero_s is not None:
+        given["scale_to_zero_delay_s"] = idle_to_zero_s
     if min_replicas is not None:
         given["min_replicas"] = min_replicas
     if max_replicas is not None:
@@ -233,26 +242,34 @@ def _autoscaling(min_replicas: int | None, max_replicas: int | None,
 def autoscale(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Deployment name."),
-    min_replicas: int | None = typer.Option(None, "--min", min=0, max=64,
-                                            help="Fewest replicas (0: scale to zero)."),
+    min_replicas: int | None = typer.Option(
+        None, "--min", min=0, max=64,
+        help="Fewest replicas (0: scale to zero after --idle-to-zero seconds without a "
+        f"request, default {IDLE_TO_ZERO_DEFAULT_S:g} s; a request wakes it)."),
     max_replicas: int | None = typer.Option(None, "--max", min=1, max=64,
                                             help="Most replicas."),
     target_inflight: float | None = typer.Option(
         None, "--target-inflight", min=0.001, help="Requests in flight per replica."),
+    idle_to_zero: float | None = typer.Option(
+        None, "--idle-to-zero", min=0, max=86400,
+        help="Seconds without any request before going from 1 replica to 0 (with --min 0; "
+        f"default {IDLE_TO_ZERO_DEFAULT_S:g} s, at least the scale-down delay, 120 s)."),
     off: bool = typer.Option(False, "--off", help="Stop autoscaling; keep the current count."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Make a deployment follow its load (or, with --off, stop it)."""
+    """Make a deployment follow its load (or, with --off, stop it). With --min 0 it goes to
+    zero replicas after --idle-to-zero seconds (default 600 s) without a request."""
     api = client(ctx)
     if off:
         deployment = api.deployments.autoscale(name, None)
     else:
         current = api.deployments.get(name).autoscaling
         base = current.model_dump() if current is not None else {}
-        new = _autoscaling(min_replicas, max_replicas, target_inflight)
+        new = _autoscaling(min_replicas, max_replicas, target_inflight, idle_to_zero)
         if new is None and current is None:
-            raise typer.BadParameter("give --min, --max or --target-inflight (or --off)",
-                                     param_hint="'--min'")
+            raise typer.BadParameter(
+                "give --min, --max, --target-inflight or --idle-to-zero (or --off)",
+                param_hint="'--min'")
         merged = {**base, **(new.model_dump(exclude_unset=True) if new else {})}
         try:
             config = AutoscalingConfig.model_validate(merged)
@@ -268,6 +285,8 @@ def autoscale(
         f"Autoscaling of {name}: " + (f"{a.min_replicas}..{a.max_replicas} replicas, "
                                       f"target {a.target:g} {a.signal.value} per replica"
                                       if a else "off")
+        + (f", to zero after {a.scale_to_zero_delay_s:g} s idle"
+           if a and a.min_replicas == 0 else "")
         + f" ({deployment.replicas} desired, {deployment.ready_replicas} ready)."))
 
 
@@ -310,6 +329,10 @@ def scale(
             f"({deployment.ready_replicas} ready now)."
         )
     )
+    if replicas == 0 and deployment.autoscaling is None:
+        note(f"Its replicas drain, then stop. Until you scale it up, requests to {name} get"
+             " 503 deployment_scaled_to_zero (a request cannot wake it; for that use "
+             f"`neocloud autoscale {name} --min 0 --max N`).")
 
 
 def ls(

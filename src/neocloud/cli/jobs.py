@@ -14,7 +14,7 @@ from neocloud.cli.follow import new_lines
 from neocloud.cli.output import age, note, print_json, table
 from neocloud.cli.params import check_fields, parse_pairs
 from neocloud.errors import NotFound
-from neocloud.models.jobs import JobCreate, JobOut
+from neocloud.models.jobs import JobCreate, JobOut, JobStatus
 from neocloud.sdk import Client
 
 app = typer.Typer(help="Batch and training jobs: 1..N workers, retries, logs.",
@@ -182,8 +182,10 @@ def logs(
         return
     window: list[str] = []
     first = True
+    waiting: tuple[str, str | None] | None = None
     while True:
         job = api.jobs.get(name)
+        waiting = _say_waiting(job, waiting)
         text = api.jobs.logs(name, worker=worker, attempt=attempt, tail=None if first else 1000)
         lines = text.splitlines()
         fresh = lines[-tail:] if (first and tail is not None) else (
@@ -196,6 +198,27 @@ def logs(
             note(f"job {name} {job.status.value}")
             return
         time.sleep(interval)
+
+
+#: Job statuses in which no worker runs yet: ``logs -f`` says it waits, with the reason.
+_WAITING = (JobStatus.queued, JobStatus.retrying)
+
+
+def _say_waiting(job: JobOut, said: tuple[str, str | None] | None
+                 ) -> tuple[str, str | None] | None:
+    """While ``job`` waits to (re)start, print on stderr that ``logs -f`` is waiting and
+    why (again only when the status or reason changes), then once that it started;
+    returns what was said (``None`` once it runs)."""
+    if job.status in _WAITING:
+        now = (job.status.value, job.reason)
+        if now != said:
+            why = f": {job.reason}" if job.reason else ""
+            note(f"job {job.name} is {job.status.value}{why}; waiting for it to start "
+                 "(Ctrl-C to stop following)")
+        return now
+    if said is not None and not job.status.finished:
+        note(f"job {job.name} is {job.status.value}; following its logs")
+    return None
 
 
 @app.command("stop")

@@ -1,7 +1,9 @@
 """``neocloud node join`` and ``node drain``: servers join the cloud and leave it.
 
 ``node join CONTROL_PLANE_URL --token T`` on a server: checks that the token is an
-operator's, discovers the server's CPUs, memory and GPUs (NVML), starts a Ray node on it
+operator's and that the control plane's volumes folder is reachable here at the same path
+(a marker file it writes there is read back: jobs and pods work in that folder), discovers
+the server's CPUs, memory and GPUs (NVML), starts a Ray node on it
 that joins the cloud's Ray cluster (``ray start --address ...``, labelled
 ``neocloud.io/node=<name>`` so the Ray backend places this node's work there), and
 registers the node with the control plane with its Ray node id. With ``--block`` it stays
@@ -123,6 +125,10 @@ def join(
         None, "--ray-arg", help="Extra argument for `ray start` (repeatable), e.g. "
         "--ray-arg=--object-store-memory=1000000000."),
     json_out: bool = typer.Option(False, "--json", help="Print the node as JSON."),
+    shared_check: bool = typer.Option(
+        True, "--shared-check/--no-shared-check",
+        help="Check that the control plane's volumes folder is reachable here at the same "
+        "path (jobs and pods work in it); skip only for a server that runs neither."),
 ) -> None:
     """Join this server to the cloud: start its Ray node and register it."""
     from neocloud.sdk.client import Client
@@ -139,6 +145,8 @@ def join(
         raise Unavailable("Ray is not installed here: pip install 'neocloud[ray]'") from None
     with Client(url, token) as cloud:
         _require_operator(cloud)
+        if shared_check:
+            _check_shared_folder(cloud)
         machine = discover_machine(with_gpus=gpus_override is None)
         name = name or node_name()
         gpus = [gpus_override] if gpus_override else _group(machine.gpus)
@@ -162,6 +170,23 @@ def join(
         _print(node, spec, json_out)
     if proc is not None:
         _wait(proc)
+
+
+def _check_shared_folder(cloud: Any) -> None:
+    """Read back, at the same path, the marker the control plane just wrote into its
+    volumes folder.
+
+    Raises:
+        Unavailable: this server does not share that folder (said how to fix it).
+    """
+    from neocloud.server.services.shared_fs import check_marker
+
+    check = cloud.nodes.join_check()
+    if check.path is None or check.token is None:
+        return  # the cloud keeps no volume files in a folder
+    problem = check_marker(check.path, check.token)
+    if problem is not None:
+        raise Unavailable(problem)
 
 
 def _group(gpus: list[dict[str, Any]]) -> list[GpuSpec]:

@@ -6,7 +6,9 @@ command and the user, so no command prints a traceback:
 * a :class:`neocloud.errors.NeocloudError` (from the server, the SDK or the CLI itself)
   becomes ``Error: <message>`` on stderr, exit code 1;
 * bad command-line input (a usage error: wrong type, missing or empty value)
-  is a usage message, exit code 2;
+  is a usage message, exit code 2; a negative number where an option was expected
+  (``neocloud scale web -1``: the parser reads ``-1`` as an option) says how to pass it
+  (after ``--``; an option's value may be negative as is: ``--priority -1``);
 * an ``httpx`` error, an ``OSError`` (a path that cannot be created or read) or a
   ``UnicodeError`` becomes ``Error: <what failed>``, exit code 1;
 * any other exception is a bug: ``Error: internal error (<type>: <message>)``, exit code
@@ -17,6 +19,7 @@ command and the user, so no command prints a traceback:
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import httpx
@@ -51,14 +54,45 @@ def os_error_message(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+#: A token the option parser takes for an option although it is a number: ``-1``, ``-0.5``.
+NEGATIVE_NUMBER = re.compile(r"-(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def explain_negative_number(exc: typer.TyperException, args: list[str]) -> None:
+    """Rewrite the parser's "No such option: -1" (``exc``) into how to pass a negative
+    number: as an argument after ``--`` (which ends the options), as an option's value as
+    is. ``args``: the command line after the root's options (the parser names only the
+    first character of a token it could not read, ``-2`` of ``-2.5``: the token is found
+    there). Other errors are left alone."""
+    name = getattr(exc, "option_name", None)
+    if not isinstance(name, str) or not hasattr(exc, "possibilities") \
+            or not hasattr(exc, "message"):
+        return  # not "no such option"
+    tokens = [a for a in args if a.startswith(name) and NEGATIVE_NUMBER.fullmatch(a)]
+    if not tokens:
+        return
+    name = tokens[0]
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "neocloud COMMAND"
+    exc.message = (
+        f"{name} is not an option: a negative number given as an argument must come "
+        f"after `--` (which ends the options), e.g. `{command} ... -- {name}`; an "
+        f"option's value may be negative as is (`--OPTION {name}` or `--OPTION={name}`)")
+    exc.possibilities = None
+
+
 class _ErrorsAsMessages(TyperGroup):
     """Root group: the CLI's one error boundary (see the module docstring)."""
 
     def invoke(self, ctx: Any) -> Any:
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
+        except typer.TyperException as exc:
+            explain_negative_number(exc, args)
             raise  # exit codes and usage errors: typer prints them
+        except (typer.Exit, typer.Abort):
+            raise
         except NeocloudError as exc:
             print_error(exc)
             raise typer.Exit(1) from None
@@ -108,13 +142,15 @@ def _root(
     url: str | None = typer.Option(
         None,
         "--url",
-        help=f"Control plane URL (default: NEOCLOUD_URL, config file, {DEFAULT_URL}).",
+        help=f"Control plane base URL (default: NEOCLOUD_URL, config file, {DEFAULT_URL}; "
+             "a final /api/v1 is accepted).",
         show_default=False,
     ),
     token: str | None = typer.Option(
         None,
         "--token",
-        help="API token (default: NEOCLOUD_TOKEN, config file).",
+        help="API token (default: NEOCLOUD_TOKEN, config file; an empty value counts as "
+             "unset).",
         show_default=False,
     ),
     timeout: float = typer.Option(

@@ -1,7 +1,8 @@
 """The neocloud gateway: an ASGI reverse proxy in front of deployment replicas.
 
 Build one with :func:`create_gateway` over a :class:`RouteTable`, an :class:`Authenticator`
-and optionally a :class:`UsageSink`; serve it with any ASGI server, mount it in the control
+and optionally a :class:`UsageSink` and a :class:`RefusalSink` (the audit log of 401/402
+refusals); serve it with any ASGI server, mount it in the control
 plane, or run copies alone with ``python -m neocloud.gateway``.
 """
 
@@ -21,6 +22,8 @@ from neocloud.gateway.stats import DeploymentStats, GatewayCollector
 from neocloud.gateway.types import (
     Authenticator,
     Principal,
+    Refusal,
+    RefusalSink,
     RequestRecord,
     Route,
     RouteTable,
@@ -39,6 +42,8 @@ __all__ = [
     "PowerOfTwoChoices",
     "Principal",
     "RandomChoice",
+    "Refusal",
+    "RefusalSink",
     "ReplicaLoad",
     "RequestRecord",
     "RoundRobin",

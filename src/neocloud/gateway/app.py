@@ -61,8 +61,11 @@ from neocloud.gateway.stats import (
     GatewayStats,
 )
 from neocloud.gateway.types import (
+    OPENAI_ROUTES,
     Authenticator,
     Principal,
+    Refusal,
+    RefusalSink,
     RequestRecord,
     Route,
     RouteTable,
@@ -74,6 +77,8 @@ from neocloud.gateway.wake import Waker
 log = logging.getLogger("neocloud.gateway")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Refusals handed to the :class:`RefusalSink`: who asked (401), their budget (402).
+AUDITED_STATUSES = frozenset({401, 402})
 
 
 #: The field each OpenAI route cannot do without, checked before a replica is chosen so a
@@ -123,6 +128,25 @@ def model_of(body: bytes, path: str = "") -> str:
     return model
 
 
+def check_serves(route: Route, path: str) -> None:
+    """Refuse an OpenAI inference ``path`` that the deployment of ``route`` does not serve
+    (chat completions to an embeddings model), before a replica is chosen.
+
+    Raises:
+        InvalidRequest: ``param="model"``, ``code="model_not_supported"``, naming what the
+            deployment serves.
+    """
+    if route.serves is None or path not in OPENAI_ROUTES or path in route.serves:
+        return
+    kinds = " and ".join(f"{OPENAI_ROUTES.get(p, p)} (POST {p})" for p in route.serves)
+    raise InvalidRequest(
+        f"the model '{route.name}' serves {kinds}, not {OPENAI_ROUTES[path]}: "
+        f"POST {path} needs a deployment that serves it",
+        param="model",
+        code="model_not_supported",
+    )
+
+
 class Gateway:
     """The gateway ASGI application (``await gateway(scope, receive, send)``).
 
@@ -139,11 +163,13 @@ class Gateway:
         settings: GatewaySettings | None = None,
         *,
         policy: BalancingPolicy | None = None,
+        refusals: RefusalSink | None = None,
     ) -> None:
         self.settings = s = settings or GatewaySettings()
         self._routes = routes
         self._auth = auth
         self._usage = usage
+        self._refusals = refusals
         self._policy = policy or make_policy(s.balancer)
         self._load = ReplicaLoad(s.replica_cooldown_s)
         self._pool = UpstreamPool(
@@ -250,6 +276,8 @@ class Gateway:
         t0 = time.perf_counter()
         started_at = time.time()
         path: str = scope["path"]
+        principal: Principal | None = None
+        route: Route | None = None
         try:
             if path.startswith("/v1/"):
                 principal = await self._authorize(scope)
@@ -268,6 +296,7 @@ class Gateway:
                         param="model",
                         code="model_not_found",
                     )
+                check_serves(route, path)
                 target = scope.get("raw_path") or path.encode()
                 qs = scope.get("query_string")
                 if qs:
@@ -295,9 +324,25 @@ class Gateway:
                 raise NotFound(f"no gateway route for {path}", code="unknown_route")
         except NeocloudError as err:
             self._stats.reject(err.code)
+            if err.status in AUDITED_STATUSES and self._refusals is not None:
+                await self._audit(scope, err, principal, route)
             await send_error(send, err, _error_headers(err))
         except ClientDisconnected:
             self._stats.reject("client_gone")
+
+    async def _audit(self, scope: Scope, err: NeocloudError, principal: Principal | None,
+                     route: Route | None) -> None:
+        """Hand a 401/402 refusal to the host's audit log before it is answered."""
+        assert self._refusals is not None
+        refusal = Refusal(
+            method=scope["method"], path=scope["path"], status=err.status, code=err.code,
+            workspace_id=principal.workspace_id if principal else None,
+            token_id=principal.token_id if principal else None,
+            deployment_id=route.deployment_id if route else None)
+        try:
+            await self._refusals.refused(refusal)
+        except Exception:  # the host's code: the refusal is answered all the same
+            log.exception("the audit log did not take a %d refusal", err.status)
 
     # ---------------------------------------------------------------- request steps
     async def _authorize(self, scope: Scope) -> Principal:
@@ -510,6 +555,7 @@ def create_gateway(
     settings: GatewaySettings | None = None,
     *,
     policy: BalancingPolicy | None = None,
+    refusals: RefusalSink | None = None,
 ) -> Gateway:
     """Build the gateway ASGI app over the host's route table, authenticator and usage sink.
 
@@ -519,5 +565,7 @@ def create_gateway(
         usage: receives one :class:`RequestRecord` per request routed to a deployment.
         settings: tunables; defaults to :class:`GatewaySettings()`.
         policy: a balancing policy object overriding ``settings.balancer``.
+        refusals: receives every 401 and 402 refusal before it is answered (the host's
+            audit log).
     """
-    return Gateway(routes, auth, usage, settings, policy=policy)
+    return Gateway(routes, auth, usage, settings, policy=policy, refusals=refusals)

@@ -11,14 +11,16 @@ response byte has arrived nothing is retried.
 
 Streaming: response bytes are sent on as they arrive (SSE and chunked responses stay
 incremental; bytes that arrived together are sent together). When the replica fails
-after the response headers went out, the client connection is cut (the only honest
-signal left) and the request is recorded as 502. When the client goes away (see
+after the response headers went out, an event stream (SSE) ends with a final
+``data: {"error": ...}`` event and a clean end of the body; any other body is cut (the only
+honest signal left); either way the request is recorded as 502. When the client goes away (see
 :mod:`neocloud.gateway.disconnect`) the replica connection is aborted and the request is
 recorded as 499.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -42,6 +44,20 @@ from neocloud.gateway.wire import request_head, request_headers, response_header
 log = logging.getLogger("neocloud.gateway")
 
 CLIENT_GONE = 499  # nginx's convention for "client closed request"
+
+
+def stream_cut_event(tail: bytes) -> bytes:
+    """The final SSE event sent when the replica's connection broke mid-stream
+    (``data: {"error": ...}``, code ``replica_stream_cut``); ``tail`` is the end of what
+    was relayed: an event left open is closed first, so the error is an event of its own."""
+    err = UpstreamError(
+        "the replica serving this stream stopped before the stream ended (it was stopped"
+        " or crashed); the output above is incomplete; retry the request",
+        code="replica_stream_cut",
+    )
+    lead = b"" if tail.endswith(b"\n\n") else b"\n" if tail.endswith(b"\n") else b"\n\n"
+    return lead + b"data: " + json.dumps(err.to_wire(), separators=(",", ":")).encode() \
+        + b"\n\n"
 
 
 class Forwarder:
@@ -204,6 +220,8 @@ class Forwarder:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             conn.abort()  # the parser cannot know the response had no body: do not reuse
             return status, rid, None, True
+        sse = bool(ctype) and ctype.startswith(b"text/event-stream")
+        tail = b"\n\n"  # the end of what was relayed (SSE: whether an event was left open)
         try:
             while True:
                 data = conn.take()
@@ -221,12 +239,19 @@ class Forwarder:
                     await send({"type": "http.response.body", "body": data, "more_body": False})
                     break
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                if sse:
+                    tail = (tail + bytes(data))[-2:]
                 if flight.gone:
                     return CLIENT_GONE, rid, scanner, True
         except UpstreamClosedError as exc:
             if flight.gone:
                 return CLIENT_GONE, rid, scanner, True
-            # Headers are out: the only honest signal left is to cut the client connection.
             log.warning("replica %s failed mid-response: %s", rid, exc)
+            if sse:  # an event stream ends with an error event and a clean end, never a reset
+                flight.done = True
+                await send({"type": "http.response.body", "more_body": False,
+                            "body": stream_cut_event(tail)})
+                return UpstreamError.status, rid, scanner, True
+            # Headers are out: the only honest signal left is to cut the client connection.
             return UpstreamError.status, rid, scanner, True
         return status, rid, scanner, True

@@ -61,6 +61,13 @@ class Route:
             cold-start timeout, seconds); ``None``: the gateway's ``wake_timeout_s``.
         wake_error: set while the deployment cannot start (its replica crashed while
             starting): held requests fail at once with HTTP 503 and this message.
+        scaled_to_zero: its desired replica count is 0 and it does not autoscale from
+            zero (``neocloud scale NAME 0``): requests get HTTP 503
+            ``deployment_scaled_to_zero`` at once, saying a request cannot wake it.
+        serves: the OpenAI inference routes its replicas answer (see
+            :func:`openai_paths_of`), e.g. ``("/v1/embeddings",)``; another of them
+            (``/v1/chat/completions`` to an embeddings model) is a 400 naming ``model``
+            and what the deployment serves. ``None``: not known, every route is forwarded.
     """
 
     deployment_id: str
@@ -71,6 +78,30 @@ class Route:
     refusal: str | None = None
     wake_timeout_s: float | None = None
     wake_error: str | None = None
+    scaled_to_zero: bool = False
+    serves: tuple[str, ...] | None = None
+
+
+#: The OpenAI inference routes and what each does, as error messages name them.
+OPENAI_ROUTES = {
+    "/v1/embeddings": "embeddings",
+    "/v1/chat/completions": "chat completions",
+    "/v1/completions": "completions",
+}
+#: The OpenAI routes of the built-in services of the serving runtime.
+BUILTIN_SERVES = {
+    "embeddings": ("/v1/embeddings",),
+    "chat": ("/v1/chat/completions", "/v1/completions"),
+}
+
+
+def openai_paths_of(service: str | None, engine: str = "builtin") -> tuple[str, ...] | None:
+    """:attr:`Route.serves` of a deployment: the OpenAI routes of a built-in ``service``
+    (engine ``builtin``); ``None`` (not known) for a service of the user's own or another
+    engine."""
+    if engine != "builtin" or service is None:
+        return None
+    return BUILTIN_SERVES.get(service)
 
 
 @runtime_checkable
@@ -143,4 +174,38 @@ class UsageSink(Protocol):
 
     def record(self, rec: RequestRecord) -> None:
         """Take one record; must not block or raise (exceptions are logged and dropped)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the gateway refused for who sent it, not for what it asked: 401 (no,
+    unknown, revoked or expired token) or 402 (the workspace's budget hard stop).
+
+    Attributes:
+        method: HTTP method.
+        path: the path asked for (``/v1/chat/completions``, ``/endpoints/x/predict``).
+        status: 401 or 402.
+        code: the error's machine-readable code (``invalid_api_key``, ``budget_exceeded``).
+        workspace_id: the caller's workspace; ``None`` when the token was not valid.
+        token_id: the caller's token id; ``None`` when the token was not valid.
+        deployment_id: the deployment asked for, when it was resolved (402).
+    """
+
+    method: str
+    path: str
+    status: int
+    code: str
+    workspace_id: str | None = None
+    token_id: str | None = None
+    deployment_id: str | None = None
+
+
+@runtime_checkable
+class RefusalSink(Protocol):
+    """Receiver of refusals (the host's audit log). The gateway awaits ``refused`` before
+    it answers, so the entry is stored by the time the client reads the refusal."""
+
+    async def refused(self, refusal: Refusal) -> None:
+        """Store one refusal; exceptions are logged and the refusal is answered anyway."""
         ...

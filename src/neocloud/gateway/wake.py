@@ -9,9 +9,10 @@ however many requests wait), each for at most ``wake_timeout_s`` (the route's ow
 ``wake_timeout_s``, the deployment's cold-start timeout, when it has one). Outcomes: the
 fresh route (the request proceeds); 503 ``deployment_starting`` with ``Retry-After`` on
 timeout; 503 ``deployment_failed_to_start`` at once when the route carries a
-``wake_error`` (its replica crashed while starting); 404 if the
-deployment was removed meanwhile; or whatever :class:`NeocloudError` ``wake`` raised
-(e.g. ``QuotaExceeded``), returned to every held request.
+``wake_error`` (its replica crashed while starting); 404 if the deployment was removed
+meanwhile; or whatever :class:`NeocloudError` ``wake`` raised (e.g. ``QuotaExceeded``),
+returned to every held request. A route ``scaled_to_zero`` (replicas set to 0 without
+autoscaling) is refused at once with 503 ``deployment_scaled_to_zero``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ from neocloud.gateway.stats import DeploymentCounters
 from neocloud.gateway.types import Route, RouteTable
 
 log = logging.getLogger("neocloud.gateway")
+
+
+def scaled_to_zero_error(name: str) -> Unavailable:
+    """503 ``deployment_scaled_to_zero``: the deployment was scaled to 0 replicas and does
+    not autoscale from zero, so a request cannot wake it (it says how to bring it back)."""
+    return Unavailable(
+        f"deployment '{name}' is scaled to zero replicas and does not autoscale from zero,"
+        f" so requests cannot wake it; scale it up (`neocloud scale {name} 1`) or let it"
+        f" autoscale from zero (`neocloud autoscale {name} --min 0 --max N`)",
+        code="deployment_scaled_to_zero",
+    )
 
 
 class Waker:
@@ -60,6 +72,8 @@ class Waker:
             Unavailable: no upstream within ``wake_timeout_s`` (503 ``deployment_starting``).
             NeocloudError: whatever ``RouteTable.wake`` raised; NotFound if it was removed.
         """
+        if route.scaled_to_zero:
+            raise scaled_to_zero_error(route.name)
         if not route.can_wake:
             raise NoReadyReplica(f"deployment '{route.name}' has no ready replica")
         if route.wake_error is not None:

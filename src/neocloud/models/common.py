@@ -44,6 +44,13 @@ Amount = Annotated[int, Field(ge=0, le=INT32_MAX)]
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\x00) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # JSON may escape a lone surrogate ("\ud800"); no process, file or database
+        # column can carry one (it reached the database and the answer as a 500).
+        raise ValueError(f"is not valid Unicode: a lone surrogate at character {e.start}"
+                         ) from None
     return value
 
 

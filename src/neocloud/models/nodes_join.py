@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from neocloud.models.common import INT32_MAX, Name, WireModel
+from neocloud.models.common import INT32_MAX, Name, OutModel, WireModel
 from neocloud.models.inventory import GpuSpec
 
 
@@ -36,3 +36,12 @@ class NodeJoin(WireModel):
         if len({g.type for g in gpus}) > 1:
             raise ValueError("a node has GPUs of one type only; register one node per type")
         return gpus
+
+
+class SharedFolderCheck(OutModel):
+    """What a joining server reads back to prove it shares the control plane's volumes
+    folder: the file ``path`` must hold ``token`` there too. ``path`` is ``None`` when the
+    cloud keeps no volume files in a folder (nothing to share)."""
+
+    path: str | None
+    token: str | None

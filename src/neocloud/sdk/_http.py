@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from neocloud.errors import (
     NeocloudError,
+    NotFound,
     Timeout,
     Unauthenticated,
     Unavailable,
@@ -22,6 +23,11 @@ from neocloud.models.common import Page
 M = TypeVar("M", bound=BaseModel)
 
 API_PREFIX = "/api/v1"
+#: The server's 404 for a path no route matches (not a missing resource, whose message
+#: names it): the message of the REST API's, the code of the gateway's. The base URL is
+#: likely wrong.
+ROUTE_MISS = "Not Found"
+ROUTE_MISS_CODE = "unknown_route"
 
 
 class HttpApi:
@@ -103,6 +109,14 @@ class HttpApi:
         except ValueError:
             body = response.text.strip()[:500]
         error = from_wire(response.status_code, body)
+        if isinstance(error, NotFound) and (error.message == ROUTE_MISS
+                                            or error.code == ROUTE_MISS_CODE):
+            request = response.request
+            error = NotFound(
+                f"{request.method} {request.url.path}: no such API route at {self.url} "
+                f"({error.message}); the URL (--url, NEOCLOUD_URL, url=) must be the "
+                "control plane's base URL, e.g. http://127.0.0.1:8700",
+                param="url", code=error.code)
         if isinstance(error, Unauthenticated) and not self.token:
             error = Unauthenticated(
                 f"{error.message} (no API token configured: run `neocloud up`, set "

@@ -18,7 +18,7 @@ from neocloud.models import (
     ReplicaStatus,
 )
 from neocloud.models.autoscaling import AutoscalingConfig
-from neocloud.models.deployments import DryRunOut, Engine, RevisionOut
+from neocloud.models.deployments import DryRunOut, Engine, ReasonCode, RevisionOut
 from neocloud.sdk._http import HttpApi, build, parse
 
 #: Aliases keep ``list[...]`` readable inside classes that define a ``list`` method.
@@ -273,7 +273,7 @@ class Deployments:
             if deployment.status == DeploymentStatus.deleting:
                 raise Conflict(f"deployment {name!r} is being deleted")
             reason = deployment.pending_reason or ""
-            if reason.startswith(NEVER_FITS) and not deployment.ready_replicas:
+            if deployment.pending_code in NEVER_FITS and not deployment.ready_replicas:
                 raise Unavailable(
                     f"deployment {name!r} cannot start on any registered node: {reason}. "
                     "It stays queued and starts if a node that fits is added.",
@@ -287,9 +287,11 @@ class Deployments:
             time.sleep(max(0.0, min(poll_s, timeout_s - elapsed)))
 
 
-#: Start of the scheduler's reason when no registered node could ever hold one replica
-#: (too few GPUs or CPUs in total, no GPU of the type): waiting longer cannot help.
-NEVER_FITS = "no node can run"
+#: Pending codes meaning no registered node could ever hold one replica (no GPU of the
+#: type, too few GPUs, CPUs or memory on any node, the shape removed): waiting longer
+#: cannot help.
+NEVER_FITS = frozenset({ReasonCode.NO_MATCHING_GPU_TYPE, ReasonCode.INSUFFICIENT_GPUS_PER_NODE,
+                        ReasonCode.SHAPE_MISSING})
 
 
 def _is_ready(deployment: DeploymentOut) -> bool:

@@ -15,9 +15,9 @@ from neocloud.models import (
     ShapeCreate,
     ShapeOut,
 )
-from neocloud.models.nodes_join import NodeJoin
+from neocloud.models.nodes_join import NodeJoin, SharedFolderCheck
 from neocloud.models.utilization import Utilization
-from neocloud.sdk._http import HttpApi, build
+from neocloud.sdk._http import HttpApi, build, parse
 
 NodeList = list[NodeOut]
 ShapeList = list[ShapeOut]
@@ -89,6 +89,12 @@ class Nodes:
         ``neocloud node join``). Raises ``PermissionDenied``, ``Conflict``,
         ``ValidationFailed``."""
         return self._api.send_model("POST", NodeOut, "/nodes/join", spec)
+
+    def join_check(self) -> SharedFolderCheck:
+        """A marker the control plane just wrote into its volumes folder, for a joining
+        server to read back at the same path (operators; ``neocloud node join``).
+        Raises ``PermissionDenied``."""
+        return parse(SharedFolderCheck, self._api.request("POST", "/nodes/join/check"))
 
     def drain(self, name: str) -> NodeOut:
         """Take no new work on the node and move its work away (the reconcilers do the

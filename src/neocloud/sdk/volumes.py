@@ -148,4 +148,10 @@ def _path(name: str) -> str:
 
 
 def _file(name: str, path: str) -> str:
-    return f"{_path(name)}/files/{quote(path.lstrip('/'), safe='/')}"
+    """The URL path of file ``path`` of volume ``name``. ``.`` and ``..`` segments are sent
+    percent-encoded: as literals, URL normalisation would drop them (``data/../../x``
+    would name another route), while encoded they reach the control plane, which refuses
+    a path leaving the volume with an error naming it."""
+    parts = [quote(p, safe="") if p not in (".", "..") else p.replace(".", "%2E")
+             for p in path.lstrip("/").split("/")]
+    return f"{_path(name)}/files/{'/'.join(parts)}"

@@ -32,7 +32,12 @@ from neocloud.server.datafolder import secure_data_folder
 from neocloud.server.db.engine import Database, migrate
 from neocloud.server.errors_http import AllowedMethods, document_errors
 from neocloud.server.errors_http import install as install_errors
-from neocloud.server.gateway_host import DbAuthenticator, DbRouteTable, UsageBuffer
+from neocloud.server.gateway_host import (
+    DbAuthenticator,
+    DbRefusalLog,
+    DbRouteTable,
+    UsageBuffer,
+)
 from neocloud.server.metering.loop import MeteringLoop
 from neocloud.server.metering.metrics import ControlPlaneCollector
 from neocloud.server.reconcilers.deployments import DeploymentReconciler, ReconcilerThread
@@ -139,7 +144,7 @@ def create_app(
         if woken:
             thread.wake()
 
-    routes = DbRouteTable(db, wake=wake_from_zero)
+    routes = DbRouteTable(db, wake=wake_from_zero, kick=lambda: thread.wake())
     usage = UsageBuffer(db)
     secret_key = settings.secret_key.get_secret_value() if settings.secret_key else None
     box = SecretBox.for_home(settings.home, secret_key)
@@ -158,6 +163,7 @@ def create_app(
         GatewaySettings(max_body_bytes=settings.max_body_bytes,
                         auth_cache_ttl_s=settings.token_cache_ttl_s,
                         route_cache_ttl_s=0.0),
+        refusals=DbRefusalLog(db),
     )
     reconciler.stats = gateway.deployment_stats  # autoscaling signals, scale-in order
     state = AppState(

@@ -108,9 +108,15 @@ def _is_dry_run(scope: Scope) -> bool:
 
 
 def _json_of(raw: bytes) -> Any:
+    """``raw`` decoded as JSON, or ``None`` when it is not JSON.
+
+    Any input is answered, never raised: a request body nested thousands of levels deep
+    makes ``json.loads`` raise ``RecursionError`` (not a ``ValueError``), and an exception
+    here would replace the route's answer with a 500.
+    """
     try:
         return json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

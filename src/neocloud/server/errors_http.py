@@ -30,13 +30,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from neocloud.errors import (
     AlreadyExists,
     Conflict,
+    InsufficientStorage,
     InvalidRequest,
     NeocloudError,
     ValidationFailed,
@@ -82,6 +83,54 @@ def validation_error(exc: RequestValidationError) -> NeocloudError:
     return ValidationFailed(f"{field}: {msg}{more}", param=field)
 
 
+#: What FastAPI answers (a 400 ``HTTPException``) for a body its JSON parser gave up on
+#: with an error other than ``JSONDecodeError``.
+_PARSE_FAILED = "There was an error parsing the body"
+
+
+def body_parse_error(exc: StarletteHTTPException) -> NeocloudError | None:
+    """The 400 naming ``body`` for a request body FastAPI could not parse, or ``None`` for
+    any other HTTP exception.
+
+    FastAPI turns a ``JSONDecodeError`` into a validation error (handled by
+    :func:`validation_error`) but any other parser failure into a bare 400 that names no
+    field: bytes that are not UTF-8 (``UnicodeDecodeError``) and nesting deeper than the
+    parser's recursion limit (``RecursionError``). Both are malformed JSON bodies.
+    """
+    if exc.status_code != 400 or exc.detail != _PARSE_FAILED:
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"the body is not valid UTF-8 (byte {cause.start})"
+    elif isinstance(cause, RecursionError):
+        why = "the body is nested too deeply"
+    else:
+        why = "cannot parse"
+    return InvalidRequest(f"malformed JSON body: {why}", param="body", code="invalid_json")
+
+
+#: PostgreSQL's SQLSTATE for ``disk_full``.
+_PG_DISK_FULL = "53100"
+
+
+def database_full(exc: OperationalError) -> InsufficientStorage | None:
+    """The 507 for a write the database refused for want of room, or ``None``.
+
+    SQLite says ``database or disk is full`` (``SQLITE_FULL``); PostgreSQL raises SQLSTATE
+    ``53100`` (``disk_full``). Nothing of the request was stored (its transaction was
+    rolled back), so the caller may retry once the operator made room; the answer used to
+    be a 500 that said nothing of the cause.
+    """
+    orig = exc.orig
+    text = str(orig).lower()
+    if (getattr(orig, "sqlstate", None) == _PG_DISK_FULL or "database or disk is full" in text
+            or "no space left on device" in text):
+        return InsufficientStorage(
+            "the control plane's database has no room left (its disk is full); nothing "
+            "was changed: retry once the operator has freed space")
+    return None
+
+
 _DESCRIPTIONS = {
     400: "Bad request: malformed JSON, or a value the server refuses",
     401: "Missing or invalid API token",
@@ -93,6 +142,7 @@ _DESCRIPTIONS = {
     413: "Request body too large",
     422: "Invalid field (named in error.param)",
     429: "Too many requests, or over quota",
+    507: "Insufficient storage: the disk behind the volume (or the database) is full",
 }
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -220,6 +270,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unparseable = body_parse_error(exc)
+        if unparseable is not None:
+            return error_response(unparseable)
         typ, code = _HTTP_TYPES.get(exc.status_code, ("invalid_request_error", "http_error"))
         headers = dict(exc.headers or {})
         message = str(exc.detail)
@@ -241,6 +294,15 @@ def install(app: FastAPI) -> None:
                 "a resource of that name already exists (created at the same moment)",
                 param="name"))
         return error_response(Conflict("the request conflicts with the current state; retry"))
+
+    @app.exception_handler(OperationalError)
+    async def _operational(_req: Request, exc: OperationalError) -> JSONResponse:
+        full = database_full(exc)
+        if full is not None:
+            log.error("the database cannot grow: %s", exc.orig)
+            return error_response(full)
+        log.exception("database error")
+        return error_response(NeocloudError("internal error; see the control-plane log"))
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

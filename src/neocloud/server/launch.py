@@ -14,6 +14,7 @@ from neocloud.errors import Unavailable
 from neocloud.server.app import create_app, prepare_database
 from neocloud.server.bootstrap import bootstrap
 from neocloud.server.db.engine import Database
+from neocloud.server.homelock import hold_home
 from neocloud.server.settings import Settings
 
 
@@ -73,6 +74,7 @@ def up(
 
     Raises:
         Unavailable: the port is taken.
+        HomeInUse: another control plane runs on this data folder.
     """
     from rich.console import Console
 
@@ -90,6 +92,9 @@ def up(
     if ray_address:
         overrides["ray_address"] = ray_address
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    url = f"http://{settings.host}:{settings.port}"
+    # One control plane per data folder (see neocloud.server.homelock); held until exit.
+    home_lock = hold_home(settings.home, url=url)
     _check_port(settings.host, settings.port)
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
@@ -100,7 +105,6 @@ def up(
         saved = None
     boot = bootstrap(db, known_token=saved.token if saved else None)
     db.dispose()
-    url = f"http://{settings.host}:{settings.port}"
     console = Console(stderr=True, soft_wrap=True)
     token = boot.token or (saved.token if saved else None)
     if token:
@@ -123,7 +127,10 @@ def up(
         console.print(f"admin token (shown once): [bold]{boot.token}[/]")
     if path:
         console.print(f"the CLI is logged in (config: {path}). Stop with Ctrl-C.")
-    _run(settings, stop_replicas_on_exit=True)
+    try:
+        _run(settings, stop_replicas_on_exit=True)
+    finally:
+        home_lock.close()
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:
@@ -132,6 +139,7 @@ def serve(host: str | None = None, port: int | None = None) -> None:
 
     Raises:
         Unavailable: the port is taken.
+        HomeInUse: on SQLite, another control plane runs on this data folder.
     """
     overrides: dict[str, object] = {}
     if host:
@@ -139,5 +147,13 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     if port:
         overrides["port"] = port
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    home_lock = None
+    if settings.resolved_database_url().startswith("sqlite"):
+        # SQLite: one control plane per database (PostgreSQL ones share theirs).
+        home_lock = hold_home(settings.home, url=f"http://{settings.host}:{settings.port}")
     _check_port(settings.host, settings.port)
-    _run(settings, stop_replicas_on_exit=False)
+    try:
+        _run(settings, stop_replicas_on_exit=False)
+    finally:
+        if home_lock is not None:
+            home_lock.close()

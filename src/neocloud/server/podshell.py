@@ -59,21 +59,31 @@ class ShellSession:
     def __init__(self, *, home: Path, host: str, port: int, user: str, cols: int = 80,
                  rows: int = 24, command: str | None = None):
         master, slave = os.openpty()
-        set_winsize(slave, cols, rows)
-        cmd = ["ssh", "-tt", "-i", str(client_key(home)), "-p", str(port),
-               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-               f"{user}@{host}"]
-        if command:
-            cmd.append(command)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NEOCLOUD_")}
-        env.setdefault("TERM", "xterm-256color")
         try:
+            self._spawn(slave, home=home, host=host, port=port, user=user,
+                        cols=cols, rows=rows, command=command)
+        except BaseException:
+            os.close(master)  # a failed start leaks no descriptor
+            raise
+        self.fd = master
+
+    def _spawn(self, slave: int, *, home: Path, host: str, port: int,
+               user: str, cols: int, rows: int, command: str | None) -> None:
+        """Start ``ssh`` on the terminal ``slave`` (closed here in every case)."""
+        try:
+            set_winsize(slave, cols, rows)
+            cmd = ["ssh", "-tt", "-i", str(client_key(home)), "-p", str(port),
+                   "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                   "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                   f"{user}@{host}"]
+            if command:
+                cmd.append(command)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("NEOCLOUD_")}
+            env.setdefault("TERM", "xterm-256color")
             self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave,
                                          start_new_session=True, env=env, close_fds=True)
         finally:
             os.close(slave)
-        self.fd = master
 
     def resize(self, cols: int, rows: int) -> None:
         """Change the terminal size to ``cols`` × ``rows`` characters."""

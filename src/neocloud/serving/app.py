@@ -7,8 +7,10 @@ waits for the client to go away and cancels the request task, so an ``async`` ha
 the stream generator) stops at its next ``await``; a request that outlives its handler's
 ``timeout_s`` is cancelled the same way and answered 504.
 
-Lifespan: startup returns at once and ``setup()`` runs in the background (``/health`` is
-200 meanwhile, ``/ready`` 503 until it finishes). :meth:`ServingApp.begin_drain` (called on
+Lifespan: startup returns at once and ``setup()`` then the warm-up (the ``warmup()`` hook
+and each endpoint's declared ``warmup`` call, :mod:`neocloud.serving.warmup`) run in the
+background (``/health`` is 200 meanwhile, ``/ready`` 503 until both finished), so a replica
+reported ready has loaded what it serves. :meth:`ServingApp.begin_drain` (called on
 SIGTERM by the runner) turns ``/ready`` to 503 at once; the server then finishes in-flight
 requests within its grace period and the lifespan shutdown calls ``teardown()``.
 """
@@ -57,6 +59,7 @@ from neocloud.serving.responses import (
 )
 from neocloud.serving.service import Service, endpoints_of
 from neocloud.serving.settings import ServingSettings
+from neocloud.serving.warmup import WarmupError, warm_up
 
 log = logging.getLogger("neocloud.serving")
 
@@ -123,6 +126,8 @@ class ServingApp:
         self.ready = False
         self.draining = False
         self.setup_error: str | None = None
+        #: Seconds the warm-up took (see :mod:`neocloud.serving.warmup`); None until done.
+        self.warmup_s: float | None = None
         self._setup_task: asyncio.Task[None] | None = None
         self._started = False
         self.handlers: list[Handler] = []
@@ -175,9 +180,11 @@ class ServingApp:
                     await setup()
                 else:
                     await asyncio.to_thread(setup)
+            self.warmup_s = await warm_up(self.service, self.handlers)
         except Exception as exc:
-            self.setup_error = f"{type(exc).__name__}: {exc}"
-            log.exception("setup() of %s failed", type(self.service).__name__)
+            self.setup_error = (str(exc) if isinstance(exc, WarmupError)
+                                else f"{type(exc).__name__}: {exc}")
+            log.exception("start-up of %s failed", type(self.service).__name__)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
             return
@@ -315,12 +322,18 @@ class ServingApp:
             if stream is None:
                 status = await self._send_result(result, send)
             else:
-                status = await self._send_stream(stream, first, send, h)
+                status = await self._send_stream(stream, first, send, h, state)
         except asyncio.CancelledError:
-            if not state.disconnected:
+            if state.disconnected:
+                task.uncancel()
+                status = _CLIENT_CLOSED
+            elif self.draining:  # cut by the end of the drain grace before any byte went out
+                task.uncancel()
+                err = drain_cut_error(self.settings.grace_period_s)
+                status = err.status
+                await send_error(send, err)
+            else:
                 raise
-            task.uncancel()
-            status = _CLIENT_CLOSED
         except ClientDisconnected:
             status = _CLIENT_CLOSED
         except NeocloudError as exc:
@@ -357,7 +370,13 @@ class ServingApp:
         await send_json(send, 200, dumps(result))
         return 200
 
-    async def _send_stream(self, stream: Stream, first: Any, send: Send, h: Handler) -> int:
+    async def _send_stream(self, stream: Stream, first: Any, send: Send, h: Handler,
+                           state: _Watch) -> int:
+        """Send ``stream``; returns the status recorded in the metrics.
+
+        A stream still running when the server cancels it at the end of the drain grace
+        period ends, for SSE, with a final ``data: {"error": ...}`` event (code
+        ``drain_timeout``) and a clean end of the body, never a bare reset."""
         sse = stream.media_type == SSE
         frame = sse_event if sse else raw_chunk
         extra = list(STREAM_HEADERS)
@@ -367,6 +386,7 @@ class ServingApp:
         await send({"type": "http.response.start", "status": 200,
                     "headers": _headers(ctype, None, extra)})
         it = stream.items
+        status = 200
         try:
             if first is not _END:
                 await send({"type": "http.response.body", "body": frame(first),
@@ -382,6 +402,19 @@ class ServingApp:
                             break
                         await send({"type": "http.response.body", "body": frame(item),
                                     "more_body": True})
+        except asyncio.CancelledError:
+            if not (self.draining and not state.disconnected):
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.warning("stream %s cut: still running %g s after the drain began", h.path,
+                        self.settings.grace_period_s)
+            if sse:
+                await send({"type": "http.response.body", "body": sse_event(
+                    drain_cut_error(self.settings.grace_period_s).to_wire()),
+                    "more_body": True})
+            status = Unavailable.status
         except NeocloudError as exc:
             if sse:
                 await send({"type": "http.response.body", "body": sse_event(exc.to_wire()),
@@ -396,7 +429,7 @@ class ServingApp:
         finally:
             await _close(it)
         await send({"type": "http.response.body", "body": b""})
-        return 200
+        return status
 
     # ------------------------------------------------------------------ built-in routes
     async def _health(self, scope: Scope, send: Send) -> None:
@@ -453,6 +486,15 @@ class ServingApp:
 
 
 _END = object()
+
+
+def drain_cut_error(grace_s: float) -> Unavailable:
+    """The final SSE event of a stream cut because the replica's drain grace ran out."""
+    return Unavailable(
+        f"the replica stopped: this stream was still running {grace_s:g} s after the"
+        " replica began to drain (its drain timeout) and was cut; retry the request",
+        code="drain_timeout",
+    )
 
 
 async def _next_sync(it: Any) -> Any:

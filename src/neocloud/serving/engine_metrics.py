@@ -9,6 +9,9 @@ name                                                      type       meaning
 ``neocloud_engine_requests_waiting``                      gauge      requests queued (new or
                                                                      preempted)
 ``neocloud_engine_kv_cache_usage_ratio``                  gauge      KV cache in use, 0..1
+``neocloud_engine_tokens_in_flight``                      gauge      prompt + generated tokens
+                                                                     of the running requests
+                                                                     (built-in engine only)
 ``neocloud_engine_prompt_tokens_total``                   counter    prompt tokens admitted
 ``neocloud_engine_generation_tokens_total``               counter    tokens generated
 ``neocloud_engine_preemptions_total``                     counter    sequences preempted
@@ -40,6 +43,7 @@ PREFIX = "neocloud_engine_"
 RUNNING = PREFIX + "requests_running"
 WAITING = PREFIX + "requests_waiting"
 KV_USAGE = PREFIX + "kv_cache_usage_ratio"
+TOKENS_IN_FLIGHT = PREFIX + "tokens_in_flight"
 PROMPT_TOKENS = PREFIX + "prompt_tokens_total"
 GENERATION_TOKENS = PREFIX + "generation_tokens_total"
 PREEMPTIONS = PREFIX + "preemptions_total"
@@ -62,7 +66,8 @@ VLLM_NAMES: dict[str, str] = {
     "vllm:time_per_output_token_seconds": TPOT,
 }
 
-_TYPES = {RUNNING: "gauge", WAITING: "gauge", KV_USAGE: "gauge", PROMPT_TOKENS: "counter",
+_TYPES = {RUNNING: "gauge", WAITING: "gauge", KV_USAGE: "gauge", TOKENS_IN_FLIGHT: "gauge",
+          PROMPT_TOKENS: "counter",
           GENERATION_TOKENS: "counter", PREEMPTIONS: "counter", TTFT: "histogram",
           TPOT: "histogram"}
 
@@ -78,13 +83,16 @@ class EngineMetrics:
                               "seconds.", (), TPOT_BUCKETS)
 
     def render(self, *, running: int, waiting: int, kv_usage: float, prompt_tokens: int,
-               generation_tokens: int, preemptions: int) -> bytes:
-        """Exposition text of every series."""
+               generation_tokens: int, preemptions: int,
+               tokens_in_flight: int | None = None) -> bytes:
+        """Exposition text of every series (``tokens_in_flight`` only when given)."""
         lines: list[str] = []
         for name, kind, doc, value in (
             (RUNNING, "gauge", "Requests in the running batch.", str(running)),
             (WAITING, "gauge", "Requests waiting for admission.", str(waiting)),
             (KV_USAGE, "gauge", "KV cache in use (fraction of the budget).", f"{kv_usage:.6f}"),
+            *(((TOKENS_IN_FLIGHT, "gauge", "Prompt and generated tokens of the running "
+                "requests.", str(tokens_in_flight)),) if tokens_in_flight is not None else ()),
             (PROMPT_TOKENS, "counter", "Prompt tokens of admitted requests.", str(prompt_tokens)),
             (GENERATION_TOKENS, "counter", "Tokens generated.", str(generation_tokens)),
             (PREEMPTIONS, "counter", "Sequences preempted (recomputed later).",

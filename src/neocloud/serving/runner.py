@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -174,6 +175,7 @@ def run(
     global _app
     settings = ServingSettings.from_env()
     grace = settings.grace_period_s if grace_period_s is None else grace_period_s
+    settings = replace(settings, grace_period_s=grace)  # what the app tells a cut stream
     common: dict[str, Any] = dict(
         host=host,
         port=port,

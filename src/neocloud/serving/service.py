@@ -34,6 +34,12 @@ class EndpointSpec:
         max_concurrency: most requests running the handler at once; others wait in line.
         media_type: content type of a streamed response (default ``text/event-stream``:
             Server-Sent Events); any other type sends the yielded bytes/str as is.
+        warmup: an example input the runtime sends through this handler once, after
+            ``setup()`` and before ``/ready`` turns 200 (a JSON-serialisable value: the
+            body of a POST, the query parameters of a GET; for a batched endpoint one
+            item). A service that loads its model on first use declares it so that a
+            replica reported ready has loaded it. A failing warm-up call fails the replica
+            like a failing ``setup()``. ``None``: no warm-up call.
     """
 
     path: str | None = None
@@ -43,6 +49,7 @@ class EndpointSpec:
     timeout_s: float | None = None
     max_concurrency: int | None = None
     media_type: str | None = None
+    warmup: Any = None
 
     def __post_init__(self) -> None:
         if self.method not in ("GET", "POST"):
@@ -57,6 +64,9 @@ class EndpointSpec:
             raise ValueError("max_concurrency must be >= 1")
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError(f"endpoint path must start with '/', not {self.path!r}")
+        if self.warmup is not None and self.method == "GET" and not isinstance(self.warmup,
+                                                                              dict):
+            raise ValueError("the warmup of a GET endpoint is a dict of query parameters")
 
 
 def endpoint(
@@ -69,6 +79,7 @@ def endpoint(
     timeout_s: float | None = None,
     max_concurrency: int | None = None,
     media_type: str | None = None,
+    warmup: Any = None,
 ) -> Any:
     """Mark a :class:`Service` method as an HTTP handler (usable bare or with options).
 
@@ -84,6 +95,7 @@ def endpoint(
         timeout_s=timeout_s,
         max_concurrency=max_concurrency,
         media_type=media_type,
+        warmup=warmup,
     )
 
     def mark(f: F) -> F:
@@ -111,6 +123,12 @@ class Service:
 
     def setup(self) -> Any:
         """Load what the handlers need; runs once before ``/ready`` turns 200."""
+        return None
+
+    def warmup(self) -> Any:
+        """Warm what ``setup()`` left cold (may be ``async``); runs once after ``setup()``
+        and before the ``warmup`` calls of the endpoints (see :class:`EndpointSpec`), all
+        before ``/ready`` turns 200. Raising fails the replica like a failing ``setup()``."""
         return None
 
     def teardown(self) -> Any:

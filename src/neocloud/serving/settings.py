@@ -15,6 +15,7 @@ Variables (unset or empty: the default):
 ``NEOCLOUD_GRACE_PERIOD_S``      seconds in-flight requests get after SIGTERM (30)
 ``NEOCLOUD_DEVICE``              torch device (``cuda`` when torch sees a GPU, else ``cpu``)
 ``NEOCLOUD_TORCH_THREADS``       torch intra-op threads (torch's default)
+``NEOCLOUD_DTYPE``               chat: ``float32`` or ``bfloat16`` (bfloat16 on CUDA, else float32)
 ``NEOCLOUD_MODEL_CACHE``         folder of converted checkpoints (``~/.cache/neocloud/models``)
 ``NEOCLOUD_MAX_BATCH_SIZE``      embeddings: largest batch (the service's default, 32)
 ``NEOCLOUD_MAX_WAIT_MS``         embeddings: longest wait for a batch to fill, ms (10)
@@ -60,6 +61,7 @@ class ServingSettings:
         max_num_seqs: chat engine sequences per decode step.
         max_prefill_tokens: chat engine prompt tokens per prefill step.
         kv_budget_tokens: chat engine KV-cache size, tokens.
+        dtype: chat model dtype name (``float32``, ``bfloat16``).
         vllm_python: interpreter of the vLLM environment.
         vllm_venv: virtual environment of vLLM.
     """
@@ -75,6 +77,7 @@ class ServingSettings:
     max_num_seqs: int | None = None
     max_prefill_tokens: int | None = None
     kv_budget_tokens: int | None = None
+    dtype: str | None = None
     vllm_python: str | None = None
     vllm_venv: str | None = None
 
@@ -119,6 +122,7 @@ class ServingSettings:
             max_num_seqs=integer("NEOCLOUD_MAX_NUM_SEQS"),
             max_prefill_tokens=integer("NEOCLOUD_MAX_PREFILL_TOKENS"),
             kv_budget_tokens=integer("NEOCLOUD_KV_BUDGET_TOKENS"),
+            dtype=text("NEOCLOUD_DTYPE"),
             vllm_python=text("NEOCLOUD_VLLM_PYTHON"),
             vllm_venv=text("NEOCLOUD_VLLM_VENV"),
         )

@@ -160,6 +160,15 @@ def make_replica(state: ReplicaState) -> Callable[..., Any]:
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         elif path == "/endless":
             await _endless(receive, send, state)
+        elif path == "/sse-cut":  # an event stream whose replica dies mid-event
+            await _body(receive)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b"data: one\n\n",
+                        "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: tw", "more_body": True})
+            await asyncio.sleep(0.05)
+            raise RuntimeError("replica died mid-stream")
         elif path == "/hang":
             await _body(receive)
             for _ in range(200):  # bounded: 10 s
@@ -258,15 +267,20 @@ class ListSink:
         with self._lock:
             self.records.append(rec)
 
-    def wait_for(self, pred: Callable[[RequestRecord], bool]) -> RequestRecord:
-        """The first record matching ``pred``; waits up to 5 s for it (bounded poll)."""
-        for _ in range(500):
+    def wait_for(self, pred: Callable[[RequestRecord], bool],
+                 timeout_s: float = 30.0) -> RequestRecord:
+        """The first record matching ``pred``; polls every 10 ms for up to ``timeout_s``
+        (a bound for a loaded machine: the record of a metered stream may wait for the
+        engine's count; it returns as soon as the record is there)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
             with self._lock:
                 for r in self.records:
                     if pred(r):
                         return r
+            if time.monotonic() > deadline:
+                raise AssertionError("no matching request record")
             time.sleep(0.01)
-        raise AssertionError("no matching request record")
 
 
 def dead_url() -> str:

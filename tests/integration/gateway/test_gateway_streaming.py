@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -51,3 +52,20 @@ def test_client_disconnect_before_response_closes_the_replica_request(cloud: Any
         else:
             raise AssertionError("the replica answered a request it should still be holding")
     assert replica.disconnected.wait(5)
+
+
+def test_event_stream_cut_by_the_replica_ends_with_an_error_event(cloud: Any) -> None:
+    """A replica that dies mid-event: the client gets the events so far, the open event
+    closed, a final ``data: {"error": ...}`` event and a clean end (no protocol error)."""
+    with httpx.Client(base_url=cloud.url, timeout=15) as http, http.stream(
+        "GET", "/endpoints/chat/sse-cut", headers=cloud.auth()
+    ) as resp:
+        assert resp.status_code == 200
+        body = resp.read()  # raises httpx.RemoteProtocolError on a bare reset
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert events[0] == "data: one" and events[1] == "data: tw"
+    last = json.loads(events[-1].removeprefix("data: "))
+    assert last["error"]["code"] == "replica_stream_cut" and last["error"]["type"]
+    assert len(events) == 3
+    rec = cloud.sink.wait_for(lambda r: r.deployment_id == "d-chat" and r.status == 502)
+    assert rec.replica_id == "rep-r1"

@@ -187,7 +187,8 @@ def test_http_never_fits_is_400_and_usage_is_metered(serve, monkeypatch) -> None
     assert httpx.get(run.url + "/usage", params={"id": "nope"}).status_code == 404
     metrics = httpx.get(run.url + "/metrics").text
     for name in ("neocloud_engine_requests_running 0", "neocloud_engine_requests_waiting 0",
-                 "neocloud_engine_kv_cache_usage_ratio", "neocloud_engine_generation_tokens_total",
+                 "neocloud_engine_kv_cache_usage_ratio", "neocloud_engine_tokens_in_flight 0",
+                 "neocloud_engine_generation_tokens_total",
                  "neocloud_engine_time_to_first_token_seconds_bucket",
                  "neocloud_engine_time_per_output_token_seconds_count 1"):
         assert name in metrics, name

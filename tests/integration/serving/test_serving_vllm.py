@@ -1,32 +1,24 @@
 """A vLLM replica (engine environment from ``make install-vllm``) serving the shipped
 SmolLM2 through the gateway to the official OpenAI client: the converted checkpoint gives
-vLLM the same greedy text as the built-in engine, and vLLM's metrics map onto ours."""
+vLLM the same greedy text as the built-in engine, and vLLM's metrics map onto ours.
+
+The replica is the one of the session's shared vLLM deployment (``vllm_cloud``, see
+:mod:`tests.vllm_server`): the launcher ``python -m neocloud.serving.engines.vllm`` as the
+control plane starts it, reached here through a gateway of this test's own."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
+from tests.vllm_server import READY_TIMEOUT_S, VllmCloud
 
 from neocloud.serving.engine_metrics import GENERATION_TOKENS, RUNNING, TTFT, translate_vllm
-from neocloud.serving.engines.vllm import EngineNotInstalled, engine_python, launch
+from neocloud.serving.engines.vllm import EngineNotInstalled, launch
 
-pytestmark = pytest.mark.slow
-
-
-def _engine_or_skip() -> str:
-    try:
-        return engine_python()
-    except EngineNotInstalled as exc:
-        pytest.skip(f"vLLM engine environment absent: {exc}")
+pytestmark = pytest.mark.slow  # one pytest-xdist group, "vllm" (tests/conftest.py)
 
 
 def test_missing_environment_is_a_400_naming_the_step(monkeypatch, tmp_path) -> None:
@@ -35,6 +27,16 @@ def test_missing_environment_is_a_400_naming_the_step(monkeypatch, tmp_path) -> 
         launch(port=1, model="m")
     assert exc.value.status == 400 and "make install-vllm" in str(exc.value)
     assert exc.value.code == "engine_not_installed"
+
+
+def test_launch_passes_extra_arguments_to_vllm(tmp_path) -> None:
+    spec = launch(port=8001, model=str(tmp_path), name="chat", python="/bin/python3",
+                  kv_cache_gib=1.5, max_model_len=2048, extra_args=["--enforce-eager"])
+    assert spec.argv == ["/bin/python3", "-m", "vllm.entrypoints.openai.api_server",
+                         "--model", str(tmp_path), "--host", "127.0.0.1", "--port", "8001",
+                         "--served-model-name", "chat", "--max-model-len", "2048",
+                         "--enforce-eager"]
+    assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
 
 
 def test_vllm_metric_names_map_onto_ours() -> None:
@@ -52,48 +54,9 @@ def test_vllm_metric_names_map_onto_ours() -> None:
     assert "process_cpu" not in out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def vllm_replica() -> Iterator[str]:
-    _engine_or_skip()
-    port = _free_port()
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vllm-{port}.log"), "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "neocloud.serving.engines.vllm", "--port", str(port),
-         "--name", "chat", "--kv-cache-gib", "1", "--max-model-len", "2048",
-         "--enforce-eager"],  # no compilation: a shorter start
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600  # bounded: vLLM compiles and warms up on start
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise TimeoutError(f"vLLM not healthy in time; see {log.name}")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-@pytest.mark.timeout(1500)  # vLLM's start is counted in the first test that uses it
-def test_vllm_replica_serves_the_official_client_through_the_gateway(vllm_replica) -> None:
+@pytest.mark.timeout(READY_TIMEOUT_S + 300)  # vLLM's start is counted in the first user
+def test_vllm_replica_serves_the_official_client_through_the_gateway(
+        vllm_cloud: VllmCloud) -> None:
     from neocloud.gateway import GatewaySettings, Route, Upstream
     from neocloud.gateway.static import StaticRouteTable
     from neocloud.serving.textgen.engine import SamplingParams, TextGenerator, run_to_end
@@ -101,17 +64,18 @@ def test_vllm_replica_serves_the_official_client_through_the_gateway(vllm_replic
 
     from ..gateway.conftest import TOKEN_A, ListSink, start_gateway
 
-    routes = StaticRouteTable([Route("d-v", "ws-a", "chat", (Upstream("v-1", vllm_replica),))])
+    vllm_replica, served = vllm_cloud.replica_url, vllm_cloud.name
+    routes = StaticRouteTable([Route("d-v", "ws-a", served, (Upstream("v-1", vllm_replica),))])
     sink = ListSink()
     _, server = start_gateway(routes, sink, GatewaySettings(route_cache_ttl_s=0))
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key=TOKEN_A, max_retries=0,
                                timeout=300)
         messages = [{"role": "user", "content": "What is the capital of France?"}]
-        r = client.chat.completions.create(model="chat", messages=messages, max_tokens=10,
+        r = client.chat.completions.create(model=served, messages=messages, max_tokens=10,
                                            temperature=0)
         text = r.choices[0].message.content or ""
-        chunks = list(client.chat.completions.create(model="chat", messages=messages,
+        chunks = list(client.chat.completions.create(model=served, messages=messages,
                                                      max_tokens=10, temperature=0, stream=True))
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == text and "paris" in text.lower()

@@ -291,3 +291,14 @@ def test_arrival_rate_from_a_rising_counter() -> None:
     assert rate.update(13.0, 110) == 0.0
     assert rate.update(14.0, 3) == 0.0  # the gateway restarted: counting starts again
     assert rate.update(16.0, 7) == 2.0
+
+
+def test_scaling_events_use_the_camel_case_of_every_other_event_reason() -> None:
+    from neocloud.models.autoscaling import ScalingReason
+    from neocloud.server.autoscaling import event_reason
+
+    assert event_reason(ScalingReason.burst) == "BurstScaleUp"
+    assert event_reason(ScalingReason.scale_to_zero) == "ScaleToZero"
+    for reason in ScalingReason:
+        name = event_reason(reason)
+        assert name[0].isupper() and "_" not in name and not name.isupper(), name

@@ -185,3 +185,33 @@ def test_rm(run: Run) -> None:
     run("deploy", "api", "-s", "embeddings", "--no-wait")
     waited = run("rm", "api", "--wait", "--poll-interval", "0")
     assert waited.exit_code == 0 and "Deleted api." in waited.stdout
+
+
+def test_scale_to_zero_without_autoscaling_says_requests_cannot_wake_it(
+        run: Run, cloud: FakeCloud) -> None:
+    run("deploy", "web", "-s", "embeddings", "--no-wait")
+    result = run("scale", "web", "0")
+    assert result.exit_code == 0, result.stderr
+    assert "Scaled web to 0 replicas" in result.stdout
+    assert "deployment_scaled_to_zero" in result.stderr and "cannot wake" in result.stderr
+    assert "neocloud autoscale web --min 0" in result.stderr
+    assert "cannot wake" not in run("scale", "web", "1").stderr
+
+
+def test_autoscale_help_states_the_idle_to_zero_default(run: Run) -> None:
+    from neocloud.models.autoscaling import AutoscalingConfig
+
+    default = AutoscalingConfig().scale_to_zero_delay_s
+    result = run("autoscale", "--help", login=False)
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.replace("\u2502", " ").split())  # without the box edges
+    assert "--idle-to-zero" in text and f"default {default:g} s" in text
+
+
+def test_autoscale_idle_to_zero_is_sent(run: Run, cloud: FakeCloud) -> None:
+    run("deploy", "web", "-s", "embeddings", "--no-wait")
+    result = run("autoscale", "web", "--min", "0", "--max", "2", "--idle-to-zero", "900")
+    assert result.exit_code == 0, result.stderr
+    sent = json.loads(cloud.requests[-1].content)["autoscaling"]
+    assert sent["min_replicas"] == 0 and sent["scale_to_zero_delay_s"] == 900
+    assert "to zero after 900 s idle" in result.stdout

@@ -107,6 +107,7 @@ def test_brief() -> None:
 def test_work_no_registered_node_can_hold_fails_fast() -> None:
     never = _deployment("pending", 1, 0, 1, [_replica(1, "pending")])
     never["pending_reason"] = "no node can run 8 GPUs of type H100 (1 node(s) without GPUs)"
+    never["pending_code"] = "NO_MATCHING_GPU_TYPE"  # the code decides, not the wording
     client, polls = _scripted([never])
     with pytest.raises(errors.Unavailable) as exc:
         client.deployments.wait_ready("web", timeout_s=30, poll_s=0)
@@ -115,6 +116,7 @@ def test_work_no_registered_node_can_hold_fails_fast() -> None:
     # A reason that capacity freeing up can cure keeps waiting (until the timeout).
     busy = _deployment("pending", 1, 0, 1, [_replica(1, "pending")])
     busy["pending_reason"] = "no node has 1 free GPU of type H100 (best: g1 with 0)"
+    busy["pending_code"] = "WAITING_FOR_CAPACITY"
     client, polls = _scripted([busy])
     with pytest.raises(errors.Timeout):
         client.deployments.wait_ready("web", timeout_s=0.05, poll_s=0.01)

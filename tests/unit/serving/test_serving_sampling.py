@@ -1,10 +1,11 @@
 """The batched sampler (greedy, nucleus, per-row seeds), the right-aligned KV cache
-layout, and the engine's request checks (a 2-layer random Llama with a character
-tokenizer)."""
+layout, the engine's request checks and chunked prefill (a 2-layer random Llama with a
+character tokenizer)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from neocloud.errors import InvalidRequest
 from neocloud.serving.textgen.engine import (
     EngineConfig,
     SamplingParams,
+    StepReport,
     TextGenerator,
     run_to_end,
     slots_needed,
@@ -151,3 +153,114 @@ def test_engine_batch_equals_alone_and_cancel_frees_rows() -> None:
         asyncio.run(main())
     finally:
         g.close()
+
+
+LONG = [(i * 7) % 25 for i in range(30)]  # no EOS (25) inside
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_beside_a_running_stream() -> None:
+    reports: list[StepReport] = []
+    model = tiny_llama()
+    g = TextGenerator(model, CharTokenizer(), on_step=reports.append,
+                      config=EngineConfig(max_prefill_tokens=8, kv_budget_tokens=8 * 256))
+    whole = TextGenerator(model, CharTokenizer(),  # the long prompt in one forward
+                          config=EngineConfig(max_prefill_tokens=64, kv_budget_tokens=8 * 256))
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+
+    async def main() -> None:
+        reference = await run_to_end(whole, LONG, greedy)
+        assert await run_to_end(g, LONG, greedy) == reference  # chunked alone
+        reports.clear()
+        running = asyncio.ensure_future(run_to_end(
+            g, [1, 2, 3], SamplingParams(max_tokens=60, temperature=0), "running"))
+        while not any("running" in r.decoded for r in reports):
+            await asyncio.sleep(0.001)
+        assert await run_to_end(g, LONG, greedy, "long") == reference  # chunked beside it
+        await running
+
+    try:
+        asyncio.run(main())
+    finally:
+        g.close()
+        whole.close()
+    # no step ran more than one chunk of prompt beside the decode
+    assert reports and max(r.prefill_tokens for r in reports) <= 8
+    chunk_steps = [r.step for r in reports if r.chunks]
+    assert len(chunk_steps) in (4, 5)  # 30 tokens by 8 (5 when the first chunk shares a step)
+    decoding = [r.step for r in reports if "running" in r.decoded]
+    # the running stream got a token at every step, chunks or not: 59 after its first
+    assert decoding == list(range(decoding[0], decoding[0] + 59))
+    assert set(chunk_steps) <= set(decoding)
+    started = [r.step for r in reports if "long" in r.started]
+    assert started == [chunk_steps[-1]]
+
+
+def test_a_client_leaving_during_chunked_prefill_frees_it() -> None:
+    gate, paused = threading.Event(), threading.Event()
+    reports: list[StepReport] = []
+
+    def on_step(r: StepReport) -> None:
+        reports.append(r)
+        if r.chunks and not paused.is_set():  # hold the engine after the first chunk
+            paused.set()
+            gate.wait(30)
+
+    g = TextGenerator(tiny_llama(), CharTokenizer(), on_step=on_step,
+                      config=EngineConfig(max_prefill_tokens=8, kv_budget_tokens=8 * 256))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(run_to_end(
+            g, LONG, SamplingParams(max_tokens=10, temperature=0), "gone"))
+        while not paused.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()  # the client leaves while its prompt is half prefilled
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()
+        for _ in range(500):
+            if g.usage("gone").finished:
+                break
+            await asyncio.sleep(0.01)
+        # the engine is free for the next request at once
+        assert (await run_to_end(g, [1, 2], SamplingParams(max_tokens=3, temperature=0)))[2] == 3
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+        g.close()
+    u = g.usage("gone")
+    assert u is not None and u.finished and u.completion_tokens == 0
+    assert g.running == 0 and g.waiting == 0 and not g._chunked
+    assert sum(r.chunks for r in reports) == 1  # its first chunk only; the next request is short
+
+
+def test_engine_thread_uses_the_configured_torch_threads() -> None:
+    seen: list[int] = []
+    g = TextGenerator(tiny_llama(), CharTokenizer(), on_step=lambda r: seen.append(
+        torch.get_num_threads()), config=EngineConfig(torch_threads=1, kv_budget_tokens=2048))
+    try:
+        asyncio.run(run_to_end(g, [1, 2], SamplingParams(max_tokens=2, temperature=0)))
+    finally:
+        g.close()
+    assert seen and set(seen) == {1}
+
+
+def test_tokens_in_flight_counts_the_prompt_and_generated_tokens_of_running_requests() -> None:
+    seen: list[int] = []
+    box: dict[str, TextGenerator] = {}
+    g = TextGenerator(tiny_llama(), CharTokenizer(),
+                      on_step=lambda _r: seen.append(box["g"].tokens_in_flight),
+                      config=EngineConfig(kv_budget_tokens=8 * 256))
+    box["g"] = g
+    try:
+        out = asyncio.run(run_to_end(g, [1, 2, 3], SamplingParams(max_tokens=10,
+                                                                     temperature=0), "a"))
+    finally:
+        g.close()
+    assert out is not None
+    held = [x for x in seen if x]
+    assert held, seen
+    assert all(3 < x <= 3 + 10 for x in held), held  # the prompt once, plus its tokens
+    assert held == sorted(held)  # grows by the tokens generated
+    assert g.tokens_in_flight == 0  # nothing held once it ended

@@ -13,7 +13,7 @@ from neocloud.models.autoscaling import (
     ScalingDecision,
     ScalingReason,
 )
-from neocloud.server.autoscaling.base import Policy, clamp
+from neocloud.server.autoscaling.base import Policy, clamp, event_reason
 from neocloud.server.autoscaling.fixed import FixedPolicy
 from neocloud.server.autoscaling.policy import TargetState, TargetTrackingPolicy
 from neocloud.server.autoscaling.ray_default import RayServeDefaultPolicy, RayServeSettings
@@ -40,6 +40,7 @@ __all__ = [
     "TargetState",
     "TargetTrackingPolicy",
     "clamp",
+    "event_reason",
     "in_window",
     "window_mean",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from neocloud.models.autoscaling import ScalingDecision
+from neocloud.models.autoscaling import ScalingDecision, ScalingReason
 from neocloud.server.autoscaling.signals import Sample
 
 S = TypeVar("S")
@@ -54,3 +54,10 @@ class Policy(Protocol[S]):
 def clamp(n: int, low: int, high: int) -> int:
     """``n`` bounded to ``[low, high]``."""
     return max(low, min(high, n))
+
+
+def event_reason(reason: ScalingReason) -> str:
+    """The event reason of a scaling decision, in the CamelCase of every other event
+    reason (``BURST_SCALE_UP`` -> ``BurstScaleUp``); the stable code itself is in the
+    event's message (:meth:`ScalingDecision.message`)."""
+    return "".join(part.capitalize() for part in reason.value.split("_"))

@@ -26,8 +26,10 @@ WorkloadSupervisor`) on the chosen node, which starts the workload as its child 
   is left first), so the logs stay readable after the node is gone.
 * **Stop**: the actor sends SIGTERM to the child's process group, waits ``grace_s``, then
   SIGKILL; the backend copies the last output, then kills the actor, which frees its Ray
-  resources. A workload that ended keeps its actor (and GPUs in Ray's accounting) until
-  :meth:`stop`: callers stop every workload they are done with (idempotent).
+  resources. The group dies with its actor (:mod:`neocloud.procguard`): nothing of a
+  workload outlives its supervisor, e.g. when a node's raylet dies. A workload that
+  ended keeps its actor (and GPUs in Ray's accounting) until :meth:`stop`: callers stop
+  every workload they are done with (idempotent).
 
 Needs the ``ray`` extra (``pip install neocloud[ray]``); importing this module without it
 raises ``ImportError``.
@@ -104,6 +106,9 @@ class RayBackend:
         start_timeout_s: seconds a start waits for Ray to place and start the actor before
             it fails with ``OSError``.
         call_timeout_s: seconds one call to a supervisor may take.
+        poll_timeout_s: seconds :meth:`inspect` waits for a supervisor's answer (a poll
+            is trivial; one that does not answer reads as running, so a short wait keeps a
+            reconcile pass from stalling on a node whose raylet just died).
         pump_interval_s: seconds between two copies of new log output.
     """
 
@@ -111,11 +116,13 @@ class RayBackend:
 
     def __init__(self, address: str | None = None, *, node_ip: str | None = None,
                  start_timeout_s: float = 60.0, call_timeout_s: float = 15.0,
+                 poll_timeout_s: float = 2.0,
                  pump_interval_s: float = 0.5):
         self.address = address
         self.node_ip = node_ip
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
+        self.poll_timeout_s = poll_timeout_s
         self.pump_interval_s = pump_interval_s
         self._lock = threading.Lock()
         self._follow: dict[str, _Mirror] = {}
@@ -273,7 +280,7 @@ class RayBackend:
         """Running, or ended with the exit code (``None`` when the node is gone: Ray marks
         a node dead about 14 s after its raylet stops answering).
 
-        A supervisor that does not answer within ``call_timeout_s``, or that Ray reports
+        A supervisor that does not answer within ``poll_timeout_s``, or that Ray reports
         unavailable (its raylet died: the node is about to be marked dead), reads as
         running: the node's loss, not an exit, is what the caller must see next
         (:meth:`alive_node_ids`)."""
@@ -287,7 +294,7 @@ class RayBackend:
             return WorkloadState(running=False, exit_code=self._exit.get(name))
         self._watch(handle, actor)
         try:
-            state = ray.get(actor.poll.remote(), timeout=self.call_timeout_s)
+            state = ray.get(actor.poll.remote(), timeout=self.poll_timeout_s)
         except (GetTimeoutError, ActorUnavailableError):
             return WorkloadState(running=True)
         except RayError:
@@ -360,6 +367,7 @@ class RayBackend:
         meta = info.get("meta") or {}
         return {"actor": name, "node_id": node_id, "pid": info.get("pid"),
                 "create_time": info.get("create_time"), "node_log": info.get("node_log"),
+                "supervisor_pid": info.get("supervisor_pid"),
                 "log_path": meta.get("log_path", ""),
                 "log_offset": int(meta.get("log_offset", 0))}
 

@@ -8,10 +8,13 @@ a private file on the node (mode ``0600``), and answers the control plane:
 (SIGTERM to the group, ``grace_s`` seconds, then SIGKILL) and ``describe`` (what a handle
 needs, for adoption after a control-plane restart).
 
-The child dies with the actor: it is started with ``PR_SET_PDEATHSIG`` = SIGKILL from a
-thread that lives exactly as long as the child, so when the actor's worker process dies
-(``ray.kill``, the raylet gone with its node) the child goes too. Grandchildren are stopped
-by ``terminate`` through the process group.
+The whole process group dies with the actor. The child is started, from a thread that
+lives exactly as long as it, with the Linux parent-death signal SIGKILL
+(``prctl(PR_SET_PDEATHSIG)``, set in the child before ``exec``), and a watchdog,
+:mod:`neocloud.procguard`, waits on the actor's process: when the actor's worker process
+dies (``ray.kill``, SIGKILL, the raylet gone with its node) the watchdog kills the
+child's whole group, the processes the child started included, which the child's own
+death signal would leave running. ``terminate`` stops the group with grace.
 
 This module imports Ray only inside the actor: the control plane wraps the class with
 ``ray.remote``.
@@ -19,7 +22,6 @@ This module imports Ray only inside the actor: the control plane wraps the class
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -30,19 +32,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neocloud.procguard import set_parent_death_signal
 from neocloud.server.datafolder import make_private_dirs, open_private
-
-#: ``prctl(2)`` option that sends a signal to the child when its parent thread dies.
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     """In the child before ``exec``: SIGKILL when the starting thread (and actor) dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    set_parent_death_signal(signal.SIGKILL)
+
+
+def watchdog_command(*, parent: int, group: int, python: str = sys.executable) -> list[str]:
+    """The :mod:`neocloud.procguard` command that kills process group ``group`` when
+    process ``parent`` dies."""
+    return [python, "-m", "neocloud.procguard", "--parent", str(parent),
+            "--group", str(group)]
 
 
 def _inherited(environ: dict[str, str]) -> dict[str, str]:
@@ -63,6 +66,7 @@ class WorkloadSupervisor:
         self.workload_id = workload_id
         self.meta = dict(meta)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._created = 0.0
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -71,14 +75,23 @@ class WorkloadSupervisor:
         self.log_path = folder / f"{workload_id}.{os.getpid()}.log"
 
     def _run(self, command: list[str], env: dict[str, str], cwd: str | None) -> None:
-        """Start the child and wait for it, on the thread the child's death signal is
-        tied to."""
+        """Start the child and its group's watchdog, then wait for the child, on the
+        thread its death signal is tied to (a parent-death signal fires when the thread
+        that started the process ends)."""
         try:
             with open(open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab") as log:
                 self._proc = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent,
                 )
+                try:
+                    self._watchdog = subprocess.Popen(
+                        watchdog_command(parent=os.getpid(), group=self._proc.pid),
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                        env=_inherited(dict(os.environ)))
+                except OSError as e:  # the workload runs; only its own death signal ties it
+                    log.write(f"neocloud: no watchdog for the process group: {e}\n"
+                              .encode())
             try:
                 import psutil
 
@@ -89,6 +102,8 @@ class WorkloadSupervisor:
             self._error = e
         finally:
             self._started.set()
+        if self._watchdog is not None:
+            self._watchdog.wait()  # at once: the watchdog leaves this process's tree
         if self._proc is not None:
             self._proc.wait()
 
@@ -120,12 +135,14 @@ class WorkloadSupervisor:
         return self.describe()
 
     def describe(self) -> dict[str, Any]:
-        """``pid``, ``create_time`` (seconds since the epoch), the Ray node id, the node's
-        log path and the ``meta`` given at creation."""
+        """``pid``, ``create_time`` (seconds since the epoch), ``supervisor_pid`` (this
+        actor's process), the Ray node id, the node's log path and the ``meta`` given at
+        creation."""
         import ray  # present: this runs inside a Ray actor
 
         pid = self._proc.pid if self._proc is not None else None
         return {"pid": pid, "create_time": self._created, "node_log": str(self.log_path),
+                "supervisor_pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(), "meta": self.meta}
 
     def poll(self) -> dict[str, Any]:

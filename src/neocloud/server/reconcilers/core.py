@@ -28,8 +28,10 @@ Smaller helpers every kind uses: :func:`backend_of` (the backend and node of a n
 :func:`gpu_milli_of` (the share of each GPU an owner's allocation holds, for
 :class:`WorkloadSpec`), :func:`meter` (running time of a workload row),
 :func:`free_port_on` (a port free on the node that will listen), :func:`node_lost`
-(whether a handle's node is gone from its backend) and :func:`release_ended` (stop an
-ended process so that its backend frees what it holds, e.g. Ray's GPU accounting).
+(whether a handle's node is gone from its backend), :class:`NodeVerdict` (wait for a
+node's verdict before calling an end without exit code a crash) and
+:func:`release_ended` (stop an ended process so that its backend frees what it holds,
+e.g. Ray's GPU accounting).
 
 Invariants kept (checked by :mod:`neocloud.server.invariants`, ``neocloud admin check``)
 -----------------------------------------------------------------------------------------
@@ -67,6 +69,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +78,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from neocloud.models.deployments import ReasonCode
 from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Base, Node, Shape
@@ -90,6 +94,7 @@ from neocloud.server.services.lifecycle import (
 
 __all__ = [
     "IllegalTransition",
+    "NodeVerdict",
     "ReconcilerThread",
     "StaleStatus",
     "Waiting",
@@ -228,11 +233,13 @@ def lock_for_placement(s: Session, model: type[M], row_id: str) -> M | None:
 
 @dataclass(frozen=True)
 class Waiting:
-    """No place now: ``reason`` says why (for ``pending_reason`` / ``reason``);
-    ``preempting`` when lower-priority work was asked to stop to make room."""
+    """No place now: ``reason`` says why (for ``pending_reason`` / ``reason``), ``code``
+    is its stable code (the scheduler's); ``preempting`` when lower-priority work was
+    asked to stop to make room."""
 
     reason: str
     preempting: bool = False
+    code: ReasonCode = ReasonCode.WAITING_FOR_CAPACITY
 
 
 def place(
@@ -265,10 +272,11 @@ def place(
         if waiter.preempting_at is None:
             waiter.preempting_at = now()
         return Waiting(f"{placement.PREEMPTING}{len(result.victims)} lower-priority "
-                       f"workload(s) to make room: {result.reason}", preempting=True)
+                       f"workload(s) to make room: {result.reason}", preempting=True,
+                       code=ReasonCode.PREEMPTING)
     if isinstance(result, Unschedulable):
         waiter.preempting_at = None
-        return Waiting(result.reason)
+        return Waiting(result.reason, code=result.code)
     waiter.preempting_at = None
     ids = owners(result)
     for b, owner_id in zip(result, ids, strict=True):
@@ -318,6 +326,39 @@ def node_lost(backend: Backend, handle: dict[str, Any]) -> bool:
     except Exception:  # the backend cannot tell now: not lost
         log.debug("cannot list the %s backend's nodes", backend.name, exc_info=True)
         return False
+
+
+class NodeVerdict:
+    """Whether to wait for a node's verdict before calling a process's end a crash.
+
+    On a backend that lists its live nodes (Ray), a process whose node died can read as
+    ended, with no exit code, some seconds before the backend reports the node dead
+    (Ray: about 14 s after its raylet stops answering). Deciding then would record a
+    crash (and restart on the dying node) instead of the node's loss; so such an end waits
+    up to ``wait_s`` seconds (kept in memory: a control-plane restart only restarts the
+    wait). On other backends, and for an end with an exit code, nothing waits.
+    """
+
+    def __init__(self, wait_s: float, clock: Callable[[], float] = time.monotonic):
+        self.wait_s = wait_s
+        self.clock = clock
+        self._since: dict[str, float] = {}
+
+    def pending(self, backend: Backend, owner_id: str, exit_code: int | None) -> bool:
+        """``True`` while the end of ``owner_id``'s process (``exit_code`` ``None``:
+        unknown) should wait for its node's verdict."""
+        if exit_code is not None or getattr(backend, "alive_node_ids", None) is None:
+            self._since.pop(owner_id, None)
+            return False
+        first = self._since.setdefault(owner_id, self.clock())
+        if self.clock() - first < self.wait_s:
+            return True
+        self._since.pop(owner_id, None)
+        return False
+
+    def forget(self, owner_id: str) -> None:
+        """The process of ``owner_id`` runs (again), or its end was decided."""
+        self._since.pop(owner_id, None)
 
 
 def release_ended(backend: Backend, handle: dict[str, Any], *, grace_s: float) -> None:

@@ -26,7 +26,9 @@ Scale-in picks replicas that are not ready first, then the idle ones, then the l
 loaded (in-flight requests at the gateway), newest first on a tie.
 
 Autoscaling: a deployment with ``autoscaling`` settings gets one sample of its load per
-pass (the gateway's in-flight, held and arrival counters) in a window kept in memory; the
+pass (the gateway's in-flight, held and arrival counters; for an engine signal also the
+ready replicas' ``/metrics``, read outside any transaction by
+``server.autoscaling.scrape``) in a window kept in memory; the
 pure policy of ``server.autoscaling`` decides the replica count, and each change is
 written with an event carrying the metric values before it is acted on.
 
@@ -57,36 +59,44 @@ from neocloud.errors import NeocloudError
 from neocloud.gateway.stats import DeploymentStats
 from neocloud.models.autoscaling import AutoscalingConfig
 from neocloud.models.deployments import DeploymentStatus, Engine, ReasonCode, ReplicaStatus
+from neocloud.models.inventory import NodeStatus
 from neocloud.server.autoscaling import (
     ArrivalRate,
     Sample,
     SampleWindow,
     TargetState,
     TargetTrackingPolicy,
+    event_reason,
 )
-from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for
+from neocloud.server.autoscaling.scrape import SCRAPED_SIGNALS, EngineScraper, ScrapeTarget
+from neocloud.server.backends.base import Backend, WorkloadSpec
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Shape
-from neocloud.server.metering.records import meter_running
 from neocloud.server.reconcilers.core import (
+    NodeVerdict,
     ReconcilerThread,
     StaleStatus,
     Waiting,
+    backend_of,
     backoff_s,
     free_port,
+    free_port_on,
     lock_for_placement,
     lock_row,
+    meter,
+    node_lost,
     now,
     place,
     reconcile_each,
     reconcile_locked,
+    release_ended,
     set_status,
     start_process,
 )
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
-from neocloud.server.services.deployments import autoscaling_of, reason_code
+from neocloud.server.services.deployments import autoscaling_of
 from neocloud.server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,12 +113,16 @@ DRAIN_MARGIN_S = 5.0
 serving runtime is given the drain timeout itself (``NEOCLOUD_GRACE_PERIOD_S``), so it
 ends cut streams with its own final error event before the kill."""
 
+NODE_VERDICT_WAIT_S = 30.0
+"""Seconds a replica whose process reads as ended without an exit code, on a backend that
+lists its live nodes (Ray), waits for its node's verdict before it is called crashed."""
+
 STOP_WAIT_S = 0.2
 """Seconds a pass waits for the stops it started before it goes on (a stop that takes
 longer finishes in the background and is seen by a later pass)."""
 
 __all__ = ["CRASH_LOOP_RESTARTS", "LIVE", "DeploymentReconciler", "ReconcilerThread",
-           "backoff_s", "free_port", "kv_cache_gib", "now", "preempt_replica", "reason_code"]
+           "backoff_s", "free_port", "kv_cache_gib", "now", "preempt_replica"]
 
 
 def kv_cache_gib(memory_mib: int | None) -> float:
@@ -130,6 +144,8 @@ class _Scaler:
     window: SampleWindow
     rate: ArrivalRate = field(default_factory=ArrivalRate)
     state: TargetState | None = None
+    scrape_failures: int = 0
+    """Replica ``/metrics`` reads skipped so far (no answer in time, an error, bad text)."""
 
 
 class DeploymentReconciler:
@@ -164,28 +180,111 @@ class DeploymentReconciler:
         self.clock: Callable[[], float] = time.monotonic
         """The clock autoscaling samples are taken on (seconds)."""
         self._scalers: dict[str, _Scaler] = {}
+        self.scraper = EngineScraper()
+        """Reads the engine signals of ready replicas (``/metrics``) for deployments that
+        scale on one (``server.autoscaling.scrape``)."""
         self._stops: dict[str, Future[None]] = {}
+        self._verdict = NodeVerdict(NODE_VERDICT_WAIT_S)
         self._stops_lock = threading.Lock()
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> None:
+        self._release_lost_nodes()
         with self.db.session() as s:
-            self._release_lost_nodes(s)
             ids = list(s.scalars(
                 select(Deployment.id).order_by(Deployment.priority.desc(), Deployment.created_at)
             ))
-        reconcile_each(self.db, "deployment", ids, self._reconcile)
+            settled = self._settled(s)
+        reconcile_each(self.db, "deployment", [i for i in ids if i not in settled],
+                       self._reconcile)
+        for dep_id, checks in settled.items():
+            # every replica ready and nothing to decide: only the health checks, and the
+            # deployment's status at once if one of them found a process gone (as the
+            # full step does after its checks)
+            self._scalers.pop(dep_id, None)
+            if not all([self._check_ready(rid, known=known) for rid, known in checks]):
+                reconcile_locked(self.db, "deployment", dep_id, self._update_status)
         if self.on_change is not None:
             self.on_change()
 
-    def _release_lost_nodes(self, s: Session) -> None:
+    def _settled(self, s: Session) -> dict[str, list[tuple[str, tuple[Backend, dict[str, Any]]]]]:
+        """Deployments that need nothing this pass but their replicas' health checks, with
+        each replica's backend and handle, read in two queries for the whole fleet.
+
+        Settled: status ``ready``, no autoscaling, no pending reason; exactly
+        ``replicas`` live replicas, all ``ready``, of the current generation, with a
+        handle, on ``ready`` nodes whose backend is here, none stopping and none due for
+        metering. For such a deployment the full step (:meth:`_reconcile`) would create,
+        stop, place and meter nothing and keep its status; it would only run
+        :meth:`_check_ready` on each replica, which is what the pass does, without the
+        per-deployment transactions. The health checks only read; whatever they find is
+        written under the replica's row lock as in the full step.
+        """
+        deps = {d.id: d for d in s.scalars(select(Deployment).where(
+            Deployment.status == DeploymentStatus.ready.value,
+            Deployment.pending_reason.is_(None), Deployment.pending_code.is_(None)))
+            if autoscaling_of(d) is None}
+        if not deps:
+            return {}
+        nodes = {n.id: n for n in s.scalars(select(Node).where(
+            Node.status == NodeStatus.ready.value))}
+        by_dep: dict[str, list[Replica]] = {}
+        for r in s.scalars(select(Replica).where(Replica.status != ReplicaStatus.stopped.value)):
+            by_dep.setdefault(r.deployment_id, []).append(r)
+        out: dict[str, list[tuple[str, tuple[Backend, dict[str, Any]]]]] = {}
+        for dep_id, dep in deps.items():
+            reps = by_dep.get(dep_id, [])
+            if len(reps) != dep.replicas:
+                continue
+            checks: list[tuple[str, tuple[Backend, dict[str, Any]]]] = []
+            for r in reps:
+                node = nodes.get(r.node_id or "")
+                be = self.backends.get(node.backend) if node is not None else None
+                if (be is None or r.status != ReplicaStatus.ready.value or not r.handle
+                        or r.generation != dep.generation or r.started_at is None
+                        or self._meter_due(r)):
+                    break
+                checks.append((r.id, (be, dict(r.handle))))
+            else:
+                out[dep_id] = checks
+        return out
+
+    def _release_lost_nodes(self) -> None:
         """Replicas on nodes that are ``not_ready`` lose their allocation and are placed
-        again (on another node when one fits)."""
-        lost = {n.id: n.name for n in s.scalars(select(Node).where(Node.status == "not_ready"))}
-        if not lost:
-            return
-        for r in s.scalars(select(Replica).where(Replica.node_id.in_(lost),
-                                                  Replica.status.in_(LIVE))):
+        again (on another node when one fits), each in its own transaction under its row
+        lock; then, outside any transaction, the process each had is stopped through its
+        backend (:func:`~neocloud.server.reconcilers.core.release_ended`: Ray frees what
+        it still accounts for it, and a node that comes back runs nothing of it), so what
+        moved is never running twice."""
+        with self.db.session() as s:
+            lost = {n.id: n.name for n in
+                    s.scalars(select(Node).where(Node.status == NodeStatus.not_ready.value))}
+            ids = list(s.scalars(select(Replica.id).where(
+                Replica.node_id.in_(lost), Replica.status.in_(LIVE)))) if lost else []
+        ended: list[tuple[Backend, dict[str, Any]]] = []
+        for rid in ids:
+            try:
+                found = self._release_lost(rid, lost)
+            except StaleStatus as e:
+                log.debug("replica %s: %s; next pass", rid, e)
+                continue
+            if found is not None:
+                ended.append(found)
+        for be, handle in ended:
+            release_ended(be, handle, grace_s=self.settings.replica_stop_grace_s)
+
+    def _release_lost(self, rid: str, lost: dict[str, str]
+                      ) -> tuple[Backend, dict[str, Any]] | None:
+        """Free replica ``rid`` on a lost node (one of ``lost``: node id -> name) and write
+        it ``pending``; returns the backend and handle of the process it had, if any."""
+        ended: tuple[Backend, dict[str, Any]] | None = None
+        with self.db.session() as s:
+            r = lock_row(s, Replica, rid, skip_locked=True)
+            if r is None or r.status not in LIVE or r.node_id not in lost:
+                return None
+            found = backend_of(self.backends, s, r.node_id)
+            if found is not None and r.handle:
+                ended = (found[0], dict(r.handle))
             self._meter_row(s, r, final=True)
             placement.release(s, owner_id=r.id)
             node_name = lost[r.node_id or ""]
@@ -195,6 +294,7 @@ class DeploymentReconciler:
             set_status(s, r, ReplicaStatus.pending, reason="NodeLost", warning=True,
                        message=f"replica {r.id[:8]}: node {node_name} is not ready; "
                                "its allocation was freed")
+        return ended
 
     def reconcile(self, dep_id: str) -> None:
         """One pass over one deployment (several short transactions), under the lock on the
@@ -212,16 +312,24 @@ class DeploymentReconciler:
                                   .execution_options(populate_existing=True)))
             deleting = dep.status == "deleting"
             to_stop: list[str] = []
+            draining = self._draining_nodes(s, reps)
             if deleting:
                 to_stop = [r.id for r in reps if r.status != "stopped"]
             else:
-                to_stop = self._plan_scale(s, dep, reps)
+                to_stop = self._plan_scale(s, dep, reps, draining)
             for r in reps:
                 if r.id in to_stop and r.status != "stopping":
                     r.stop_requested_at = now()
-                    set_status(s, r, ReplicaStatus.stopping, reason="Stopping",
-                               message=f"replica {r.id[:8]} stopping (drain up to "
-                                       f"{dep.drain_timeout_s:g} s)")
+                    node = draining.get(r.node_id or "")
+                    if node is not None and not deleting:
+                        set_status(s, r, ReplicaStatus.stopping, reason="NodeDraining",
+                                   message=f"replica {r.id[:8]} moves off draining node "
+                                           f"{node}: stopping (drain up to "
+                                           f"{dep.drain_timeout_s:g} s)")
+                    else:
+                        set_status(s, r, ReplicaStatus.stopping, reason="Stopping",
+                                   message=f"replica {r.id[:8]} stopping (drain up to "
+                                           f"{dep.drain_timeout_s:g} s)")
                     newly.append(r.id)
         # Act outside the deciding transaction: first take the stopping replicas out of
         # the route table (no new request reaches them), then tell them to stop.
@@ -237,11 +345,28 @@ class DeploymentReconciler:
         self._update_status(dep_id)
 
     # -- deciding ---------------------------------------------------------------------
-    def _plan_scale(self, s: Session, dep: Deployment, reps: list[Replica]) -> list[str]:
-        """Create missing replica rows; return ids of replicas to stop."""
+    @staticmethod
+    def _draining_nodes(s: Session, reps: list[Replica]) -> dict[str, str]:
+        """Id -> name of the ``draining`` nodes among those of ``reps``."""
+        ids = {r.node_id for r in reps if r.node_id}
+        if not ids:
+            return {}
+        return {n.id: n.name for n in s.scalars(select(Node).where(
+            Node.id.in_(ids), Node.status == NodeStatus.draining.value))}
+
+    def _plan_scale(self, s: Session, dep: Deployment, reps: list[Replica],
+                    draining: dict[str, str] | None = None) -> list[str]:
+        """Create missing replica rows; return ids of replicas to stop.
+
+        A replica on a ``draining`` node (one of ``draining``: id -> name) moves as in a
+        rolling update: it counts as an old replica, so its replacement is placed (on
+        another node: the scheduler places only on ``ready`` ones) and it is stopped once
+        the replacement is ready (at once if it was not ready itself)."""
+        draining = draining or {}
         live = [r for r in reps if r.status in LIVE]
-        cur = [r for r in live if r.generation == dep.generation]
-        old = [r for r in live if r.generation != dep.generation]
+        cur = [r for r in live if r.generation == dep.generation
+               and r.node_id not in draining]
+        old = [r for r in live if r.generation != dep.generation or r.node_id in draining]
         desired = dep.replicas
         stop: list[str] = [r.id for r in reps if r.status == "stopping"]
         # a rollout runs at most max_surge replicas above the desired count, and keeps at
@@ -291,6 +416,8 @@ class DeploymentReconciler:
             ready = sum(1 for st in s.scalars(
                 select(Replica.status).where(Replica.deployment_id == dep_id))
                 if st == ReplicaStatus.ready)
+            targets = (self._metrics_targets(s, dep_id) if config.signal in SCRAPED_SIGNALS
+                       else [])
         sc = self._scalers.get(dep_id)
         if sc is None or sc.config != config:
             policy = TargetTrackingPolicy(config)
@@ -303,10 +430,12 @@ class DeploymentReconciler:
         if sc.window.samples() and at < sc.window.samples()[-1].at:
             return
         st = self.stats(dep_id) if self.stats is not None else None
-        sample = Sample(
+        engine = self.scraper.scrape(targets)  # outside any transaction; bounded in time
+        sc.scrape_failures += len(engine.failed)
+        sample = engine.into(Sample(
             at=at, ready_replicas=ready,
             in_flight=st.in_flight if st else 0, held=st.held if st else 0,
-            requests_per_s=sc.rate.update(at, st.requests_total) if st else 0.0)
+            requests_per_s=sc.rate.update(at, st.requests_total) if st else 0.0))
         sc.window.add(sample)
         assert sc.state is not None
         decision, sc.state = sc.policy.decide(sc.window.samples(), at, current, sc.state)
@@ -320,8 +449,15 @@ class DeploymentReconciler:
             dep.replicas = decision.desired
             dep.updated_at = now()
             events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
-                          object_id=dep.id, reason=decision.reason.value,
+                          object_id=dep.id, reason=event_reason(decision.reason),
                           message=decision.message())
+
+    def _metrics_targets(self, s: Session, dep_id: str) -> list[ScrapeTarget]:
+        """The ``/metrics`` URLs of the deployment's ready replicas with a port."""
+        rows = s.execute(select(Replica, Node).join(Node, Node.id == Replica.node_id).where(
+            Replica.deployment_id == dep_id, Replica.status == ReplicaStatus.ready.value,
+            Replica.port.is_not(None))).all()
+        return [ScrapeTarget(r.id, self._url(n, r, "/metrics")) for r, n in rows]
 
     # -- acting -----------------------------------------------------------------------
     def _advance(self, dep_id: str) -> None:
@@ -330,8 +466,10 @@ class DeploymentReconciler:
                 select(Replica).where(Replica.deployment_id == dep_id,
                                       Replica.status.in_(LIVE)).order_by(Replica.created_at)
             ))
-            ids = [(r.id, r.status) for r in reps]
-        for rid, status in ids:
+            # metering due by the row read now; a step only moves the start of the
+            # unmetered time later (a placement or restart starts it now), never earlier
+            ids = [(r.id, r.status, self._meter_due(r)) for r in reps]
+        for rid, status, due in ids:
             try:
                 if status == "pending":
                     self._place_and_start(rid)
@@ -341,15 +479,22 @@ class DeploymentReconciler:
                     self._check_ready(rid)
                 elif status == "failed":
                     self._maybe_restart(rid)
-                self._meter(rid)
+                if due:
+                    self._meter(rid)
             except StaleStatus as e:
                 log.debug("replica %s: %s; next pass", rid, e)
             except Exception:
                 log.exception("replica %s: reconcile step failed", rid)
 
+    def _meter_due(self, r: Replica) -> bool:
+        """Whether replica ``r`` has a usage record due (``usage_period_s`` of running
+        time not yet recorded; the rule of ``meter_running``)."""
+        start = r.metered_until or r.started_at
+        return (r.node_id is not None and start is not None
+                and (now() - start).total_seconds() >= self.settings.usage_period_s)
+
     def _backend(self, s: Session, node_id: str | None) -> tuple[Backend, Node] | None:
-        return backend_for(self.backends, s.get(Node, node_id) if node_id else None,
-                           lambda n: n.backend)
+        return backend_of(self.backends, s, node_id)
 
     def _place_and_start(self, rid: str) -> None:
         with self.db.session() as s:
@@ -372,13 +517,15 @@ class DeploymentReconciler:
                 preempted_by=f"deployment {dep.name} (priority {dep.priority})",
                 owners=lambda _bindings: [rid])
             if isinstance(placed, Waiting):
-                self._pending(s, dep, r, placed.reason)
+                self._pending(s, dep, r, placed.reason, placed.code)
                 return
             binding = placed[0]
             node = s.get(Node, binding.node_id)
             r.node_id = binding.node_id
             r.gpu_indices = list(binding.gpu_indices)
-            r.port = free_port()
+            # The port is picked on the replica's node before the start (_port), outside
+            # this transaction and the placement lock (Ray asks the node over the network).
+            r.port = None
             r.started_at = now()
             r.message = None
             dep.pending_reason = dep.pending_code = None
@@ -389,17 +536,18 @@ class DeploymentReconciler:
         self._start_process(rid)
 
     def _pending(self, s: Session, dep: Deployment, r: Replica, reason: str,
-                 code: ReasonCode | None = None) -> None:
+                 code: ReasonCode) -> None:
         r.message = reason
         dep.pending_reason = reason
-        dep.pending_code = (code or reason_code(reason)).value
+        dep.pending_code = code.value
         events.record(s, workspace_id=dep.workspace_id, kind="deployment", name=dep.name,
                       object_id=dep.id, reason="Unschedulable", message=reason, warning=True,
                       dedupe=True)
 
     def command_for(self, dep: Deployment, port: int, *, gpus: int = 0,
-                    memory_mib: int | None = None) -> list[str]:
-        """The command line of a replica of ``dep`` listening on ``127.0.0.1:port``.
+                    memory_mib: int | None = None, host: str = "127.0.0.1") -> list[str]:
+        """The command line of a replica of ``dep`` listening on ``host:port`` (its node's
+        address: the gateway and the readiness probe reach it there).
 
         Engine ``builtin``: ``python -m neocloud.serving SERVICE``. Engine ``vllm``: the
         launcher ``python -m neocloud.serving.engines.vllm`` (it finds the engine
@@ -407,7 +555,6 @@ class DeploymentReconciler:
         checkpoint), on device ``cuda`` when the replica was given ``gpus`` > 0, else
         ``cpu`` with a KV cache of :func:`kv_cache_gib` of the shape's ``memory_mib``.
         """
-        host = "127.0.0.1"
         python = self.settings.python or sys.executable
         if dep.engine == Engine.vllm:
             cmd = [python, "-m", "neocloud.serving.engines.vllm", "--host", host,
@@ -434,8 +581,40 @@ class DeploymentReconciler:
             return self.settings.vllm_ready_timeout_s
         return self.settings.replica_ready_timeout_s
 
+    def _port(self, rid: str) -> bool:
+        """Give a replica about to start its port: one free on its node, asked of its
+        backend (Ray asks that node), outside any transaction. Returns whether it has one;
+        a node that cannot be asked fails the start (restarted with back-off)."""
+        with self.db.session() as s:
+            r = s.get(Replica, rid)
+            if r is None or r.status != ReplicaStatus.starting:
+                return False
+            if r.port:
+                return True
+            found = self._backend(s, r.node_id)
+        if found is None:
+            return True  # _start_process fails the replica: its node or backend is gone
+        try:
+            port = free_port_on(*found)
+        except OSError as e:
+            with self.db.session() as s:
+                r = lock_row(s, Replica, rid)
+                if r is not None and r.status == ReplicaStatus.starting:
+                    self._crashed(s, r, f"could not start: no free port on node "
+                                        f"{found[1].name}: {e}")
+            return False
+        with self.db.session() as s:
+            r = lock_row(s, Replica, rid)
+            if r is None or r.status != ReplicaStatus.starting or r.handle:
+                return False
+            r.port = r.port or port
+        return True
+
     def _start_process(self, rid: str) -> None:
-        """Start the process of a replica already written as ``starting``."""
+        """Start the process of a replica already written as ``starting``, on a port free
+        on its node (:meth:`_port`), listening on the node's address."""
+        if not self._port(rid):
+            return
         with self.db.session() as s:
             r = s.get(Replica, rid)
             dep = s.get(Deployment, r.deployment_id) if r else None
@@ -460,7 +639,8 @@ class DeploymentReconciler:
             spec = WorkloadSpec(
                 workload_id=r.id,
                 command=self.command_for(dep, r.port or 0, gpus=len(r.gpu_indices),
-                                         memory_mib=shape.memory_mib if shape else None),
+                                         memory_mib=shape.memory_mib if shape else None,
+                                         host=node.address),
                 env={**{k: str(v) for k, v in dep.env.items()}, **secret_env,
                      "NEOCLOUD_SERVED_MODEL_NAME": dep.name,
                      # the runtime drains in-flight requests this long on SIGTERM
@@ -514,11 +694,14 @@ class DeploymentReconciler:
             return
         state = be.inspect(handle)
         if not state.running:
+            if not self._ended(be, rid, handle, state.exit_code):
+                return
             with self.db.session() as s:
                 r = lock_row(s, Replica, rid)
                 if r is not None and r.status == "starting":
                     self._crashed(s, r, self._exit_message(be, handle, state.exit_code))
             return
+        self._verdict.forget(rid)
         if be.probe_ready(handle, url, timeout_s=1.0):
             with self.db.session() as s:
                 r = lock_row(s, Replica, rid)
@@ -556,20 +739,42 @@ class DeploymentReconciler:
                       message=f"started from zero: replica {r.id[:8]} ready {secs:.1f} s "
                               "after it was asked for")
 
-    def _check_ready(self, rid: str) -> None:
-        with self.db.session() as s:
-            r = s.get(Replica, rid)
-            found = self._backend(s, r.node_id) if r else None
-            if r is None or found is None:
-                return
-            be, _node = found
-            handle = dict(r.handle)
+    def _check_ready(self, rid: str,
+                     known: tuple[Backend, dict[str, Any]] | None = None) -> bool:
+        """Health check of a ready replica; ``known``: its backend and handle, already
+        read. Returns whether its process still runs."""
+        if known is not None:
+            be, handle = known
+        else:
+            with self.db.session() as s:
+                r = s.get(Replica, rid)
+                found = self._backend(s, r.node_id) if r else None
+                if r is None or found is None:
+                    return True
+                be, _node = found
+                handle = dict(r.handle)
         state = be.inspect(handle)
-        if not state.running:
+        if state.running:
+            self._verdict.forget(rid)
+            return True
+        if self._ended(be, rid, handle, state.exit_code):
             with self.db.session() as s:
                 r = lock_row(s, Replica, rid)
                 if r is not None and r.status == "ready":
                     self._crashed(s, r, self._exit_message(be, handle, state.exit_code))
+        return False
+
+    def _ended(self, be: Backend, rid: str, handle: dict[str, Any],
+               code: int | None) -> bool:
+        """Whether the process of replica ``rid`` that reads as ended is to be recorded as
+        crashed now. Not while its node is gone from the backend or may be about to be
+        (:class:`~neocloud.server.reconcilers.core.NodeVerdict`): the node's loss moves
+        the replica instead. A crashed process is stopped through its backend at once,
+        which frees what the backend still holds for it (Ray's GPU accounting)."""
+        if node_lost(be, handle) or self._verdict.pending(be, rid, code):
+            return False
+        release_ended(be, handle, grace_s=self.settings.replica_stop_grace_s)
+        return True
 
     def _exit_message(self, be: Backend, handle: dict[str, Any], code: int | None) -> str:
         last = be.logs(handle, tail=5, this_run=True).strip()
@@ -611,7 +816,7 @@ class DeploymentReconciler:
             else:
                 be, handle = None, {}
         if be is not None and handle:
-            be.stop(handle, grace_s=1.0)  # make sure nothing of the old process is left
+            release_ended(be, handle, grace_s=1.0)  # nothing of the old process is left
         with self.db.session() as s:
             r = lock_row(s, Replica, rid)
             if r is None or r.status != "failed":
@@ -626,7 +831,10 @@ class DeploymentReconciler:
                            message=f"replica {r.id[:8]} lost its allocation; placing again")
                 return
             r.handle, r.pid = {}, None
-            r.port = free_port()
+            r.port = None  # picked on its node before the start (_port)
+            # It kept its allocation through the crash: metering goes on from where it was,
+            # not from the new start (GPU time held while crash-looping is billed).
+            r.metered_until = r.metered_until or r.started_at
             r.started_at = now()
             set_status(s, r, ReplicaStatus.starting, reason="Restarting",
                        message=f"replica {r.id[:8]} restart {r.restarts}")
@@ -780,10 +988,8 @@ class DeploymentReconciler:
 
     def _meter_row(self, s: Session, r: Replica, *, final: bool) -> None:
         dep = s.get(Deployment, r.deployment_id)
-        meter_running(s, r, period_s=self.settings.usage_period_s, final=final,
-                      workspace_id=r.workspace_id, kind="replica", object_id=r.id,
-                      name=dep.name if dep else r.id,
-                      shape=s.get(Shape, dep.shape) if dep else None)
+        meter(s, r, period_s=self.settings.usage_period_s, final=final, kind="replica",
+              name=dep.name if dep else r.id, shape_name=dep.shape if dep else None)
 
 
 def preempt_replica(s: Session, replica_id: str, reason: str) -> None:

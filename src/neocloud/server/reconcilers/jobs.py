@@ -65,7 +65,7 @@ from neocloud.server.scheduler import Binding
 from neocloud.server.services import events, placement
 from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
-from neocloud.server.services.jobs import LIVE, worker_log_path, workers_of
+from neocloud.server.services.jobs import LIVE, job_work_dir, worker_log_path, workers_of
 from neocloud.server.services.secrets import redact
 from neocloud.server.settings import Settings
 from neocloud.server.storage import VolumeStore
@@ -262,7 +262,8 @@ class JobReconciler:
 
     def workdir(self, job_id: str, attempt: int, rank: int) -> Path:
         """Working directory of a worker: ``<home>/jobs/<job id>/attempt-<k>/worker-<r>``."""
-        return self.settings.home / "jobs" / job_id / f"attempt-{attempt}" / f"worker-{rank}"
+        return (job_work_dir(self.settings.home / "jobs", job_id) / f"attempt-{attempt}"
+                / f"worker-{rank}")
 
     def _start_worker(self, wid: str) -> None:
         with self.db.session() as s:

@@ -44,10 +44,11 @@ def stop_job(name: str, caller: CallerDep, s: SessionDep) -> JobOut:
 
 @router.delete("/jobs/{name}", status_code=204)
 def delete_job(name: str, caller: CallerDep, s: SessionDep, state: StateDep) -> Response:
-    """Delete a finished job with its logs (409 while it is live)."""
+    """Delete a finished job with its logs and working directories (409 while it is
+    live); the volumes it mounted keep their files."""
     caller.require(Role.member)
     svc.delete_job(s, workspace_id=caller.workspace_id, name=name,
-                   logs_root=state.settings.logs_dir)
+                   logs_root=state.settings.logs_dir, work_root=state.settings.home / "jobs")
     return Response(status_code=204)
 
 

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from neocloud.errors import Conflict, NeocloudError, Unauthenticated
+from neocloud.errors import Conflict, InvalidRequest, NeocloudError, Unauthenticated
 from neocloud.models import EventOut, Page, Role
 from neocloud.models.pods import PodCreate, PodOut, PodStatus
 from neocloud.server.db.tables import Node, Pod
@@ -36,6 +36,12 @@ from neocloud.server.state import AppState
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["pods"])
+
+#: Seconds between the checks that an open shell's token may still open it.
+SHELL_RECHECK_S = 5.0
+#: Largest terminal side (characters) a shell takes; the kernel's window size holds
+#: 16-bit values and a larger one made opening the terminal fail.
+MAX_TERMINAL = 4096
 
 
 @router.post("/pods", response_model=PodOut, status_code=201, responses=BUDGET_SPENT)
@@ -99,8 +105,10 @@ def pod_logs(name: str, caller: CallerDep, s: SessionDep, state: StateDep, box: 
 
 
 # -- the shell --------------------------------------------------------------------------
-def _shell_target(state: AppState, header: str, name: str) -> tuple[str, int, str]:
+def _shell_target(state: AppState, header: str, name: str, *, touch: bool = True
+                  ) -> tuple[str, int, str]:
     """Authenticate the handshake and find the running pod: ``(host, port, pod id)``.
+    With ``touch`` the pod's last activity is now (a shell opened).
 
     Raises:
         Unauthenticated, PermissionDenied, NotFound (other workspaces' pods too),
@@ -119,8 +127,36 @@ def _shell_target(state: AppState, header: str, name: str) -> tuple[str, int, st
         if pod.status != PodStatus.running or node is None or not pod.ssh_port:
             raise Conflict(f"pod {name!r} is {pod.status}, not running; start it with "
                            f"'neocloud pod start {name}'", param="name")
-        pod.last_activity_at = datetime.now(UTC)
+        if touch:
+            pod.last_activity_at = datetime.now(UTC)
         return node.address, pod.ssh_port, pod.id
+
+
+def terminal_size(cols: int, rows: int) -> tuple[int, int]:
+    """The terminal size asked for, checked: each side ``1..MAX_TERMINAL`` characters.
+
+    Raises:
+        InvalidRequest: a side out of range (``param`` ``cols`` or ``rows``). Such a size
+            once reached the pseudo-terminal and failed there (``struct.error``) after the
+            terminal was opened: two file descriptors leaked per attempt, so repeated
+            handshakes could exhaust the control plane's descriptors.
+    """
+    for param, value in (("cols", cols), ("rows", rows)):
+        if not 1 <= value <= MAX_TERMINAL:
+            raise InvalidRequest(f"{param} must be 1..{MAX_TERMINAL} characters, not {value}",
+                                 param=param)
+    return cols, rows
+
+
+def _resize_of(ctl: dict[str, object]) -> tuple[int, int] | None:
+    """The size of a ``resize`` control frame, clamped to ``1..MAX_TERMINAL``; ``None``
+    when it holds no numbers (the frame is ignored: a bad frame must not end the shell
+    with a server error)."""
+    try:
+        cols, rows = int(ctl.get("cols", 80)), int(ctl.get("rows", 24))  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return (min(max(cols, 1), MAX_TERMINAL), min(max(rows, 1), MAX_TERMINAL))
 
 
 def _touch(state: AppState, pod_id: str) -> None:
@@ -135,9 +171,10 @@ async def pod_shell(websocket: WebSocket, name: str, cols: int = 80, rows: int =
                     command: str | None = None) -> None:
     """An interactive shell in the pod (see the module docstring for the protocol)."""
     state: AppState = websocket.app.state.neocloud
+    header = websocket.headers.get("authorization", "")
     try:
-        host, port, pod_id = await run_in_threadpool(
-            _shell_target, state, websocket.headers.get("authorization", ""), name)
+        host, port, pod_id = await run_in_threadpool(_shell_target, state, header, name)
+        cols, rows = terminal_size(cols, rows)
         session = await run_in_threadpool(
             lambda: ShellSession(home=state.settings.home, host=host, port=port,
                                  user=svc.ssh_user(), cols=cols, rows=rows, command=command))
@@ -183,14 +220,32 @@ async def pod_shell(websocket: WebSocket, name: str, cols: int = 80, rows: int =
                 except ValueError:
                     continue
                 if isinstance(ctl, dict) and ctl.get("type") == "resize":
-                    session.resize(int(ctl.get("cols", 80)), int(ctl.get("rows", 24)))
+                    size = _resize_of(ctl)
+                    if size is not None:
+                        session.resize(*size)
                 elif isinstance(ctl, dict) and ctl.get("type") == "input":
                     session.write(str(ctl.get("data", "")).encode())
             if loop.time() - last_touch > 30:
                 last_touch = loop.time()
                 await run_in_threadpool(_touch, state, pod_id)
 
-    tasks = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in())]
+    refused: list[NeocloudError] = []
+
+    async def watch_access() -> None:
+        """Invariant: a shell stays open only while its token could open it now. A token
+        deleted (or the pod gone or stopped) ends the shell within
+        :data:`SHELL_RECHECK_S`; the handshake alone once let a revoked token keep its
+        shell for as long as the connection lived."""
+        while True:
+            await asyncio.sleep(SHELL_RECHECK_S)
+            try:
+                await run_in_threadpool(_shell_target, state, header, name, touch=False)
+            except NeocloudError as e:
+                refused.append(e)
+                return
+
+    tasks = [asyncio.ensure_future(pump_out()), asyncio.ensure_future(pump_in()),
+             asyncio.ensure_future(watch_access())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except WebSocketDisconnect:
@@ -205,5 +260,10 @@ async def pod_shell(websocket: WebSocket, name: str, cols: int = 80, rows: int =
             loop.remove_reader(session.fd)
         code = await run_in_threadpool(session.close)
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            if refused:
+                err = refused[0]
+                await websocket.send_bytes(f"\r\nneocloud: shell closed: {err.message}\r\n"
+                                           .encode())
+                await websocket.send_text(json.dumps(err.to_wire()))
             await websocket.send_text(json.dumps({"type": "exit", "code": code}))
             await websocket.close()

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from neocloud.models import Page, Role
 from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeOut
 from neocloud.server.deps import CallerDep, SessionDep, StateDep, VolumeStoreDep
+from neocloud.server.errors_http import error_responses
 from neocloud.server.services import volumes as svc
 from neocloud.server.storage import clean_path
 
@@ -78,17 +79,22 @@ def list_files(name: str, caller: CallerDep, s: SessionDep, store: VolumeStoreDe
                                  modified_at=e.modified_at) for e in entries])
 
 
-@router.put("/volumes/{name}/files/{path:path}", response_model=VolumeFile, status_code=201)
+@router.put("/volumes/{name}/files/{path:path}", response_model=VolumeFile, status_code=201,
+            responses=error_responses(507))
 async def upload_file(name: str, path: FilePath, request: Request, caller: CallerDep,
                       state: StateDep, store: VolumeStoreDep) -> VolumeFile:
     """Store the request body as the file ``path`` (streamed; replaces an existing file
-    once complete)."""
+    once complete). A full disk answers 507 ``insufficient_storage`` and stores nothing."""
     caller.require(Role.member)
     rel = clean_path(path)
 
     def check() -> None:
         with state.db.session() as s:
             svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
+        # The volume exists: its folder too (made again if the operator removed it). The
+        # store makes no volume folder itself, so an upload that outlives its volume
+        # (deleted meanwhile) fails instead of bringing the folder back.
+        store.create(caller.workspace_id, name)
 
     await run_in_threadpool(check)
     await store.write(caller.workspace_id, name, rel, request.stream(),

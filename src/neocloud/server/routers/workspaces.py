@@ -55,6 +55,31 @@ def create_workspace_token(
     return _created(tok, secret, ws)
 
 
+@router.get("/workspaces/{name}/tokens", response_model=Page[TokenOut])
+def list_workspace_tokens(name: str, caller: CallerDep, s: SessionDep) -> Page[TokenOut]:
+    """The tokens of any workspace (operators; secrets are never shown)."""
+    caller.require_operator()
+    ws = svc.get_workspace(s, name=name)
+    return Page(data=[svc.token_out(t, ws.name) for t in svc.list_tokens(
+        s, workspace_id=ws.id)])
+
+
+@router.delete("/workspaces/{name}/tokens/{token}", status_code=204)
+def delete_workspace_token(name: str, token: str, caller: CallerDep, s: SessionDep,
+                           gateway: GatewayDep) -> Response:
+    """Revoke a token of any workspace (operators).
+
+    An operator creates the tokens of every workspace but could revoke none but its
+    own: a leaked team token stayed valid until an admin of that team revoked it.
+    """
+    caller.require_operator()
+    ws = svc.get_workspace(s, name=name)
+    svc.delete_token(s, workspace_id=ws.id, name=token, param="token")
+    s.commit()
+    gateway.invalidate_tokens()  # the gateway refuses the token from now on
+    return Response(status_code=204)
+
+
 @router.get("/tokens", response_model=Page[TokenOut])
 def list_tokens(caller: CallerDep, s: SessionDep) -> Page[TokenOut]:
     rows = svc.list_tokens(s, workspace_id=caller.workspace_id)

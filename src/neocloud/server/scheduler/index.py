@@ -361,6 +361,57 @@ class ClusterIndex:
         self._group_add(ordinal)
         self.version += 1
 
+    def reset_node(self, node: NodeSnapshot) -> int:
+        """Make node ``node.id`` exactly ``node`` (totals, free amounts, GPUs, labels,
+        pool, status), adding it when it is new; returns its ordinal. Used to bring one
+        node of a long-lived index back in line with the database.
+
+        Raises:
+            ValueError: the node mixes GPU models or has a GPU with free_milli outside
+                0..1000.
+        """
+        if node.id not in self.pos:
+            return self.add_node(node)
+        types = {g.type for g in node.gpus}
+        if len(types) > 1:
+            raise ValueError(f"node {node.id!r} mixes GPU models {sorted(types)}")
+        gpus = sorted(node.gpus, key=lambda g: g.index)
+        if any(not 0 <= g.free_milli <= MILLI for g in gpus):
+            raise ValueError(f"node {node.id!r} has a GPU with free_milli outside 0..1000")
+        ordinal = self.pos[node.id]
+        self._group_remove(ordinal)
+        self.node_class[ordinal] = self._class_id(NodeClass(
+            gpu_type=node.gpu_type, gpu_count=len(node.gpus),
+            gpu_memory_mib=node.gpus[0].memory_mib if node.gpus else 0,
+            labels=tuple(sorted(node.labels.items())), pool=node.pool, status=node.status))
+        self.cpu_total[ordinal] = node.cpu_milli_total
+        self.mem_total[ordinal] = node.memory_mib_total
+        self.cpu_free[ordinal] = node.cpu_milli_free
+        self.mem_free[ordinal] = node.memory_mib_free
+        self.gpu_free[ordinal] = [g.free_milli for g in gpus]
+        self._gpu_index_of[ordinal] = [g.index for g in gpus]
+        self.dyn[ordinal] = self._make_dyn(ordinal)
+        self._group_add(ordinal)
+        self.version += 1
+        return ordinal
+
+    def can_take(self, binding: Binding, request: ResourceRequest) -> bool:
+        """Whether ``binding`` (of ``request``) fits its node as the index sees it now:
+        the node admits the request (status, GPU model, labels) and has the binding's CPU,
+        memory and share on each of its GPUs free."""
+        ordinal = self.pos.get(binding.node_id)
+        if ordinal is None or not self.classes[self.node_class[ordinal]].admits(request):
+            return False
+        if self.cpu_free[ordinal] < binding.cpu_milli \
+                or self.mem_free[ordinal] < binding.memory_mib:
+            return False
+        devices = self._gpu_index_of[ordinal]
+        free = self.gpu_free[ordinal]
+        for i in binding.gpu_indices:
+            if i not in devices or free[devices.index(i)] < binding.gpu_milli:
+                return False
+        return True
+
     def _ordinal(self, node_id: str) -> int:
         try:
             return self.pos[node_id]

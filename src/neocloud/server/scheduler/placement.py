@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+from neocloud.models.deployments import ReasonCode
 from neocloud.server.scheduler.frag import Workload
 from neocloud.server.scheduler.index import ClusterIndex, NodeClass, dyn_fits
 from neocloud.server.scheduler.policies import Policy, make_policy
@@ -58,7 +59,7 @@ def place_on(
     """Place one request on a live index, booking it there when it fits."""
     choice = chooser.select(index, request)
     if choice is None:
-        return Unschedulable(explain(index, request))
+        return explain(index, request)
     ordinal, slots = choice
     return index.bind(ordinal, request, slots)
 
@@ -94,20 +95,31 @@ def place_gang(
         if isinstance(result, Unschedulable):
             n = len(requests)
             if placed:
-                return Unschedulable(
+                return replace(result, reason=(
                     f"gang of {n} workers does not fit all at once: worker {i + 1} "
                     f"({requests[i].describe()}) has no room after {placed} others are placed; "
-                    f"{result.reason}"
-                )
-            return Unschedulable(f"gang of {n} workers does not fit: {result.reason}")
+                    f"{result.reason}"))
+            return replace(result, reason=f"gang of {n} workers does not fit: {result.reason}")
         out[i] = result
     return [b for b in out if b is not None]
 
 
-def explain(index: ClusterIndex, request: ResourceRequest) -> str:
-    """A sentence saying why no node of ``index`` can take ``request`` right now."""
+#: Static misses (see ``_static_miss``) and the code they give when they rule out every
+#: node; the first one present wins (a node of the right type that is too small is the
+#: nearer miss).
+_NEVER_CODES: tuple[tuple[str, ReasonCode], ...] = (
+    ("node(s) with fewer GPUs in total", ReasonCode.INSUFFICIENT_GPUS_PER_NODE),
+    ("node(s) with another GPU type", ReasonCode.NO_MATCHING_GPU_TYPE),
+    ("node(s) without GPUs", ReasonCode.NO_MATCHING_GPU_TYPE),
+)
+
+
+def explain(index: ClusterIndex, request: ResourceRequest) -> Unschedulable:
+    """Why no node of ``index`` can take ``request`` right now: a sentence, its code, and
+    whether no node could ever take it (every node is ruled out by its kind, not by the
+    room left on it)."""
     if not len(index):
-        return "no nodes are registered"
+        return Unschedulable("no nodes are registered")
     skipped: Counter[str] = Counter()
     best_id: str | None = None
     best_amount = -1
@@ -151,7 +163,12 @@ def explain(index: ClusterIndex, request: ResourceRequest) -> str:
             f"(best: {best_id} with {best_amount / MILLI:g})"
         )
     details = [f"{n} {why}" for why, n in sorted((skipped + blocked).items())]
-    return head + (f" ({'; '.join(details)})" if details else "")
+    reason = head + (f" ({'; '.join(details)})" if details else "")
+    if best_id is not None:
+        return Unschedulable(reason)
+    code = next((c for why, c in _NEVER_CODES if skipped[why]),
+                ReasonCode.WAITING_FOR_CAPACITY)
+    return Unschedulable(reason, code=code, never_fits=True)
 
 
 def _gpu_phrase(request: ResourceRequest) -> str:

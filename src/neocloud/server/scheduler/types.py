@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from neocloud.errors import ValidationFailed
+from neocloud.models.deployments import ReasonCode
 
 MILLI = 1000
 """Milli-units in one whole GPU (and in one CPU core)."""
@@ -179,9 +180,19 @@ class Binding:
 
 @dataclass(frozen=True)
 class Unschedulable:
-    """Why a request cannot be placed now: a sentence shown to users as the pending reason."""
+    """Why a request cannot be placed now.
+
+    Attributes:
+        reason: a sentence shown to users as the pending reason (may change).
+        code: its stable code, for programs (``pending_code``, ``deploy --dry-run``).
+        never_fits: no registered node could take the request even when empty (its GPU
+            type, GPU count, state or labels rule every node out), as opposed to a lack of
+            free room now.
+    """
 
     reason: str
+    code: ReasonCode = ReasonCode.WAITING_FOR_CAPACITY
+    never_fits: bool = False
 
     def __str__(self) -> str:
         return self.reason

@@ -9,8 +9,13 @@ What is recorded (decided by :func:`outcome_of`, written by :func:`record`):
   answers 404 there so names cannot be probed; the log keeps the attempt, with
   ``target_workspace_id`` set so that workspace's admin sees it too).
 
-Entries are written by :class:`neocloud.server.audit_http.AuditLog` in a transaction of
-their own, committed before the response starts, and never changed afterwards.
+- every ``401`` and ``402`` the gateway answers (``/v1/...``, ``/endpoints/...``): a
+  missing or invalid token, a workspace past its budget hard stop (:func:`record_refusal`,
+  action ``gateway``, outcome ``denied``).
+
+Entries are written by :class:`neocloud.server.audit_http.AuditLog` (and, for the gateway,
+by :class:`neocloud.server.gateway_host.DbRefusalLog`) in a transaction of their own,
+committed before the response starts, and never changed afterwards.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from neocloud.gateway.types import Refusal
 from neocloud.models import Role
 from neocloud.models.audit import AuditEntryOut, AuditOutcome
 from neocloud.server.db.engine import Database
@@ -120,6 +126,28 @@ def record(db: Database, call: Call) -> AuditEntry | None:
             method=call.method, action=call.action[:63], target=call.target[:1024],
             outcome=outcome_of(call.status, cross_workspace=other is not None).value,
             status=call.status, code=(call.code or None) and call.code[:63],
+        )
+        s.add(entry)
+    return entry
+
+
+#: The action of the entries the gateway's refusals write.
+GATEWAY_ACTION = "gateway"
+
+
+def record_refusal(db: Database, refusal: Refusal) -> AuditEntry:
+    """Write and commit the entry of a request the gateway refused (401 or 402): the
+    caller's workspace and token name when the token was valid, the path as target."""
+    with db.session() as s:
+        token_name = None
+        if refusal.token_id is not None:
+            token_name = s.scalars(select(Token.name).where(Token.id == refusal.token_id)
+                                   ).first()
+        entry = AuditEntry(
+            workspace_id=refusal.workspace_id, target_workspace_id=None,
+            token_name=token_name, method=refusal.method[:8], action=GATEWAY_ACTION,
+            target=refusal.path.lstrip("/")[:1024], outcome=AuditOutcome.denied.value,
+            status=refusal.status, code=refusal.code[:63] or None,
         )
         s.add(entry)
     return entry

@@ -40,8 +40,6 @@ from neocloud.server.services.lifecycle import lock_row, set_status
 from neocloud.server.services.shapes import get_shape
 
 _BUILTINS = ("embeddings", "chat")
-NEVER_FITS = "no node can run"
-"""How the scheduler's reason begins when no registered node could ever hold the request."""
 _REF = re.compile(r"^([A-Za-z_][\w.]*|[\w./-]+\.py):[A-Za-z_]\w*$")
 
 
@@ -161,25 +159,6 @@ def create_deployment(s: Session, *, workspace_id: str, spec: DeploymentCreate) 
     return dep
 
 
-def reason_code(reason: str) -> ReasonCode:
-    """The stable code of a pending reason written by the scheduler or admission.
-
-    The scheduler's sentences (``server.scheduler.placement.explain``, ``admission``)
-    start with fixed phrases; those say which code applies.
-    """
-    if reason.startswith("quota:"):
-        return ReasonCode.QUOTA_EXCEEDED
-    if reason.startswith(placement.PREEMPTING):
-        return ReasonCode.PREEMPTING
-    if reason.startswith("no node can run") or reason.startswith("gang of"):
-        # a node of the right type that is too small is the nearer miss
-        if "fewer GPUs in total" in reason:
-            return ReasonCode.INSUFFICIENT_GPUS_PER_NODE
-        if "another GPU type" in reason or "without GPUs" in reason:
-            return ReasonCode.NO_MATCHING_GPU_TYPE
-    return ReasonCode.WAITING_FOR_CAPACITY
-
-
 def dry_run(s: Session, *, workspace_id: str, spec: DeploymentCreate) -> DryRunOut:
     """Check ``spec`` as :func:`create_deployment` does and say where one replica would go,
     storing nothing (the caller rolls back; the placement lock is held until then).
@@ -200,11 +179,8 @@ def dry_run(s: Session, *, workspace_id: str, spec: DeploymentCreate) -> DryRunO
         return DryRunOut(fits_now=False, can_ever_fit=True, preempts=len(result.victims),
                          reason=result.reason, code=ReasonCode.PREEMPTING)
     if isinstance(result, Unschedulable):
-        code = reason_code(result.reason)
-        never = result.reason.startswith(NEVER_FITS) or code in (
-            ReasonCode.NO_MATCHING_GPU_TYPE, ReasonCode.INSUFFICIENT_GPUS_PER_NODE)
-        return DryRunOut(fits_now=False, can_ever_fit=not never, reason=result.reason,
-                         code=code)
+        return DryRunOut(fits_now=False, can_ever_fit=not result.never_fits,
+                         reason=result.reason, code=result.code)
     node = s.get(Node, result[0].node_id)
     return DryRunOut(fits_now=True, can_ever_fit=True, node=node.name if node else None)
 
@@ -427,7 +403,10 @@ def deployment_out(s: Session, dep: Deployment) -> DeploymentOut:
     reps = s.scalars(
         select(Replica).where(Replica.deployment_id == dep.id).order_by(Replica.created_at)
     ).all()
-    node_names = {n.id: n.name for n in s.scalars(select(Node))}
+    # the names of the nodes its replicas are on (not every node: a fleet has thousands)
+    node_ids = {r.node_id for r in reps if r.node_id}
+    node_names = {row[0]: row[1] for row in s.execute(
+        select(Node.id, Node.name).where(Node.id.in_(node_ids)))} if node_ids else {}
     return DeploymentOut(
         id=dep.id, name=dep.name, service=dep.service, engine=Engine(dep.engine),
         model=dep.model, shape=dep.shape,

@@ -23,6 +23,7 @@ from neocloud.server.services import secrets as secret_svc
 from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services.envvars import check_env
 from neocloud.server.services.lifecycle import lock_row, set_status
+from neocloud.server.services.oncommit import after_commit
 from neocloud.server.services.shapes import get_shape
 
 #: Variables neocloud sets in every job worker; a job may not set them itself.
@@ -58,8 +59,12 @@ def create_job(s: Session, *, workspace_id: str, spec: JobCreate) -> Job:
     Raises:
         AlreadyExists: a job of that name exists in the workspace (409).
         NotFound: unknown shape, secret or volume (404, naming the field).
-        InvalidRequest: bad env names, or env that neocloud sets itself (400).
+        InvalidRequest: an empty program (``command.0``), bad env names, or env that
+            neocloud sets itself (400).
     """
+    if not spec.command[0].strip():
+        # Accepted once, then every attempt (retries too) failed with exit code 126.
+        raise InvalidRequest("command[0] must name the program to run", param="command.0")
     check_env(spec.env)
     for key in spec.env:
         if key in DISTRIBUTED_ENV:
@@ -120,11 +125,16 @@ def stop_job(s: Session, *, workspace_id: str, name: str) -> Job:
     return job
 
 
-def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path) -> None:
-    """Delete a finished job with its workers and logs.
+def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path,
+               work_root: Path | None = None) -> None:
+    """Delete a finished job with its workers, logs and (given ``work_root``, the
+    control plane's ``<home>/jobs``) its workers' working directories.
 
     Its workers' allocations go with them in the same transaction (foreign keys; a
-    finished job's workers hold none).
+    finished job's workers hold none). Invariant: nothing of a deleted job stays on disk;
+    the working directories (whatever the workers wrote to their current directory,
+    checkpoints included) were once kept forever. Volumes mounted there are links, which
+    the removal deletes without following, so the volumes' files stay.
 
     Raises:
         Conflict: the job is still live (stop it first).
@@ -138,7 +148,22 @@ def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path) -> 
                   reason="Deleted", message="job deleted")
     s.delete(job)
     s.flush()
-    shutil.rmtree(job_logs_dir(logs_root, job.id), ignore_errors=True)
+    folders = [job_logs_dir(logs_root, job.id)]
+    if work_root is not None:
+        folders.append(job_work_dir(work_root, job.id))
+
+    def remove() -> None:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # Once committed: a failed commit keeps the job and its files.
+    after_commit(s, remove, what=f"removing the files of job {name}")
+
+
+def job_work_dir(work_root: Path, job_id: str) -> Path:
+    """Folder of a job's working directories: ``<home>/jobs/<job id>/`` (one
+    ``attempt-<k>/worker-<rank>`` folder per worker start)."""
+    return work_root / job_id
 
 
 def job_logs_dir(logs_root: Path, job_id: str) -> Path:

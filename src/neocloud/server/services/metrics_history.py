@@ -18,11 +18,12 @@ separate pass over old data.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -84,12 +85,19 @@ def _upsert(s: Session, *, series: str, object_id: str, resolution_s: int, t: in
         return row
 
 
-def _bucket_rows(s: Session, accs: dict[tuple[str, int, int], _Acc]
-                 ) -> dict[tuple[str, int, int], MetricPoint]:
-    """The rows of every bucket in ``accs``, read in one query per resolution and the
-    missing ones inserted together (a batch spanning a day costs a few statements, not one
-    per bucket). If another copy inserted one of them first, the batch insert is undone and
-    the caller falls back to :func:`_upsert` for each bucket."""
+#: Object ids per ``IN (...)`` list when bucket rows are read in bulk (SQLite's bound
+#: parameter limit; a fleet has thousands of nodes).
+IDS_PER_QUERY = 1000
+
+
+def _bucket_rows(s: Session, accs: Mapping[tuple[str, int, int], str | None],
+                 series: str = "deployment") -> dict[tuple[str, int, int], MetricPoint]:
+    """The rows of every bucket in ``accs`` (key -> the workspace of a new row) of
+    ``series``, read in one query per resolution (and per :data:`IDS_PER_QUERY` objects)
+    and the missing ones inserted together (a batch spanning a day, or a sample of every
+    node, costs a few statements, not one per bucket). If another copy inserted one of
+    them first, the batch insert is undone and the caller falls back to :func:`_upsert`
+    for each bucket."""
     out: dict[tuple[str, int, int], MetricPoint] = {}
     for res in RESOLUTIONS:
         keys = [k for k in accs if k[1] == res]
@@ -97,13 +105,15 @@ def _bucket_rows(s: Session, accs: dict[tuple[str, int, int], _Acc]
             continue
         ids = sorted({k[0] for k in keys})
         lo, hi = min(k[2] for k in keys), max(k[2] for k in keys)
-        for row in s.scalars(select(MetricPoint).where(
-                MetricPoint.series == "deployment", MetricPoint.object_id.in_(ids),
-                MetricPoint.resolution_s == res, MetricPoint.t >= lo, MetricPoint.t <= hi)
-                .with_for_update()):
-            out[(row.object_id, res, row.t)] = row
-    new = [MetricPoint(series="deployment", object_id=k[0], resolution_s=k[1], t=k[2],
-                       workspace_id=accs[k].workspace_id, requests=0, errors=0,
+        for i in range(0, len(ids), IDS_PER_QUERY):
+            for row in s.scalars(select(MetricPoint).where(
+                    MetricPoint.series == series,
+                    MetricPoint.object_id.in_(ids[i:i + IDS_PER_QUERY]),
+                    MetricPoint.resolution_s == res, MetricPoint.t >= lo, MetricPoint.t <= hi)
+                    .with_for_update()):
+                out[(row.object_id, res, row.t)] = row
+    new = [MetricPoint(series=series, object_id=k[0], resolution_s=k[1], t=k[2],
+                       workspace_id=accs[k], requests=0, errors=0,
                        prompt_tokens=0, completion_tokens=0, latency_sum_s=0.0,
                        latency_buckets=[], samples=0, gpus=0.0, gpus_allocated=0.0,
                        cpu_milli=0.0, cpu_allocated_milli=0.0)
@@ -135,7 +145,7 @@ def record_requests(s: Session, batch: Iterable[RequestRecord]) -> None:
             a.completion_tokens += r.completion_tokens
             a.latency_sum_s += r.latency_s
             a.buckets[bisect.bisect_left(LATENCY_BUCKETS, r.latency_s)] += 1
-    rows = _bucket_rows(s, accs)
+    rows = _bucket_rows(s, {k: a.workspace_id for k, a in accs.items()})
     for (dep_id, res, t), a in sorted(accs.items()):
         row = rows.get((dep_id, res, t)) or _upsert(
             s, series="deployment", object_id=dep_id, resolution_s=res, t=t,
@@ -161,25 +171,77 @@ def sample_nodes(s: Session, now: datetime) -> int:
         g, c = alloc.get(a.node_id, (0.0, 0.0))
         alloc[a.node_id] = (g + len(a.gpu_indices or []) * a.gpu_milli / 1000.0,
                             c + a.cpu_milli)
-    written = 0
-    for node in s.scalars(select(Node)):
-        if node.id in taken:
+    nodes = [n for n in s.scalars(select(Node)) if n.id not in taken]
+    if not nodes:
+        return 0
+    # Every node's buckets in a few statements (one per node would be thousands): the
+    # 10-second rows are new, inserted at once with their sample; the coarser rows are
+    # read (or created) together, then added to.
+    fine = [_node_sample(n, alloc.get(n.id, (0.0, 0.0)), FINE, t_fine) for n in nodes]
+    try:
+        with s.begin_nested():
+            s.execute(insert(MetricPoint), fine)
+    except IntegrityError:  # another copy sampled some of them first: one by one
+        return _sample_nodes_one_by_one(s, nodes, alloc, t_now)
+    for res in (r for r in RESOLUTIONS if r != FINE):
+        t_res = t_now // res * res
+        ids = [n.id for n in nodes]
+        rows: dict[str, MetricPoint] = {}
+        for i in range(0, len(ids), IDS_PER_QUERY):
+            rows.update((row.object_id, row) for row in s.scalars(select(MetricPoint).where(
+                MetricPoint.series == "node", MetricPoint.resolution_s == res,
+                MetricPoint.t == t_res, MetricPoint.object_id.in_(ids[i:i + IDS_PER_QUERY]))
+                .with_for_update()))
+        for node in nodes:
+            if node.id in rows:
+                _add_sample(rows[node.id], node, alloc.get(node.id, (0.0, 0.0)))
+        missing = [n for n in nodes if n.id not in rows]
+        if not missing:
             continue
-        g_alloc, c_alloc = alloc.get(node.id, (0.0, 0.0))
-        gpus = float(len(node.gpus or []))
-        fine = _upsert(s, series="node", object_id=node.id, resolution_s=FINE, t=t_fine,
-                       workspace_id=None)
+        try:
+            with s.begin_nested():
+                s.execute(insert(MetricPoint), [
+                    _node_sample(n, alloc.get(n.id, (0.0, 0.0)), res, t_res) for n in missing])
+        except IntegrityError:  # another copy created some first: add to each in turn
+            for node in missing:
+                _add_sample(_upsert(s, series="node", object_id=node.id, resolution_s=res,
+                                    t=t_res, workspace_id=None),
+                            node, alloc.get(node.id, (0.0, 0.0)))
+    return len(nodes)
+
+
+def _node_sample(node: Node, held: tuple[float, float], res: int, t: int) -> dict[str, Any]:
+    """The column values of a new bucket row holding one sample of ``node``."""
+    return {"series": "node", "object_id": node.id, "resolution_s": res, "t": t,
+            "workspace_id": None, "requests": 0, "errors": 0, "prompt_tokens": 0,
+            "completion_tokens": 0, "latency_sum_s": 0.0, "latency_buckets": [],
+            "samples": 1, "gpus": float(len(node.gpus or [])), "gpus_allocated": held[0],
+            "cpu_milli": float(node.cpu_milli), "cpu_allocated_milli": held[1]}
+
+
+def _add_sample(row: MetricPoint, node: Node, held: tuple[float, float]) -> None:
+    row.samples += 1
+    row.gpus += float(len(node.gpus or []))
+    row.gpus_allocated += held[0]
+    row.cpu_milli += node.cpu_milli
+    row.cpu_allocated_milli += held[1]
+
+
+def _sample_nodes_one_by_one(s: Session, nodes: list[Node],
+                             alloc: dict[str, tuple[float, float]], t_now: int) -> int:
+    """:func:`sample_nodes` bucket by bucket, skipping the nodes another copy sampled."""
+    written = 0
+    for node in nodes:
+        held = alloc.get(node.id, (0.0, 0.0))
+        fine = _upsert(s, series="node", object_id=node.id, resolution_s=FINE,
+                       t=t_now // FINE * FINE, workspace_id=None)
         if fine.samples:
             continue  # another copy sampled this bucket first
         for res in RESOLUTIONS:
             row = fine if res == FINE else _upsert(
                 s, series="node", object_id=node.id, resolution_s=res,
                 t=t_now // res * res, workspace_id=None)
-            row.samples += 1
-            row.gpus += gpus
-            row.gpus_allocated += g_alloc
-            row.cpu_milli += node.cpu_milli
-            row.cpu_allocated_milli += c_alloc
+            _add_sample(row, node, held)
         written += 1
     return written
 

@@ -34,6 +34,7 @@ def set_node_status(s: Session, node: Node, status: NodeStatus, *, reason: str,
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise StaleStatus(f"node {node.name} is no longer {old}")
     s.expire(node, ["status"])
+    placement.node_changed(s, node.id)
     events.record(s, kind="node", name=node.name, object_id=node.id, reason=reason,
                   message=message, warning=warning, status=new)
     return True
@@ -146,6 +147,7 @@ def update_node(s: Session, *, name: str, spec: NodeUpdate) -> Node:
                         message=f"node {name}: {node.status} -> {spec.status.value}")
     if spec.labels is not None:
         node.labels = spec.labels
+        placement.node_changed(s, node.id)
     return node
 
 

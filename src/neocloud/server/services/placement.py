@@ -10,26 +10,36 @@ writers on its own.
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import Engine, delete, func, select, text, union_all
 from sqlalchemy import literal as sa_literal
 from sqlalchemy.orm import Session
 
 from neocloud.errors import BudgetExceeded
+from neocloud.models.deployments import ReasonCode
 from neocloud.server.db.tables import Allocation, Node, Quota, Shape
 from neocloud.server.scheduler import (
     Binding,
+    ClusterIndex,
     GpuSlot,
     NodeSnapshot,
+    Policy,
     ResourceRequest,
     RunningWork,
     Unschedulable,
     Usage,
     check_quota,
+    make_policy,
     place,
     place_gang,
+    place_on,
     quota_gpu_types,
     select_victims,
 )
@@ -55,18 +65,16 @@ def preempting_priority(s: Session) -> tuple[int, str] | None:
     and waits for them to stop (``preempting_at`` set), with its name."""
     from neocloud.server.db.tables import Deployment, Job, Pod, Replica
 
-    rows = [
-        s.execute(select(Deployment.priority, Deployment.name)
-                  .join(Replica, Replica.deployment_id == Deployment.id)
-                  .where(Replica.status == "pending", Replica.preempting_at.is_not(None))
-                  .order_by(Deployment.priority.desc()).limit(1)).first(),
-        s.execute(select(Job.priority, Job.name)
-                  .where(Job.status == "queued", Job.preempting_at.is_not(None))
-                  .order_by(Job.priority.desc()).limit(1)).first(),
-        s.execute(select(sa_literal(0), Pod.name)
-                  .where(Pod.status == "queued", Pod.preempting_at.is_not(None))
-                  .limit(1)).first(),
-    ]
+    # one statement (this runs before every placement); waiters are few
+    rows = s.execute(union_all(
+        select(Deployment.priority, Deployment.name)
+        .join(Replica, Replica.deployment_id == Deployment.id)
+        .where(Replica.status == "pending", Replica.preempting_at.is_not(None)),
+        select(Job.priority, Job.name)
+        .where(Job.status == "queued", Job.preempting_at.is_not(None)),
+        select(sa_literal(0), Pod.name)
+        .where(Pod.status == "queued", Pod.preempting_at.is_not(None)),
+    )).all()
     found = [(int(r[0]), str(r[1])) for r in rows if r is not None]
     return max(found) if found else None
 
@@ -111,7 +119,11 @@ def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSna
     :func:`schedule` maps its answer back to node ids.
     """
     node_rows = list(nodes) if nodes is not None else list(s.scalars(select(Node)))
-    allocs = s.scalars(select(Allocation)).all()
+    return _snapshots(node_rows, s.scalars(select(Allocation)).all())
+
+
+def _snapshots(node_rows: Sequence[Node], allocs: Iterable[Allocation]) -> list[NodeSnapshot]:
+    """The snapshot of ``node_rows`` given every allocation held on them."""
     by_node: dict[str, list[Allocation]] = {}
     for a in allocs:
         by_node.setdefault(a.node_id, []).append(a)
@@ -140,6 +152,165 @@ def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSna
             )
         )
     return snaps
+
+
+# -- the inventory kept between placements ---------------------------------------------
+
+REBUILD_S = 10.0
+"""Longest time a process places from its kept inventory before reading every node and
+allocation again (seconds). Between rebuilds, room freed outside this process (another
+control-plane copy, a cascade delete) is not seen yet: placement is then conservative,
+never wrong (see :class:`Inventory`)."""
+
+VERIFY_TRIES = 3
+"""Choices checked against the database before the inventory is rebuilt."""
+
+
+@dataclass
+class Inventory:
+    """The scheduler's index of every node, kept in memory between placements (one per
+    database engine and policy), so that placing one workload costs a choice on the
+    index and two indexed reads instead of reading every node and allocation.
+
+    Safety does not rest on it being current: under the placement lock, the node a choice
+    names is read again from the database (its row and its allocations) and the choice
+    stands only if it fits there; otherwise that node is brought in line and the choice
+    is made again. The inventory can only be behind on room *freed* elsewhere (another
+    copy's releases, cascade deletes, a rolled-back placement), which makes it
+    conservative: it is rebuilt from the database every :data:`REBUILD_S` seconds, when
+    the node count or newest node changes, and before any answer "no room" (so an
+    unschedulable verdict and preemption always use the full, current inventory).
+    Releases and node changes made in this process mark their node for a re-read at the
+    next placement.
+    """
+
+    policy: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    index: ClusterIndex | None = None
+    chooser: Policy | None = None
+    ids: dict[str, str] = field(default_factory=dict)
+    """Node name -> node id (the index names nodes by name)."""
+    names: dict[str, str] = field(default_factory=dict)
+    built_at: float = 0.0
+    fingerprint: tuple[int, datetime | None] | None = None
+    dirty: set[str] = field(default_factory=set)
+    """Ids of nodes to read again before the next choice."""
+    rebuilds: int = 0
+
+    def rebuild(self, s: Session) -> tuple[list[Node], list[NodeSnapshot]]:
+        """Read every node and allocation; returns the rows and their snapshot."""
+        rows = list(s.scalars(select(Node).execution_options(populate_existing=True)))
+        snaps = _snapshots(rows, s.scalars(select(Allocation)).all())
+        self.index = ClusterIndex(snaps)
+        self.chooser = make_policy(self.policy)
+        self.ids = {n.name: n.id for n in rows}
+        self.names = {n.id: n.name for n in rows}
+        self.fingerprint = _node_fingerprint(s)
+        self.built_at = time.monotonic()
+        self.dirty.clear()
+        self.rebuilds += 1
+        return rows, snaps
+
+    def reread(self, s: Session, node_id: str) -> None:
+        """Bring node ``node_id`` in line with the database (a node gone is made
+        unschedulable until the next rebuild)."""
+        assert self.index is not None
+        node = s.scalars(select(Node).where(Node.id == node_id)
+                         .execution_options(populate_existing=True)).first()
+        name = self.names.get(node_id)
+        if node is None:
+            if name is not None and name in self.index.pos:
+                self.index.set_status(name, "gone")
+            return
+        if name is not None and name != node.name:  # renamed: never, but stay exact
+            self.index.set_status(name, "gone")
+        allocs = s.scalars(select(Allocation).where(Allocation.node_id == node_id)).all()
+        self.index.reset_node(_snapshots([node], allocs)[0])
+        self.ids[node.name], self.names[node_id] = node_id, node.name
+
+    def stale(self, s: Session) -> bool:
+        return (self.index is None or time.monotonic() - self.built_at > REBUILD_S
+                or _node_fingerprint(s) != self.fingerprint)
+
+
+@functools.cache
+def _deterministic(policy: str) -> bool:
+    """Whether ``policy`` breaks ties by node order (its choices depend only on the
+    inventory, so one policy object may be kept with the inventory)."""
+    return make_policy(policy).tie_break == "first"
+
+
+def _node_fingerprint(s: Session) -> tuple[int, datetime | None]:
+    """Count of nodes and the newest one's creation time: changes when one is added or
+    removed."""
+    row = s.execute(select(func.count(Node.id), func.max(Node.created_at))).one()
+    return int(row[0]), row[1]
+
+
+_INVENTORIES: weakref.WeakKeyDictionary[Engine, dict[str, Inventory]] = \
+    weakref.WeakKeyDictionary()
+_INVENTORIES_LOCK = threading.Lock()
+
+
+def _engine_of(s: Session) -> Engine:
+    bind = s.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def inventory(s: Session, policy: str = "default") -> Inventory:
+    """The inventory this process keeps for ``s``'s database and ``policy``."""
+    with _INVENTORIES_LOCK:
+        per = _INVENTORIES.setdefault(_engine_of(s), {})
+        inv = per.get(policy)
+        if inv is None:
+            inv = per[policy] = Inventory(policy=policy)
+        return inv
+
+
+def _kept(s: Session) -> list[Inventory]:
+    with _INVENTORIES_LOCK:
+        return list(_INVENTORIES.get(_engine_of(s), {}).values())
+
+
+def node_changed(s: Session, node_id: str) -> None:
+    """Have every kept inventory read node ``node_id`` again before its next choice
+    (call after changing a node's status, labels or allocations)."""
+    for inv in _kept(s):
+        with inv.lock:
+            inv.dirty.add(node_id)
+
+
+def _place_one(s: Session, request: ResourceRequest, policy: str
+               ) -> Binding | tuple[Unschedulable, list[Node], list[NodeSnapshot]]:
+    """Place one request on the kept inventory (see :class:`Inventory`); the binding
+    names the node by id. Without room, the verdict on a rebuilt inventory, with the node
+    rows and snapshot read for it (for preemption). Call under the placement lock."""
+    inv = inventory(s, policy)
+    with inv.lock:
+        exact: tuple[list[Node], list[NodeSnapshot]] | None = None
+        if inv.stale(s):
+            exact = inv.rebuild(s)
+        for attempt in range(VERIFY_TRIES + 1):
+            assert inv.index is not None and inv.chooser is not None
+            for node_id in list(inv.dirty):
+                inv.reread(s, node_id)
+            inv.dirty.clear()
+            one = place_on(inv.index, request, inv.chooser)
+            if isinstance(one, Unschedulable):
+                if exact is not None:
+                    return one, exact[0], exact[1]
+                exact = inv.rebuild(s)
+                continue
+            inv.index.release(one)  # taken for good when bound (bind())
+            node_id = inv.ids[one.node_id]
+            if exact is None:
+                inv.reread(s, node_id)
+                if not inv.index.can_take(one, request):
+                    if attempt + 1 >= VERIFY_TRIES:
+                        exact = inv.rebuild(s)
+                    continue
+            return replace(one, node_id=node_id)
+        raise AssertionError("unreachable: the last try runs on a rebuilt inventory")
 
 
 def quota_of(s: Session, workspace_id: str) -> SchedQuota | None:
@@ -217,21 +388,28 @@ def schedule(
         used = usage_of(s, workspace_id)
         reason = check_quota(quota, used, reqs[0], count=len(reqs))
         if reason:
-            return Unschedulable(reason)
+            return Unschedulable(reason, code=ReasonCode.QUOTA_EXCEEDED)
         allowed = quota_gpu_types(quota, used, reqs[0], count=len(reqs))
         if allowed is not None and "*" not in allowed:
             reqs = [replace(r, gpu_types=tuple(allowed)) for r in reqs]
-    node_rows = list(s.scalars(select(Node)))
-    nodes = snapshot(s, nodes=node_rows)
     result: list[Binding] | Unschedulable
-    if len(reqs) == 1:
-        one = place(nodes, reqs[0], policy=policy)
-        result = [one] if isinstance(one, Binding) else one
+    if len(reqs) == 1 and _deterministic(policy):
+        # one request, a deterministic policy: on the inventory kept between placements
+        one = _place_one(s, reqs[0], policy)
+        if isinstance(one, Binding):
+            return [one]
+        result, node_rows, nodes = one
     else:
-        result = place_gang(nodes, reqs, policy=policy)
-    if not isinstance(result, Unschedulable):
-        ids = {n.name: n.id for n in node_rows}
-        return [replace(b, node_id=ids[b.node_id]) for b in result]
+        node_rows = list(s.scalars(select(Node)))
+        nodes = snapshot(s, nodes=node_rows)
+        if len(reqs) == 1:
+            single = place(nodes, reqs[0], policy=policy)
+            result = [single] if isinstance(single, Binding) else single
+        else:
+            result = place_gang(nodes, reqs, policy=policy)
+        if not isinstance(result, Unschedulable):
+            ids = {n.name: n.id for n in node_rows}
+            return [replace(b, node_id=ids[b.node_id]) for b in result]
     running = _running_work(s, {n.id: n.name for n in node_rows})
     victims = select_victims(nodes, running, reqs, priority, policy=policy)
     if isinstance(victims, list) and victims:
@@ -289,9 +467,22 @@ def bind(
     )
     s.add(alloc)
     s.flush()
+    for inv in _kept(s):  # the kept inventories take it at once
+        with inv.lock:
+            name = inv.names.get(binding.node_id)
+            try:
+                if inv.index is None or name is None:
+                    raise ValueError("node not in this inventory")
+                inv.index.apply(replace(binding, node_id=name))
+            except ValueError:
+                inv.dirty.add(binding.node_id)
     return alloc
 
 
 def release(s: Session, *, owner_id: str) -> None:
-    """Free whatever ``owner_id`` holds (no-op when it holds nothing)."""
-    s.execute(delete(Allocation).where(Allocation.owner_id == owner_id))
+    """Free whatever ``owner_id`` holds (no-op when it holds nothing); the kept
+    inventories read its node again before their next choice."""
+    freed = s.execute(delete(Allocation).where(Allocation.owner_id == owner_id)
+                      .returning(Allocation.node_id)).scalars().all()
+    for node_id in freed:
+        node_changed(s, node_id)

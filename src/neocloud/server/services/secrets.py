@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from neocloud.errors import InvalidRequest, NeocloudError, NotFound
+from neocloud.errors import Conflict, InvalidRequest, NeocloudError, NotFound
 from neocloud.masking import Masker, looks_sensitive
 from neocloud.models.secrets import MAX_SECRET_BYTES, SecretOut
 from neocloud.server.crypto import SecretBox
 from neocloud.server.db.tables import Secret
 from neocloud.server.services import events
 from neocloud.server.services.envvars import ENV_NAME, RESERVED_ENV
+from neocloud.server.services.upsert import insert_unless_taken
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 
@@ -48,19 +49,34 @@ def set_secret(
     """Create or replace the secret ``name``; returns the row and whether it is new.
 
     Raises:
-        InvalidRequest: bad name (``param="name"``), or a value over 64 KiB (``"value"``).
+        InvalidRequest: bad name (``param="name"``), or a value over 64 KiB or holding
+            a NUL character (``"value"``).
     """
     check_name(name)
     if len(value.encode()) > MAX_SECRET_BYTES:
         raise InvalidRequest(f"secret value is larger than {MAX_SECRET_BYTES} bytes",
                              param="value")
+    if "\x00" in value:
+        # Workloads get secrets as environment variables, which cannot hold NUL: such a
+        # value was stored, then every job or pod given it failed to start.
+        raise InvalidRequest("secret value may not contain NUL (\\x00) characters: "
+                             "workloads receive it as an environment variable",
+                             param="value")
     sealed = box.encrypt(value, owner=_owner(workspace_id, name))
     row = _find(s, workspace_id=workspace_id, name=name)
-    created = row is None
+    created = False
     if row is None:
-        row = Secret(workspace_id=workspace_id, name=name, ciphertext=sealed, version=1)
-        s.add(row)
-    else:
+        # Invariant: concurrent first sets of one name all succeed (one creates, the
+        # others replace); a plain insert lost the race to the unique (workspace, name)
+        # constraint and was answered 409 already_exists.
+        created = insert_unless_taken(s, Secret, key=["workspace_id", "name"],
+                                      workspace_id=workspace_id, name=name,
+                                      ciphertext=sealed, version=1)
+        row = _find(s, workspace_id=workspace_id, name=name)
+        if row is None:  # inserted by a racing call whose commit this one cannot see yet
+            raise Conflict(f"secret {name!r} is being set by another call; retry",
+                           param="name")
+    if not created:
         row.ciphertext = sealed
         row.version = Secret.version + 1  # computed by the database: no lost update
         row.updated_at = datetime.now(UTC)

@@ -15,6 +15,8 @@ from neocloud.errors import AlreadyExists, Conflict, InvalidRequest, NotFound, U
 from neocloud.models.volumes import VolumeMount, VolumeOut
 from neocloud.server.db.tables import Job, Pod, Volume
 from neocloud.server.services import events
+from neocloud.server.services.oncommit import after_commit
+from neocloud.server.services.upsert import insert_unless_taken
 from neocloud.server.storage import VolumeStore
 
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -44,17 +46,48 @@ def create_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStor
     vol = Volume(workspace_id=workspace_id, name=name, measured_at=datetime.now(UTC))
     s.add(vol)
     s.flush()
-    store.create(workspace_id, name)
+    _new_folder(store, workspace_id, name)
     events.record(s, workspace_id=workspace_id, kind="volume", name=name, object_id=vol.id,
                   reason="Created", message=f"volume {name} created")
     return vol
 
 
+def _new_folder(store: VolumeStore, workspace_id: str, name: str) -> None:
+    """The folder of a volume just created, empty. Invariant: a new volume never shows
+    the files of a deleted one of the same name, which a folder left behind (a removal
+    that failed part-way, an upload that outlived its volume) once did."""
+    store.delete(workspace_id, name)
+    store.create(workspace_id, name)
+
+
 def ensure_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStore) -> Volume:
-    """The volume ``name``, created when missing."""
+    """The volume ``name``, created when missing.
+
+    Invariant: calls that ensure one new volume at the same moment (pods created together
+    on one working directory) all get it; exactly one creates it. Through
+    :func:`create_volume` the losers hit the unique ``(workspace, name)`` constraint and
+    their pod creates answered 409 "a resource of that name already exists".
+
+    Raises:
+        InvalidRequest: bad name.
+        Conflict: the volume was created by a call whose commit this one cannot see yet.
+    """
     vol = _find(s, workspace_id=workspace_id, name=name)
-    return vol if vol is not None else create_volume(
-        s, workspace_id=workspace_id, name=name, store=store)
+    if vol is not None:
+        return vol
+    check_name(name)
+    created = insert_unless_taken(s, Volume, key=["workspace_id", "name"],
+                                  workspace_id=workspace_id, name=name,
+                                  measured_at=datetime.now(UTC))
+    vol = _find(s, workspace_id=workspace_id, name=name)
+    if vol is None:
+        raise Conflict(f"volume {name!r} is being created by another call; retry",
+                       param="volume")
+    if created:
+        _new_folder(store, workspace_id, name)
+        events.record(s, workspace_id=workspace_id, kind="volume", name=name,
+                      object_id=vol.id, reason="Created", message=f"volume {name} created")
+    return vol
 
 
 def get_volume(s: Session, *, workspace_id: str, name: str, param: str = "name") -> Volume:
@@ -86,7 +119,8 @@ def mounted_by(s: Session, *, workspace_id: str, name: str) -> list[str]:
 
 
 def delete_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStore) -> None:
-    """Delete a volume and its files.
+    """Delete a volume and its files (removed once the deletion is committed: a failed
+    commit keeps both).
 
     Raises:
         NotFound: no such volume.
@@ -104,7 +138,7 @@ def delete_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStor
                        f"{pods[0].name!r}; delete the pod first", param="name")
     s.delete(vol)
     s.flush()
-    store.delete(workspace_id, name)
+    after_commit(s, lambda: store.delete(workspace_id, name), what=f"removing volume {name}")
     events.record(s, workspace_id=workspace_id, kind="volume", name=name, object_id=vol.id,
                   reason="Deleted", message=f"volume {name} deleted")
 

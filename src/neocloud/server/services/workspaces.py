@@ -75,12 +75,13 @@ def list_tokens(s: Session, *, workspace_id: str) -> list[Token]:
     return list(s.scalars(q))
 
 
-def delete_token(s: Session, *, workspace_id: str, name: str) -> None:
+def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name") -> None:
+    """Revoke the token ``name`` of the workspace. Raises :class:`NotFound` (``param``)."""
     tok = s.scalars(
         select(Token).where(Token.workspace_id == workspace_id, Token.name == name)
     ).first()
     if tok is None:
-        raise NotFound(f"token {name!r} not found", param="name")
+        raise NotFound(f"token {name!r} not found", param=param)
     s.delete(tok)
 
 

@@ -6,7 +6,8 @@ once; see :mod:`neocloud.serving.textgen.loading`), on CUDA when available, else
 Generation: :mod:`neocloud.serving.textgen.engine` (continuous batching). Engine limits
 come from the replica's settings (:mod:`neocloud.serving.settings`):
 ``NEOCLOUD_KV_BUDGET_TOKENS`` (KV-cache slots; default derived from free memory),
-``NEOCLOUD_MAX_NUM_SEQS`` (64), ``NEOCLOUD_MAX_PREFILL_TOKENS`` (1024).
+``NEOCLOUD_MAX_NUM_SEQS`` (64), ``NEOCLOUD_MAX_PREFILL_TOKENS`` (512; longer prompts are
+prefilled in chunks of that size), ``NEOCLOUD_DTYPE`` and ``NEOCLOUD_TORCH_THREADS``.
 
 Metering: every generation is counted by the engine under the request's meter id
 (``X-Neocloud-Meter-Id``, set by the gateway; else ``X-Request-Id``), readable at
@@ -102,11 +103,12 @@ class ChatService(Service):
 
         s = self.settings
         model, tokenizer, device = load_causal_lm(self.model_ref, device=s.device,
-                                                  cache_dir=s.model_cache)
+                                                  cache_dir=s.model_cache, dtype=s.dtype)
         config = EngineConfig(
             max_num_seqs=s.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
             max_prefill_tokens=s.max_prefill_tokens or DEFAULT_MAX_PREFILL_TOKENS,
             kv_budget_tokens=s.kv_budget_tokens or None,
+            torch_threads=s.torch_threads or None,
         )
         self.generator = TextGenerator(model, tokenizer, device, config=config)
 

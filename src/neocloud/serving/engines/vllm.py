@@ -28,12 +28,19 @@ per-request usage, like the built-in engine).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import logging
 import os
+import signal
+import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from neocloud.errors import InvalidRequest
 from neocloud.serving.settings import ServingSettings
+
+log = logging.getLogger("neocloud.serving")
 
 #: The module started in the engine environment.
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -148,6 +155,67 @@ def launch(*, port: int, model: str, host: str = "127.0.0.1", name: str | None =
     return Launch(argv=argv, env=env)
 
 
+#: ``prctl`` option: the signal a process gets when the thread that started it ends.
+PR_SET_PDEATHSIG = 1
+#: Seconds vLLM's process group gets to end after SIGTERM before SIGKILL.
+STOP_GRACE_S = 30.0
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    """The ``preexec_fn`` of an engine process: SIGTERM to it when its parent (the
+    thread that started it) dies, and an immediate exit when the parent is already gone
+    (it died between ``fork`` and ``prctl``)."""
+
+    def setup() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            os._exit(70)  # no parent-death signal: better not start at all
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+    return setup
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the engine server ``argv`` with ``env`` over this process's environment, in
+    a process group (and session) of its own whose leader gets SIGTERM when this process
+    dies (Linux ``PR_SET_PDEATHSIG``; the signal is tied to the calling thread, so call
+    this from a thread that lives as long as the replica: the main thread).
+    :func:`stop_group` ends it with every process it started.
+
+    Raises:
+        OSError: the command cannot be started.
+    """
+    return subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True,
+                            preexec_fn=_die_with(os.getpid()))
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """End the process group led by ``proc`` (started by :func:`spawn`): SIGTERM to the
+    group, SIGKILL to what is left of it after ``grace_s`` seconds or once the leader
+    has exited (vLLM's engine-core and worker processes are in the group too)."""
+    pgid = proc.pid
+    if proc.poll() is None:
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(pgid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("vLLM process %d did not end after SIGKILL", proc.pid)
+
+
 def _free_port(host: str) -> int:
     import socket
 
@@ -159,13 +227,15 @@ def _free_port(host: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     """``python -m neocloud.serving.engines.vllm``: a vLLM replica on ``--port``.
 
-    vLLM's server runs as a child process on a private loopback port; the replica port is
-    served by :class:`~neocloud.serving.engines.vllm_adapter.VllmAdapter` (our metric
-    names, per-request usage). SIGTERM/SIGINT stop both; exit code 2 when the engine
+    vLLM's server runs as a child process on a private loopback port, in a process group
+    of its own that dies with this process (:func:`spawn`, :func:`stop_group`: on a
+    normal exit the whole group is ended; if this process is killed, vLLM gets SIGTERM
+    from the kernel); the replica port is served by
+    :class:`~neocloud.serving.engines.vllm_adapter.VllmAdapter` (our metric names,
+    per-request usage). SIGTERM/SIGINT stop both; exit code 2 when the engine
     environment or the model is missing, vLLM's own code when it dies.
     """
-    import signal
-    import subprocess
+    import threading
 
     import uvicorn
 
@@ -191,27 +261,20 @@ def main(argv: list[str] | None = None) -> None:
     except (EngineNotInstalled, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    child = subprocess.Popen(spec.argv, env={**os.environ, **spec.env})
-    server = uvicorn.Server(uvicorn.Config(VllmAdapter(f"http://127.0.0.1:{inner}"),
-                                           host=args.host, port=args.port, lifespan="on",
-                                           access_log=False, log_level="warning"))
-
-    def watch_child() -> None:
-        child.wait()
-        server.should_exit = True
-
-    import threading
-
-    threading.Thread(target=watch_child, daemon=True).start()
+    child = spawn(spec.argv, spec.env)
     try:
+        server = uvicorn.Server(uvicorn.Config(VllmAdapter(f"http://127.0.0.1:{inner}"),
+                                               host=args.host, port=args.port, lifespan="on",
+                                               access_log=False, log_level="warning"))
+
+        def watch_child() -> None:
+            child.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch_child, daemon=True).start()
         server.run()
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_group(child)
     raise SystemExit(child.returncode if child.returncode and child.returncode > 0 else 0)
 
 

@@ -6,16 +6,22 @@ the running batch at every step:
 
 1. the inbox is read: new requests go to the waiting queue (first come, first served),
    cancelled ones (client gone) leave the batch and free their rows now;
-2. admission: waiting requests are taken in order while the batch has rows left
-   (``max_num_seqs``), their prompts fit the step's prefill allowance
-   (``max_prefill_tokens``, padded tokens; the first one always enters) and their whole
-   run (prompt + ``max_tokens``) fits in the KV budget (``kv_budget_tokens``) beside the
-   batch as it is laid out; a request that does not fit waits, and the queue is not
-   overtaken. The newcomers are prefilled together in one forward and their first tokens
-   sampled (prefill is interleaved with decode steps: running streams wait at most one
-   prefill between two of their tokens);
+2. admission and prefill, within the step's prefill allowance (``max_prefill_tokens``
+   prompt tokens, padding included): first the next chunks of prompts already being
+   prefilled in chunks, then waiting requests in order while the batch has rows left
+   (``max_num_seqs``) and their whole run (prompt + ``max_tokens``) fits in the KV budget
+   (``kv_budget_tokens``) beside the batch as it is laid out; a request that does not fit
+   waits, and the queue is not overtaken. Prompts that fit the allowance whole are
+   prefilled together in one forward and their first tokens sampled. A prompt longer than
+   the allowance is prefilled in chunks (chunked prefill), one chunk per step, into a
+   one-row cache of its own, and joins the batch when its last chunk is done; so running
+   streams get a token at every step, and no step runs more than ``max_prefill_tokens``
+   prompt tokens beside their decode;
 3. one decode step for every running sequence (one token each), then detokenization,
    stop strings, EOS and ``max_tokens``; finished sequences free their rows.
+
+An optional ``on_step`` callback gets a :class:`StepReport` after every step (prompt
+tokens run, request ids decoded and started), from the engine thread.
 
 Each request has its own :class:`SamplingParams` (temperature, top_p, seed, stop, n,
 max_tokens); its ``n`` choices are ``n`` rows. Since every admitted run was reserved
@@ -39,7 +45,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,15 +59,16 @@ log = logging.getLogger("neocloud.serving")
 
 #: Default cap on running sequences (rows of the batch).
 DEFAULT_MAX_NUM_SEQS = 64
-#: Default cap on padded prompt tokens prefilled in one step.
-DEFAULT_MAX_PREFILL_TOKENS = 1024
+#: Default cap on prompt tokens (padding included) prefilled in one step; also the size of
+#: the chunks a longer prompt is prefilled in.
+DEFAULT_MAX_PREFILL_TOKENS = 512
 #: Share of the memory available at start given to the KV cache by default.
 DEFAULT_KV_MEMORY_FRACTION = 0.3
 #: Finished requests remembered for usage look-ups (:meth:`TextGenerator.usage`).
 LEDGER_SIZE = 4096
 
-__all__ = ["Delta", "EngineConfig", "SamplingParams", "TextGenerator", "Usage", "run_to_end",
-           "slots_needed"]
+__all__ = ["Delta", "EngineConfig", "SamplingParams", "StepReport", "TextGenerator", "Usage",
+           "run_to_end", "slots_needed"]
 
 
 @dataclass
@@ -86,22 +93,46 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class StepReport:
+    """What one engine step did (see ``on_step`` of :class:`TextGenerator`).
+
+    Attributes:
+        step: the step number (1, 2, ...).
+        prefill_tokens: prompt tokens run through the model, padding included (at most
+            ``max_prefill_tokens``).
+        chunks: chunks of long prompts among them.
+        started: request ids whose first token was sampled in this step.
+        decoded: request ids of the rows decoded in this step (one entry per row).
+    """
+
+    step: int
+    prefill_tokens: int
+    chunks: int
+    started: tuple[str, ...]
+    decoded: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Scheduling limits of one engine.
 
     Attributes:
         max_num_seqs: most sequences (rows) decoded together.
-        max_prefill_tokens: most padded prompt tokens prefilled in one step (the first
-            waiting request enters even when it alone is longer).
+        max_prefill_tokens: most prompt tokens (padding included) prefilled in one step;
+            a longer prompt is prefilled in chunks of at most this many tokens, one
+            chunk per step.
         kv_budget_tokens: KV-cache slots (tokens × rows, padding included); ``None``
             derives it from memory: :data:`DEFAULT_KV_MEMORY_FRACTION` of the memory
             available at start divided by the bytes of one token's keys and values
             (``2 × layers × kv_heads × head_dim × dtype size``).
+        torch_threads: torch intra-op threads of the engine thread (``None``: torch's
+            default, one per core).
     """
 
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
     kv_budget_tokens: int | None = None
+    torch_threads: int | None = None
 
 
 def slots_needed(n: int, prompt_tokens: int, max_tokens: int) -> int:
@@ -139,7 +170,8 @@ def _available_memory_bytes(device: str) -> int:
 class _Seq:
     """One choice of a request: one row of the batch while it runs."""
 
-    __slots__ = ("req", "index", "tokens", "decoder", "stops", "gen", "finish", "row", "order")
+    __slots__ = ("req", "index", "tokens", "decoder", "stops", "gen", "finish", "row", "order",
+                 "prefilling")
 
     def __init__(self, req: _Request, index: int, decoder: IncrementalDecoder,
                  stops: StopFilter, gen: Any) -> None:
@@ -152,6 +184,25 @@ class _Seq:
         self.finish: str | None = None
         self.row: int | None = None
         self.order = 0  # admission order (preemption takes the latest)
+        self.prefilling = False  # its prompt is being prefilled in chunks (_Chunked)
+
+
+class _Chunked:
+    """A prompt prefilled in chunks into a one-row cache of its own; ``seqs`` (the
+    choices of one request that share this history) join the batch when it is done."""
+
+    __slots__ = ("seqs", "history", "cache", "done", "horizon")
+
+    def __init__(self, seqs: list[_Seq], history: list[int], cache: SlotCache) -> None:
+        self.seqs = seqs
+        self.history = history
+        self.cache = cache
+        self.done = 0  # tokens prefilled so far
+        self.horizon = max(s.req.params.max_tokens - len(s.tokens) for s in seqs)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.history) - self.done
 
 
 @dataclass(eq=False)
@@ -180,11 +231,13 @@ class TextGenerator:
         device: torch device string of the model.
         context_length: prompt + output limit in tokens (default from the model config).
         config: scheduling limits (:class:`EngineConfig`).
+        on_step: called with a :class:`StepReport` after every step, on the engine
+            thread (keep it short; an exception it raises is logged and ignored).
     """
 
     def __init__(self, model: Any, tokenizer: Any, device: str = "cpu",
-                 context_length: int | None = None, config: EngineConfig | None = None
-                 ) -> None:
+                 context_length: int | None = None, config: EngineConfig | None = None,
+                 on_step: Callable[[StepReport], None] | None = None) -> None:
         import torch
 
         self.model = model
@@ -214,6 +267,9 @@ class TextGenerator:
                          ) // self.bytes_per_token
         self.kv_budget_tokens = int(budget)
         self.cache = SlotCache(layers, kv_heads, head_dim, dtype, device)
+        self._cache_shape = (layers, kv_heads, head_dim, dtype, device)
+        self.on_step = on_step
+        self.steps = 0  # engine steps run (a counter)
         self.pad_id = int(getattr(tokenizer, "pad_token_id", None) or 0)
         self.ledger: collections.OrderedDict[str, Usage] = collections.OrderedDict()
         self.generated_tokens = 0   # all tokens sampled (a counter)
@@ -223,6 +279,7 @@ class TextGenerator:
         self._rows: list[_Seq] = []  # row -> sequence
         self._waiting: collections.deque[_Request] = collections.deque()
         self._running: list[_Request] = []
+        self._chunked: list[_Chunked] = []  # prompts being prefilled in chunks, oldest first
         self._inbox: list[tuple[str, _Request]] = []
         self._cv = threading.Condition()
         self._order = 0
@@ -246,12 +303,19 @@ class TextGenerator:
         """Allocated KV slots / budget (0..1)."""
         return min(1.0, self.cache.allocated_tokens / max(1, self.kv_budget_tokens))
 
+    @property
+    def tokens_in_flight(self) -> int:
+        """Prompt tokens plus tokens generated so far of the running requests (each
+        choice's own tokens; the prompt once per request)."""
+        return sum(len(r.prompt) + sum(len(q.tokens) for q in list(r.seqs))
+                   for r in list(self._running))
+
     def render_metrics(self) -> bytes:
         """The engine series of :mod:`neocloud.serving.engine_metrics`."""
         return self.metrics.render(
             running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
             prompt_tokens=self.prompt_tokens, generation_tokens=self.generated_tokens,
-            preemptions=self.preemptions)
+            preemptions=self.preemptions, tokens_in_flight=self.tokens_in_flight)
 
     def close(self) -> None:
         """Stop the engine thread (pending requests end with an error)."""
@@ -410,10 +474,12 @@ class TextGenerator:
         import torch
 
         torch.set_grad_enabled(False)
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         while True:
             with self._cv:
                 while not self._inbox and not self._rows and not self._waiting \
-                        and not self._stopped:
+                        and not self._chunked and not self._stopped:
                     self._cv.wait()
                 if self._stopped:
                     inbox, self._inbox = self._inbox, []
@@ -427,14 +493,13 @@ class TextGenerator:
                     req.cancelled = True
                     self._finish_request(req, None)
             try:
-                self._admit()
-                if self._rows:
-                    self._decode()
+                self._step()
             except Exception as exc:  # a failed step fails every request in it
                 log.exception("generation step failed")
                 for req in list(self._running) + list(self._waiting):
                     self._finish_request(req, exc)
                 self._rows = []
+                self._chunked = []
                 self.cache.release()
         for req in list(self._running) + list(self._waiting) + [r for _, r in inbox]:
             self._finish_request(req, RuntimeError("the generation engine stopped"))
@@ -450,6 +515,10 @@ class TextGenerator:
         for s in req.seqs:
             if s.row is not None:
                 self._free_row(s)
+        if any(s.prefilling for s in req.seqs):
+            self._chunked = [c for c in self._chunked if c.seqs[0].req is not req]
+            for s in req.seqs:
+                s.prefilling = False
         if req.waiting:
             req.waiting = False
             try:
@@ -477,38 +546,109 @@ class TextGenerator:
     def _history(self, seq: _Seq) -> list[int]:
         return seq.req.prompt + seq.tokens
 
-    def _admit(self) -> None:
-        cfg, budget = self.config, self.kv_budget_tokens
-        picked: list[_Seq] = []
-        longest = 0   # longest history to prefill
-        horizon = 0   # most tokens any newcomer may still generate
-        while self._waiting:
-            req = self._waiting[0]
-            seqs = [s for s in req.seqs if s.finish is None and s.row is None]
-            rows = len(self._rows) + len(picked) + len(seqs)
-            p = max([longest] + [len(self._history(s)) for s in seqs])
-            h = max([horizon] + [req.params.max_tokens - len(s.tokens) for s in seqs])
-            if picked and p * (len(picked) + len(seqs)) > cfg.max_prefill_tokens:
-                break
-            if (self._rows or picked) and rows > cfg.max_num_seqs:
-                break
-            # the newcomers' whole runs must fit beside the batch as it is laid out now
-            if (self._rows or picked) and self.cache.tokens_after(
-                    rows, p, h, budget, shrink=True) > budget:
-                break
-            self._waiting.popleft()
-            req.waiting = False
-            if req not in self._running:
-                self._running.append(req)
-            picked.extend(seqs)
-            longest, horizon = p, h
+    def _step(self) -> None:
+        """One engine step: admission, chunks and prefill, one decode (module doc)."""
+        chunks, picked, longest = self._admit()
+        started: list[str] = []
+        report = self.on_step is not None
+        prefilled = 0
+        for group, q in chunks:
+            if self._prefill_chunk(group, q) and report:
+                started.append(group.seqs[0].req.rid)
+            prefilled += q
         if picked:
             self._prefill(picked, longest)
+            prefilled += longest * len(picked)
+            if report:
+                started.extend(dict.fromkeys(s.req.rid for s in picked))
+        decoded: tuple[str, ...] = ()
+        if self._rows:
+            if report:
+                decoded = tuple(s.req.rid for s in self._rows)
+            self._decode()
+        self.steps += 1
+        if self.on_step is not None:
+            try:
+                self.on_step(StepReport(self.steps, prefilled, len(chunks), tuple(started),
+                                        decoded))
+            except Exception:
+                log.exception("on_step callback failed")
 
-    def _forward(self, input_ids: Any, q: int) -> Any:
+    def _admit(self) -> tuple[list[tuple[_Chunked, int]], list[_Seq], int]:
+        """Plan the step's prefill: ``(chunks to run as (prompt, tokens), sequences to
+        prefill whole, their longest history)``; admitted requests leave the queue."""
+        cfg, budget = self.config, self.kv_budget_tokens
+        allowance = cfg.max_prefill_tokens
+        chunks: list[tuple[_Chunked, int]] = []
+        for group in self._chunked:  # prompts under way first (they are older)
+            if allowance <= 0:
+                break
+            q = min(group.remaining, allowance)
+            chunks.append((group, q))
+            allowance -= q
+        # rows and room the prompts under way will take when they join
+        base_rows = len(self._rows) + sum(len(g.seqs) for g in self._chunked)
+        base_p = max((len(g.history) for g in self._chunked), default=0)
+        base_h = max((g.horizon for g in self._chunked), default=0)
+        picked: list[_Seq] = []
+        longest = 0   # longest history to prefill whole
+        horizon = 0   # most tokens any newcomer may still generate
+        while self._waiting and allowance > 0:
+            req = self._waiting[0]
+            seqs = [s for s in req.seqs if s.finish is None and s.row is None
+                    and not s.prefilling]
+            busy = bool(base_rows or picked)
+            rows = base_rows + len(picked) + len(seqs)
+            hist = [len(self._history(s)) for s in seqs]
+            p = max([longest] + hist)
+            h = max([horizon] + [req.params.max_tokens - len(s.tokens) for s in seqs])
+            if busy and rows > cfg.max_num_seqs:
+                break
+            # the newcomers' whole runs must fit beside the batch as it is laid out now
+            if busy and self.cache.tokens_after(
+                    rows, max(p, base_p), max(h, base_h), budget, shrink=True) > budget:
+                break
+            if max(hist, default=0) > cfg.max_prefill_tokens:  # too long: in chunks
+                self._take(req)
+                for group in self._chunk_groups(seqs):
+                    self._chunked.append(group)
+                    if allowance > 0:
+                        q = min(group.remaining, allowance)
+                        chunks.append((group, q))
+                        allowance -= q
+                base_rows += len(seqs)
+                base_p, base_h = max(base_p, max(hist)), max(base_h, h)
+                continue
+            if p * (len(picked) + len(seqs)) > allowance:
+                break
+            self._take(req)
+            picked.extend(seqs)
+            longest, horizon = p, h
+        return chunks, picked, longest
+
+    def _take(self, req: _Request) -> None:
+        self._waiting.popleft()
+        req.waiting = False
+        if req not in self._running:
+            self._running.append(req)
+
+    def _chunk_groups(self, seqs: list[_Seq]) -> list[_Chunked]:
+        """One chunked prefill for the fresh choices of a request (they share its prompt),
+        one per preempted choice (each has its own history)."""
+        fresh = [s for s in seqs if not s.tokens]
+        sets = ([fresh] if fresh else []) + [[s] for s in seqs if s.tokens]
+        groups = []
+        for group in sets:
+            for s in group:
+                s.prefilling = True
+            cache = SlotCache(*self._cache_shape, row_block=1)
+            groups.append(_Chunked(group, self._history(group[0]), cache))
+        return groups
+
+    def _forward(self, input_ids: Any, q: int, cache: SlotCache | None = None) -> Any:
         import torch
 
-        cache = self.cache
+        cache = cache or self.cache
         kwargs: dict[str, Any] = {self._cache_arg: cache}
         if self._keep_arg:
             kwargs[self._keep_arg] = 1
@@ -516,6 +656,42 @@ class TextGenerator:
             out = self.model(input_ids=input_ids, attention_mask=cache.mask(q),
                              position_ids=cache.positions(q), use_cache=True, **kwargs)
         return out.logits[:, -1, :]
+
+    def _prefill_chunk(self, group: _Chunked, q: int) -> bool:
+        """Run the next ``q`` tokens of a prompt prefilled in chunks; on its last chunk
+        its choices join the batch with their first token. True when they joined."""
+        import torch
+
+        side, c0 = group.cache, group.done
+        if side.rows == 0:
+            side.reserve(1, 0, len(group.history))
+            side.add_rows([side.t])
+        ids = torch.tensor([group.history[c0:c0 + q]], dtype=torch.long, device=self.device)
+        side.set_window(0, 1, side.start[0] + c0)
+        logits = self._forward(ids, q, side)
+        side.t = side.start[0] + c0 + q
+        group.done += q
+        if group.remaining:
+            return False
+        self._chunked.remove(group)
+        seqs, p = group.seqs, len(group.history)
+        cache, budget = self.cache, self.kv_budget_tokens
+        rows = len(self._rows) + len(seqs)
+        shrink = cache.tokens_after(rows, p, 1, budget) > budget
+        cache.reserve(rows, p, 1, budget, shrink)
+        first = cache.add_rows([cache.t - p] * len(seqs))
+        cache.load_rows(first, len(seqs), side, p)
+        side.release()
+        for i, s in enumerate(seqs):
+            self._order += 1
+            s.order = self._order
+            s.row = first + i
+            s.prefilling = False
+            self._rows.append(s)
+        tokens = sample(logits.expand(len(seqs), -1), [s.req.params for s in seqs],
+                        [s.gen for s in seqs])
+        self._advance(seqs, tokens)
+        return True
 
     def _prefill(self, seqs: list[_Seq], longest: int) -> None:
         import torch

@@ -45,10 +45,13 @@ class SlotCache:
         head_dim: size of one head.
         dtype: torch dtype of the buffers.
         device: torch device.
+        row_block: rows are allocated in blocks of this many (:data:`ROW_BLOCK`; 1 for
+            the one-row cache of a prompt prefilled in chunks).
     """
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: Any, device: str
-                 ) -> None:
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, dtype: Any, device: str,
+                 row_block: int = ROW_BLOCK) -> None:
+        self.row_block = row_block
         self.layers = layers
         self.kv_heads = kv_heads
         self.head_dim = head_dim
@@ -88,8 +91,9 @@ class SlotCache:
         """``(row_cap, col_cap, new t)`` that :meth:`reserve` would use."""
         left = max(self.t - self.lo, need_left)
         if shrink:
-            return _round_up(rows, ROW_BLOCK), _round_up(left + need_right, COL_BLOCK), left
-        row_cap = max(self.row_cap, _round_up(rows, ROW_BLOCK))
+            return (_round_up(rows, self.row_block), _round_up(left + need_right, COL_BLOCK),
+                    left)
+        row_cap = max(self.row_cap, _round_up(rows, self.row_block))
         col_cap = self.col_cap
         need = left + need_right
         if need > col_cap or row_cap != self.row_cap:
@@ -170,6 +174,14 @@ class SlotCache:
             self.keys[i][dst, :, lo:t] = self.keys[i][src, :, lo:t]
             self.values[i][dst, :, lo:t] = self.values[i][src, :, lo:t]
         self.start[dst] = self.start[src]
+
+    def load_rows(self, first: int, count: int, src: SlotCache, length: int) -> None:
+        """Copy the first ``length`` columns of row 0 of ``src`` (a prompt prefilled on
+        its own) into rows ``first .. first + count - 1``, ending at ``t``."""
+        t = self.t
+        for i in range(self.layers):
+            for dst, part in ((self.keys[i], src.keys[i]), (self.values[i], src.values[i])):
+                dst[first:first + count, :, t - length:t] = part[0:1, :, :length]
 
     def remove_row(self, row: int) -> int | None:
         """Free ``row``; the last row moves into it. Returns the old index of the moved row

@@ -44,14 +44,17 @@ def sample(logits: Any, params: list[SamplingParams], generators: list[Any]) -> 
     import torch
 
     with torch.inference_mode():
-        logits = logits.float()
-        out: list[int] = logits.argmax(dim=-1).tolist()
         rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
+        if len(rows) < len(params):  # greedy rows: argmax in the model's dtype (exact)
+            out: list[int] = logits.argmax(dim=-1).tolist()
+        else:
+            out = [0] * len(params)
         if not rows:
             return out
         idx = torch.tensor(rows, device=logits.device)
         temps = torch.tensor([params[i].temperature for i in rows], device=logits.device)
-        probs = torch.softmax(logits.index_select(0, idx) / temps[:, None], dim=-1)
+        picked_logits = logits.index_select(0, idx).float()
+        probs = torch.softmax(picked_logits / temps[:, None], dim=-1)
         top_p = [params[i].top_p for i in rows]
         order = None
         if any(p < 1.0 for p in top_p):
