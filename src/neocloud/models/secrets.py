@@ -28,7 +28,10 @@ MAX_SECRET_BYTES = 64 * 1024
 class SecretSet(WireModel):
     """Set (create or replace) a secret's value."""
 
-    value: str = Field(min_length=1, max_length=MAX_SECRET_BYTES)
+    value: str = Field(min_length=1, max_length=MAX_SECRET_BYTES,
+                       # no NUL: workloads get it as an environment variable (the service
+                       # refuses one with a 400 naming ``value``; the schema says so too)
+                       json_schema_extra={"pattern": "^[^\\x00]*$"})
 
 
 class SecretOut(OutModel):

@@ -264,3 +264,31 @@ def test_tokens_in_flight_counts_the_prompt_and_generated_tokens_of_running_requ
     assert all(3 < x <= 3 + 10 for x in held), held  # the prompt once, plus its tokens
     assert held == sorted(held)  # grows by the tokens generated
     assert g.tokens_in_flight == 0  # nothing held once it ended
+
+
+def test_a_request_whose_choices_together_pass_the_prefill_allowance_still_enters() -> None:
+    # n=3 choices of a 3-token prompt are 9 prompt tokens against an allowance of 8: the
+    # request waited forever (alone, and beside a running stream and a chunked prompt).
+    g = TextGenerator(tiny_llama(), CharTokenizer(),
+                      config=EngineConfig(max_prefill_tokens=8, kv_budget_tokens=8 * 256))
+    n3 = SamplingParams(max_tokens=8, temperature=1.0, seed=3, n=3)
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+
+    async def main() -> None:
+        alone = await asyncio.wait_for(run_to_end(g, [4, 5, 6], n3), 60)
+        alone_run = await run_to_end(g, [1, 2, 3], SamplingParams(max_tokens=60,
+                                                                  temperature=0))
+        alone_long = await run_to_end(g, LONG, greedy)
+        running = asyncio.ensure_future(run_to_end(g, [1, 2, 3], SamplingParams(
+            max_tokens=60, temperature=0)))
+        await asyncio.sleep(0.05)
+        long = asyncio.ensure_future(run_to_end(g, LONG, greedy))
+        await asyncio.sleep(0)
+        both = await asyncio.wait_for(asyncio.gather(
+            running, long, run_to_end(g, [4, 5, 6], n3)), 60)
+        assert [x[0] for x in both] == [alone_run[0], alone_long[0], alone[0]]
+
+    try:
+        asyncio.run(main())
+    finally:
+        g.close()

@@ -619,7 +619,10 @@ class TextGenerator:
                 base_rows += len(seqs)
                 base_p, base_h = max(base_p, max(hist)), max(base_h, h)
                 continue
-            if p * (len(picked) + len(seqs)) > allowance:
+            # the first request of a step enters whole even when its choices' prompts
+            # together pass the allowance (each fits it, or it went to chunks above):
+            # otherwise a request with n choices could never enter
+            if picked and p * (len(picked) + len(seqs)) > allowance:
                 break
             self._take(req)
             picked.extend(seqs)
