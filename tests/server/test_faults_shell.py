@@ -108,6 +108,15 @@ def test_revoked_token_ends_its_open_shell(local_cloud: Cloud,
                     break
             else:
                 break
-    assert texts and texts[-1]["type"] == "exit", texts
-    assert any(t.get("error", {}).get("type") == "authentication_error" for t in texts), texts
-    assert b"shell closed" in output
+    try:
+        assert texts and texts[-1]["type"] == "exit", texts
+        assert any(t.get("error", {}).get("type") == "authentication_error"
+                   for t in texts), texts
+        assert b"shell closed" in output
+    finally:  # the pod's process is the local backend's: stop it (it outlived the test)
+        assert cloud.api("POST", "/pods/dev/stop", admin).status_code in (200, 202, 404)
+        deadline = time.monotonic() + 30
+        while get(cloud, "/pods/dev", admin)["status"] not in ("stopped", "failed"):
+            assert time.monotonic() < deadline, get(cloud, "/pods/dev", admin)
+            reconcile_workloads(cloud)
+            time.sleep(0.2)
