@@ -328,6 +328,13 @@ def node_lost(backend: Backend, handle: dict[str, Any]) -> bool:
         return False
 
 
+NODE_VERDICT_WAIT_S = 30.0
+"""Seconds a process that reads as ended without an exit code, on a backend that lists its
+live nodes (Ray), waits for its node's verdict before its end is recorded: Ray marks a node
+dead about 14 s after its raylet dies (its health-check period and threshold), with room
+for a loaded machine."""
+
+
 class NodeVerdict:
     """Whether to wait for a node's verdict before calling a process's end a crash.
 
@@ -339,7 +346,8 @@ class NodeVerdict:
     wait). On other backends, and for an end with an exit code, nothing waits.
     """
 
-    def __init__(self, wait_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, wait_s: float = NODE_VERDICT_WAIT_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.wait_s = wait_s
         self.clock = clock
         self._since: dict[str, float] = {}

@@ -113,10 +113,6 @@ DRAIN_MARGIN_S = 5.0
 serving runtime is given the drain timeout itself (``NEOCLOUD_GRACE_PERIOD_S``), so it
 ends cut streams with its own final error event before the kill."""
 
-NODE_VERDICT_WAIT_S = 30.0
-"""Seconds a replica whose process reads as ended without an exit code, on a backend that
-lists its live nodes (Ray), waits for its node's verdict before it is called crashed."""
-
 STOP_WAIT_S = 0.2
 """Seconds a pass waits for the stops it started before it goes on (a stop that takes
 longer finishes in the background and is seen by a later pass)."""
@@ -184,7 +180,7 @@ class DeploymentReconciler:
         """Reads the engine signals of ready replicas (``/metrics``) for deployments that
         scale on one (``server.autoscaling.scrape``)."""
         self._stops: dict[str, Future[None]] = {}
-        self._verdict = NodeVerdict(NODE_VERDICT_WAIT_S)
+        self._verdict = NodeVerdict()
         self._stops_lock = threading.Lock()
 
     # -- the loop ---------------------------------------------------------------------

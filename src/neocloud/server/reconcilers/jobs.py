@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Job, JobWorker, Node, Shape
 from neocloud.server.reconcilers.core import (
+    NodeVerdict,
     Waiting,
     backend_of,
     backoff_s,
@@ -78,11 +78,6 @@ ACTIVE = ("starting", "running", "stopping")
 ALLOC_KIND = "job"
 #: Start of the reason of a worker whose node was lost (its attempt fails and is retried).
 NODE_LOST = "node lost"
-#: Seconds a worker whose process ended with no exit code, on a backend that lists its
-#: live nodes, waits for the node's verdict before its end is recorded: Ray marks a node
-#: dead about 14 s after its raylet dies (its health-check period and threshold), with room
-#: for a loaded machine.
-NODE_VERDICT_WAIT_S = 30.0
 
 
 def exit_file(log_path: str | Path) -> Path:
@@ -108,7 +103,8 @@ class JobReconciler:
         self.settings = settings
         self.box = box
         self.store = store
-        self._unknown_since: dict[str, float] = {}
+        # an end with no exit code waits for its node's verdict (Ray: node lost, not an exit)
+        self._verdict = NodeVerdict()
         """Worker id -> when its process was first seen ended with no exit code."""
 
     # -- the loop ---------------------------------------------------------------------
@@ -376,30 +372,13 @@ class JobReconciler:
                                    message=f"attempt {w.attempt} worker {w.rank} running")
                 continue
             code = self.exit_code(be, state, log_path)
-            if code is None and self._node_verdict_pending(be, wid):
+            if self._verdict.pending(be, wid, code):
                 continue
             release_ended(be, handle, grace_s=grace)
             with self.db.session() as s:
                 w = lock_row(s, JobWorker, wid)
                 if w is not None and w.status in ("starting", "running"):
                     self._worker_done(s, w, code, "succeeded" if code == 0 else "failed")
-
-    def _node_verdict_pending(self, be: Backend, wid: str) -> bool:
-        """Whether to wait before calling worker ``wid``'s end "exit code unknown".
-
-        On a backend that lists its live nodes (Ray), a process whose node died can read as
-        ended, with no exit code, some seconds before the backend reports the node dead
-        (Ray: its raylet health check, about 14 s). Deciding then would fail the attempt as
-        an exit instead of :data:`NODE_LOST`; so such an end waits up to
-        :data:`NODE_VERDICT_WAIT_S` for the node's verdict (kept in memory: a restart only
-        restarts the wait)."""
-        if getattr(be, "alive_node_ids", None) is None:
-            return False
-        first = self._unknown_since.setdefault(wid, time.monotonic())
-        if time.monotonic() - first < NODE_VERDICT_WAIT_S:
-            return True
-        self._unknown_since.pop(wid, None)
-        return False
 
     @staticmethod
     def _on_lost_node(s: Session, node_id: str | None) -> bool:
