@@ -505,8 +505,17 @@ class TextGenerator:
             self._finish_request(req, RuntimeError("the generation engine stopped"))
 
     def _emit(self, req: _Request, item: Any) -> None:
-        if not req.cancelled:
+        """Hand ``item`` to the request's consumer. A consumer whose event loop is closed
+        is gone: the request counts as cancelled (its rows are freed by the caller's
+        bookkeeping or at the next step), and the engine thread carries on."""
+        if req.cancelled:
+            return
+        try:
             req.loop.call_soon_threadsafe(req.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed
+            req.cancelled = True
+            with self._cv:
+                self._inbox.append(("cancel", req))
 
     def _finish_request(self, req: _Request, error: BaseException | None) -> None:
         if req.done:

@@ -17,6 +17,15 @@ engine keeps ``allocated_tokens`` within its budget (see :mod:`.engine`); buffer
 whole blocks of rows (:data:`ROW_BLOCK`) and columns (:data:`COL_BLOCK`), and columns
 left of ``lo`` are reclaimed by shifting the content left (compaction) before growing.
 
+Invariant: every slot of the buffers holds a finite number. A row attends over the
+columns ``lo .. t`` of the whole window and the mask hides those left of its start, but a
+masked column still enters the attention product with weight 0, and ``0 × NaN`` (or
+``0 × inf``) is NaN: one non-finite value left in a padding slot turns the row's logits
+into NaN (argmax then picks token 0, often EOS; the sampler picks the last token of the
+vocabulary). Fresh memory from the allocator may hold any bit pattern, so buffers are
+allocated zeroed; every later write is a key or value computed by the model, or a copy of
+one.
+
 The object is also the ``cache`` argument of the transformers model call: attention
 layers call :meth:`update` with their new keys/values; the engine sets the rows and
 columns of the next call first (:meth:`set_window`).
@@ -118,9 +127,10 @@ class SlotCache:
         lo, t = self.lo, self.t
         new_keys, new_values = [], []
         for i in range(self.layers):
-            k = torch.empty((row_cap, self.kv_heads, col_cap, self.head_dim), dtype=self.dtype,
+            # zeros, never torch.empty: see the invariant in the module docstring
+            k = torch.zeros((row_cap, self.kv_heads, col_cap, self.head_dim), dtype=self.dtype,
                             device=self.device)
-            v = torch.empty_like(k)
+            v = torch.zeros_like(k)
             if self.rows and t > lo:
                 k[: self.rows, :, lo + shift: t + shift] = self.keys[i][: self.rows, :, lo:t]
                 v[: self.rows, :, lo + shift: t + shift] = self.values[i][: self.rows, :, lo:t]
