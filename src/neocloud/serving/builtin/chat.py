@@ -127,8 +127,12 @@ class ChatService(Service):
         u = self._gen().usage(meter_id) if self.generator is not None else None
         if u is None:
             return None
+        # ``finished`` first: the engine thread sets it after the request's last count, so
+        # counts read after a true ``finished`` are final (read before it, a token counted
+        # in between was lost to the meter)
+        finished = u.finished
         return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                "finished": u.finished}
+                "finished": finished}
 
     def render_metrics(self) -> bytes:
         """The engine series (:mod:`neocloud.serving.engine_metrics`) for ``/metrics``."""
