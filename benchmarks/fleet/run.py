@@ -20,7 +20,7 @@ database is created for the run and dropped after it. Prints the load average, a
 then one JSON line.
 
 Usage: python benchmarks/fleet/run.py [--nodes 5000 --deployments 5000 --replicas-per 10]
-       [--db both|postgresql|sqlite] [--quick] [--pg-url URL] [--profile DIR]
+       [--db both|postgresql|sqlite] [--quick] [--rate N] [--pg-url URL] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -153,6 +153,10 @@ class Load:
     phase: str = "rollout"
     submitted: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    rate: float | None = None
+    """Deployments submitted per second (``None``: as fast as the API takes them)."""
+    started_at: float = 0.0
+    """``time.perf_counter()`` when the submission began (the schedule of ``rate``)."""
 
     def client(self, i: int) -> httpx.Client:
         return httpx.Client(base_url=self.bases[i % len(self.bases)], timeout=60.0,
@@ -169,13 +173,19 @@ class Load:
         self.calls.add(phase, cls, time.perf_counter() - t0, status, ok)
         return status
 
-    def submit(self, todo: queue.Queue[tuple[str, str, int]], i: int) -> None:
+    def submit(self, todo: queue.Queue[tuple[int, str, str, int]], i: int) -> None:
+        """POST deployments from ``todo`` (number, name, shape, replicas) until it is
+        empty; with :attr:`rate`, deployment number ``k`` not before ``k / rate`` seconds
+        after :attr:`started_at` (a fixed throughput, as the Kubernetes load test)."""
         with self.client(i) as c:
             while True:
                 try:
-                    name, shape, replicas = todo.get_nowait()
+                    k, name, shape, replicas = todo.get_nowait()
                 except queue.Empty:
                     return
+                if self.rate:
+                    due = self.started_at + k / self.rate
+                    time.sleep(max(0.0, due - time.perf_counter()))
                 body = {"name": name, "service": "embeddings", "shape": shape,
                         "replicas": replicas}
                 if self.timed(c, "mutating", "POST", "/api/v1/deployments", {201},
@@ -318,9 +328,9 @@ def pass_stats(timings: Sequence[Path], steady_from: float | None
 
 def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: float,
             readers: int, writers: int, profile_dir: Path | None,
-            copies: int = 1, probes: int = 20) -> dict[str, Any]:
+            copies: int = 1, probes: int = 20, rate: float | None = None) -> dict[str, Any]:
     """``copies`` control planes on one ``kind`` database (``postgresql``/``sqlite``) at
-    ``size``."""
+    ``size``; ``rate``: deployments submitted per second (``None``: a burst)."""
     tmp = Path(tempfile.mkdtemp(prefix="neocloud-fleet-"))
     pg = PgDatabase(pg_url, f"bench_fleet_{os.getpid()}") if kind == "postgresql" else None
     if pg is not None:
@@ -342,17 +352,18 @@ def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: f
             procs.append(start_server(url, tmp / f"home{i}", port, timings[i], profile))
         calls = Calls()
         load = Load(bases=[f"http://127.0.0.1:{p}" for p in ports], token=token,
-                    node_names=[f"n{i:05d}" for i in range(size.nodes)], calls=calls)
-        todo: queue.Queue[tuple[str, str, int]] = queue.Queue()
+                    node_names=[f"n{i:05d}" for i in range(size.nodes)], calls=calls,
+                    rate=rate)
+        todo: queue.Queue[tuple[int, str, str, int]] = queue.Queue()
         for i in range(size.deployments):
-            todo.put((f"d{i:05d}", SHAPES[i % len(SHAPES)], size.replicas_per))
+            todo.put((i, f"d{i:05d}", SHAPES[i % len(SHAPES)], size.replicas_per))
         threads = [threading.Thread(target=load.submit, args=(todo, i), daemon=True)
                    for i in range(max(SUBMITTERS, copies))]
         mixed = [threading.Thread(target=load.read, args=(i,), daemon=True)
                  for i in range(readers)]
         mixed += [threading.Thread(target=load.write, args=(100 + i,), daemon=True)
                   for i in range(writers)]
-        start = time.perf_counter()
+        start = load.started_at = time.perf_counter()
         for t in threads + mixed:
             t.start()
         submit_s: float | None = None
@@ -400,6 +411,10 @@ def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: f
         to_ready = [x for x in (seconds_between(c, r) for c, _p, r in fleet) if x is not None]
         probe_ready = [x for x in (seconds_between(c, r) for c, _p, r in probed)
                        if x is not None]
+        starts = sorted(p for _c, p, _r in fleet if p is not None)
+        # placement throughput: replicas placed and started per second, from the first
+        # start to the last (the submission and the wait for the first pass left out)
+        span = (starts[-1] - starts[0]).total_seconds() if len(starts) > 1 else 0.0
         api: dict[str, dict[str, Any]] = {}
         for (phase, cls), xs in sorted(calls.lat.items()):
             api[f"{phase}_{cls}"] = {"calls": len(xs), "p50_s": pct(xs, 50),
@@ -411,6 +426,9 @@ def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: f
             "placed_p50_s": pct(to_placed, 50), "placed_p99_s": pct(to_placed, 99),
             "ready_p50_s": pct(to_ready, 50), "ready_p99_s": pct(to_ready, 99),
             "ready_per_s": (size.replicas / all_ready_s) if all_ready_s else None,
+            "placed_per_s": (len(starts) - 1) / span if span > 0 else None,
+            "rate": rate, "submit_per_s": (len(load.submitted) / submit_s
+                                           if submit_s else None),
             "probes": len(probed), "probes_ready": len(probe_ready),
             "probe_ready_p50_s": pct(probe_ready, 50), "probe_ready_p99_s": pct(probe_ready, 99),
             "passes": pass_stats(timings, steady_from), "api": api,
@@ -448,9 +466,12 @@ def table(runs: list[dict[str, Any]]) -> str:
 
     row("setup (schema, nodes)", lambda r: r["setup_s"], " s")
     row("submit all deployments", lambda r: r["submit_s"], " s")
+    row("submission rate (deployments/s)", lambda r: (
+        f"{fmt(r['submit_per_s'])} ({'fixed ' + fmt(r['rate']) if r['rate'] else 'burst'})"))
     row("submit -> all replicas ready", lambda r: r["all_ready_s"], " s")
     row("replicas placed / ready at end", lambda r: f"{r['placed']} / {r['ready']}")
     row("replicas ready per second", lambda r: r["ready_per_s"])
+    row("placement rate, first to last start (replicas/s)", lambda r: r["placed_per_s"])
     row("submit -> placed+started p50", lambda r: r["placed_p50_s"], " s")
     row("submit -> placed+started p99", lambda r: r["placed_p99_s"], " s")
     row("submit -> ready p50", lambda r: r["ready_p50_s"], " s")
@@ -510,6 +531,9 @@ def main() -> None:
                          "ready, over --steady-s (their start latency is the SLO's)")
     ap.add_argument("--copies", type=int, default=1,
                     help="control-plane copies on the PostgreSQL database (SQLite: 1)")
+    ap.add_argument("--rate", type=float, default=None,
+                    help="submit the deployments at this many per second (default: as "
+                         "fast as the API takes them, a burst)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="folder for cProfile stats of the reconciler thread")
     args = ap.parse_args()
@@ -533,7 +557,8 @@ def main() -> None:
     runs = [run_one(kind, sz, pg_url=args.pg_url, timeout_s=args.timeout_s,
                     steady_s=args.steady_s, readers=args.readers, writers=args.writers,
                     profile_dir=args.profile,
-                    copies=args.copies if kind == "postgresql" else 1, probes=args.probes)
+                    copies=args.copies if kind == "postgresql" else 1, probes=args.probes,
+                    rate=args.rate)
             for kind, sz in plan]
     print(table(runs))
     end = os.getloadavg()

@@ -18,6 +18,9 @@ from neocloud.server.datafolder import FILE_MODE, make_private_dirs, open_privat
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+POOL_RECYCLE_S = 1800
+"""Seconds a pooled PostgreSQL connection is used before it is replaced."""
+
 
 def _private_sqlite_file(path: Path) -> None:
     """Create the SQLite database file with mode ``0600`` before SQLite opens it (and force
@@ -50,7 +53,13 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No ping before each checkout (``pool_pre_ping``): it is one more round trip on
+    # every transaction, about one per replica placed (benchmarks/fleet/README.md). A
+    # connection the server dropped is found on its first use instead: that statement
+    # fails (a reconciler step is tried again at its next pass, an API call answers an
+    # error once) and the pool replaces every connection older than the failure.
+    # ``pool_recycle`` retires connections before idle timeouts on the way can drop them.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_S)
 
 
 def alembic_config(url: str) -> Config:

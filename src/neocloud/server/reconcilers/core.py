@@ -22,7 +22,8 @@ The API (small, on purpose; the autoscaler, the Ray backend and the console buil
     transaction that holds the placement lock and the workload's row lock.
 ``start_process(db, backend, spec, record=..., grace_s=...)``
     Start (or adopt) a process, then record its handle under the row lock; a workload no
-    longer wanted by then has its process stopped at once.
+    longer wanted by then has its process stopped at once. ``start_processes`` does the
+    same for several, their handles recorded in one transaction.
 
 Smaller helpers every kind uses: :func:`backend_of` (the backend and node of a node id),
 :func:`gpu_milli_of` (the share of each GPU an owner's allocation holds, for
@@ -114,6 +115,7 @@ __all__ = [
     "release_ended",
     "set_status",
     "start_process",
+    "start_processes",
 ]
 
 log = logging.getLogger(__name__)
@@ -409,3 +411,37 @@ def start_process(
         if not wanted:
             backend.stop(handle, grace_s=grace_s)
     return handle
+
+
+def start_processes(
+    db: Database,
+    starts: Sequence[tuple[Backend, WorkloadSpec]],
+    *,
+    record: Callable[[Session, dict[str, dict[str, Any]]], set[str]],
+    grace_s: float,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Exception]]:
+    """:func:`start_process` for several workloads: each process is started (or adopted)
+    in turn, then every handle is recorded in one transaction: ``record(s, handles)``
+    (workload id -> handle) writes them under the rows' locks and returns the ids of the
+    workloads still wanted; the processes of the others are stopped at once (``grace_s``
+    seconds of grace), as are all of them if ``record`` raises. Returns the handles and,
+    apart, the start that failed of each workload (``OSError``, ``ValueError``: not
+    started, not recorded)."""
+    handles: dict[str, dict[str, Any]] = {}
+    errors: dict[str, Exception] = {}
+    for backend, spec in starts:
+        try:
+            handles[spec.workload_id] = start_or_adopt(backend, spec)
+        except (OSError, ValueError) as e:
+            errors[spec.workload_id] = e
+    wanted: set[str] = set()
+    try:
+        if handles:
+            with db.session() as s:
+                wanted = record(s, handles)
+    finally:
+        for backend, spec in starts:
+            handle = handles.get(spec.workload_id)
+            if handle is not None and spec.workload_id not in wanted:
+                backend.stop(handle, grace_s=grace_s)
+    return handles, errors

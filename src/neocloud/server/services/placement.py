@@ -96,9 +96,66 @@ PLACEMENT_LOCK_KEY = 0x6E656F63
 
 
 def lock_placement(s: Session) -> None:
-    """Serialise placement across control-plane copies for the rest of the transaction."""
+    """Serialise placement across control-plane copies for the rest of the transaction
+    (taken once per transaction: the lock is held until it ends)."""
+    held = _held(s)
+    if held.locked:
+        return
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PLACEMENT_LOCK_KEY})
+    held.locked = True
+
+
+@dataclass
+class _Held:
+    """What one transaction holding the placement lock already read, so that placing
+    several workloads in it (the pending replicas of a deployment) reads each thing once.
+
+    Valid until the transaction ends. While it holds the placement lock no other
+    transaction places or preempts, so no other writer takes room on a node read here or
+    starts preempting; what others may write meanwhile only frees room or removes
+    waiters, which leaves these reads conservative. The budget and the quota are read
+    once, at the transaction's first placement of the workspace: as if every placement
+    of the transaction had happened at that instant (a spend or quota committed a few
+    milliseconds later applies from the next transaction on). The transaction's own
+    binds reach the kept inventory at once (:func:`bind`), its releases mark their node
+    for a re-read, and its preemptions drop the cached "no one is preempting".
+    """
+
+    tx: object
+    locked: bool = False
+    within_budget: set[str] = field(default_factory=set)
+    """Workspaces whose budget was checked in this transaction."""
+    quotas: dict[str, SchedQuota | None] = field(default_factory=dict)
+    no_preempting: bool = False
+    """No waiting work was preempting when this transaction looked."""
+    checked: set[str] = field(default_factory=set)
+    """Policies whose kept inventory was checked for staleness in this transaction."""
+    verified: dict[str, set[str]] = field(default_factory=dict)
+    """Per policy, node ids read again in this transaction (their row and allocations)."""
+    versions: dict[str, int] = field(default_factory=dict)
+    """Per policy, the :attr:`Inventory.version` after this transaction's last read."""
+    nodes: dict[str, Node] = field(default_factory=dict)
+    """The node rows read in this transaction, kept (the session holds its rows weakly:
+    :func:`bind` finds a node's GPU types there without reading it again)."""
+    deferred: bool = False
+    """Allocations are written at the next flush instead of one by one (:func:`defer_binds`)."""
+
+
+_HELD_KEY = "neocloud.placement.held"
+
+
+def _held(s: Session) -> _Held:
+    """The record of the transaction ``s`` runs now (a new one for a new transaction)."""
+    tx = s.get_transaction()
+    if tx is None:
+        s.connection()  # begins the transaction the record belongs to
+        tx = s.get_transaction()
+    held = s.info.get(_HELD_KEY)
+    if not isinstance(held, _Held) or held.tx is not tx:
+        held = _Held(tx=tx)
+        s.info[_HELD_KEY] = held
+    return held
 
 
 def request_for_shape(shape: Shape) -> ResourceRequest:
@@ -196,6 +253,10 @@ class Inventory:
     dirty: set[str] = field(default_factory=set)
     """Ids of nodes to read again before the next choice."""
     rebuilds: int = 0
+    version: int = 0
+    """Counts the reads from the database (rebuilds and node re-reads): a transaction
+    that saw another transaction read into the index trusts none of its own earlier
+    re-reads (that read could not see what it had bound and not committed yet)."""
 
     def rebuild(self, s: Session) -> tuple[list[Node], list[NodeSnapshot]]:
         """Read every node and allocation; returns the rows and their snapshot."""
@@ -205,18 +266,24 @@ class Inventory:
         self.chooser = make_policy(self.policy)
         self.ids = {n.name: n.id for n in rows}
         self.names = {n.id: n.name for n in rows}
+        _held(s).nodes.update((n.id, n) for n in rows)
         self.fingerprint = _node_fingerprint(s)
         self.built_at = time.monotonic()
         self.dirty.clear()
         self.rebuilds += 1
+        self.version += 1
         return rows, snaps
 
     def reread(self, s: Session, node_id: str) -> None:
         """Bring node ``node_id`` in line with the database (a node gone is made
         unschedulable until the next rebuild)."""
         assert self.index is not None
+        if s.new:
+            s.flush()  # allocations bound but not written yet are read with the node
         node = s.scalars(select(Node).where(Node.id == node_id)
                          .execution_options(populate_existing=True)).first()
+        if node is not None:
+            _held(s).nodes[node_id] = node
         name = self.names.get(node_id)
         if node is None:
             if name is not None and name in self.index.pos:
@@ -226,6 +293,7 @@ class Inventory:
             self.index.set_status(name, "gone")
         allocs = s.scalars(select(Allocation).where(Allocation.node_id == node_id)).all()
         self.index.reset_node(_snapshots([node], allocs)[0])
+        self.version += 1
         self.ids[node.name], self.names[node_id] = node_id, node.name
 
     def stale(self, s: Session) -> bool:
@@ -286,31 +354,56 @@ def _place_one(s: Session, request: ResourceRequest, policy: str
     names the node by id. Without room, the verdict on a rebuilt inventory, with the node
     rows and snapshot read for it (for preemption). Call under the placement lock."""
     inv = inventory(s, policy)
+    held = _held(s)
+    verified = held.verified.setdefault(policy, set())
     with inv.lock:
-        exact: tuple[list[Node], list[NodeSnapshot]] | None = None
-        if inv.stale(s):
+        if held.versions.get(policy) != inv.version:
+            verified.clear()  # another transaction read into the index meanwhile
+        try:
+            return _choose(s, inv, held, verified, request, policy)
+        finally:
+            held.versions[policy] = inv.version
+
+
+def _choose(s: Session, inv: Inventory, held: _Held, verified: set[str],
+            request: ResourceRequest, policy: str
+            ) -> Binding | tuple[Unschedulable, list[Node], list[NodeSnapshot]]:
+    """:func:`_place_one` under the inventory's lock; ``verified``: the nodes this
+    transaction read again and may trust."""
+    exact: tuple[list[Node], list[NodeSnapshot]] | None = None
+    if inv.index is None or time.monotonic() - inv.built_at > REBUILD_S or (
+            policy not in held.checked and inv.stale(s)):
+        exact = inv.rebuild(s)
+        verified.update(inv.names)  # every node read just now
+    held.checked.add(policy)
+    for attempt in range(VERIFY_TRIES + 1):
+        assert inv.index is not None and inv.chooser is not None
+        for node_id in list(inv.dirty):
+            inv.reread(s, node_id)
+            verified.add(node_id)
+        inv.dirty.clear()
+        one = place_on(inv.index, request, inv.chooser)
+        if isinstance(one, Unschedulable):
+            if exact is not None:
+                return one, exact[0], exact[1]
             exact = inv.rebuild(s)
-        for attempt in range(VERIFY_TRIES + 1):
-            assert inv.index is not None and inv.chooser is not None
-            for node_id in list(inv.dirty):
+            verified.update(inv.names)
+            continue
+        inv.index.release(one)  # taken for good when bound (bind())
+        node_id = inv.ids[one.node_id]
+        if exact is None:
+            # read again under the lock, once per transaction: what this transaction
+            # binds there reaches the index at once (bind())
+            if node_id not in verified:
                 inv.reread(s, node_id)
-            inv.dirty.clear()
-            one = place_on(inv.index, request, inv.chooser)
-            if isinstance(one, Unschedulable):
-                if exact is not None:
-                    return one, exact[0], exact[1]
-                exact = inv.rebuild(s)
+                verified.add(node_id)
+            if not inv.index.can_take(one, request):
+                if attempt + 1 >= VERIFY_TRIES:
+                    exact = inv.rebuild(s)
+                    verified.update(inv.names)
                 continue
-            inv.index.release(one)  # taken for good when bound (bind())
-            node_id = inv.ids[one.node_id]
-            if exact is None:
-                inv.reread(s, node_id)
-                if not inv.index.can_take(one, request):
-                    if attempt + 1 >= VERIFY_TRIES:
-                        exact = inv.rebuild(s)
-                    continue
-            return replace(one, node_id=node_id)
-        raise AssertionError("unreachable: the last try runs on a rebuilt inventory")
+        return replace(one, node_id=node_id)
+    raise AssertionError("unreachable: the last try runs on a rebuilt inventory")
 
 
 def quota_of(s: Session, workspace_id: str) -> SchedQuota | None:
@@ -372,18 +465,24 @@ def schedule(
     (:class:`Preempt`); else the scheduler's reason.
     """
     lock_placement(s)
-    try:
-        # A hard-stopped budget refuses placement under the same lock as the quota check,
-        # so work queued before the spend crossed 100 % is not placed after it.
-        budgets.require_within_budget(s, workspace_id=workspace_id)
-    except BudgetExceeded as e:
-        return Unschedulable(e.message)
+    held = _held(s)
+    if workspace_id not in held.within_budget:
+        try:
+            # A hard-stopped budget refuses placement under the same lock as the quota
+            # check, so work queued before the spend crossed 100 % is not placed after it.
+            budgets.require_within_budget(s, workspace_id=workspace_id)
+        except BudgetExceeded as e:
+            return Unschedulable(e.message)
+        held.within_budget.add(workspace_id)
     reqs = list(requests)
-    waiting = preempting_priority(s)
+    waiting = None if held.no_preempting else preempting_priority(s)
+    held.no_preempting = waiting is None
     if waiting is not None and waiting[0] > priority:
         return Unschedulable(f"waiting: {waiting[1]} (priority {waiting[0]}) is preempting "
                              "work to make room")
-    quota = quota_of(s, workspace_id)
+    if workspace_id not in held.quotas:
+        held.quotas[workspace_id] = quota_of(s, workspace_id)
+    quota = held.quotas[workspace_id]
     if quota is not None and reqs:
         used = usage_of(s, workspace_id)
         reason = check_quota(quota, used, reqs[0], count=len(reqs))
@@ -420,6 +519,7 @@ def schedule(
 
 def preempt(s: Session, *, victims: Iterable[tuple[str, str]], reason: str) -> int:
     """Ask each victim's reconciler to stop it; returns how many had a handler."""
+    _held(s).no_preempting = False  # the caller's waiter now preempts
     n = 0
     for kind, owner in victims:
         handler = PREEMPT_HANDLERS.get(kind)
@@ -453,8 +553,9 @@ def bind(
     """
     if kind not in OWNER_COLUMNS:
         raise ValueError(f"unknown allocation kind {kind!r}")
+    held = _held(s)
     if gpu_type is None and binding.gpu_indices:
-        node = s.get(Node, binding.node_id)
+        node = held.nodes.get(binding.node_id) or s.get(Node, binding.node_id)
         types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
         gpu_type = types.get(binding.gpu_indices[0])
     alloc = Allocation(
@@ -466,7 +567,8 @@ def bind(
         **{OWNER_COLUMNS[kind]: owner_id},
     )
     s.add(alloc)
-    s.flush()
+    if not held.deferred:
+        s.flush()
     for inv in _kept(s):  # the kept inventories take it at once
         with inv.lock:
             name = inv.names.get(binding.node_id)
@@ -477,6 +579,15 @@ def bind(
             except ValueError:
                 inv.dirty.add(binding.node_id)
     return alloc
+
+
+def defer_binds(s: Session) -> None:
+    """Have :func:`bind` add the allocations of the rest of ``s``'s transaction to the
+    session without writing each at once: they are written together at the next flush
+    (the next query or the commit). For callers whose owner rows are already in the
+    database (the replicas of a deployment); the kept inventories take each allocation at
+    once either way, and a node read again is flushed first."""
+    _held(s).deferred = True
 
 
 def release(s: Session, *, owner_id: str) -> None:

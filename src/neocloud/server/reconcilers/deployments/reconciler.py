@@ -1,0 +1,208 @@
+"""The deployment reconciler's pass: which deployments to visit, and per deployment the
+deciding transaction, the stops, then placement, starts, readiness and status."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import wait as wait_futures
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+
+from neocloud.models.deployments import ReplicaStatus
+from neocloud.server.backends.base import Backend, backend_for
+from neocloud.server.db.tables import Deployment, Node, Replica
+from neocloud.server.reconcilers.core import (
+    StaleStatus,
+    lock_row,
+    now,
+    reconcile_each,
+    reconcile_locked,
+    set_status,
+)
+from neocloud.server.reconcilers.deployments.autoscale import Autoscaling
+from neocloud.server.reconcilers.deployments.base import LIVE, STOP_WAIT_S, Known, rows_in
+from neocloud.server.reconcilers.deployments.node_loss import NodeLoss
+from neocloud.server.reconcilers.deployments.placing import Placing
+from neocloud.server.reconcilers.deployments.readiness import Readiness
+from neocloud.server.reconcilers.deployments.scaling import Scaling
+from neocloud.server.reconcilers.deployments.settled import Settled
+from neocloud.server.reconcilers.deployments.status import Status
+from neocloud.server.reconcilers.deployments.stopping import Stopping
+from neocloud.server.reconcilers.deployments.workers import OrderedWorkers
+
+log = logging.getLogger(__name__)
+
+PARALLEL = 4
+"""Default of :attr:`DeploymentReconciler.parallel`: enough to overlap the round trips of
+a few deployments, few enough to leave the API most of the connection pool (each worker
+holds two connections: its deployment's lock and its transaction)."""
+
+T = TypeVar("T")
+
+
+class DeploymentReconciler(Placing, Readiness, Stopping, Scaling, Autoscaling, NodeLoss,
+                           Settled, Status):
+    """Drives every deployment towards its desired replicas. Call :meth:`run_once` in a loop.
+
+    Args:
+        db: the database.
+        backends: backend per node ``backend`` name (``local``, ``fake``).
+        settings: control-plane settings (timeouts, back-off, metering period).
+        on_change: called after a pass that may have changed which replicas are ready.
+        box: decrypts the secrets a deployment references.
+    """
+
+    parallel = PARALLEL
+    """Deployments reconciled at once on PostgreSQL (:mod:`.workers`); SQLite, with its
+    single writer, reconciles one at a time."""
+
+    @functools.cached_property
+    def workers(self) -> OrderedWorkers:
+        return OrderedWorkers(self.parallel)
+
+    # -- the loop ---------------------------------------------------------------------
+    def run_once(self) -> None:
+        self._release_lost_nodes()
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Deployment.id, Deployment.autoscaling, Deployment.priority)
+                .order_by(Deployment.priority.desc(), Deployment.created_at)).all()
+            settled = self._settled(s)
+        fixed = {row[0] for row in rows if not row[1]}
+        # one priority after the other, each fully (its placements and preemptions
+        # before any work of lower priority), the deployments of one priority at once
+        by_priority: dict[int, list[str]] = {}
+        for row in rows:
+            if row[0] not in settled:
+                by_priority.setdefault(int(row[2]), []).append(row[0])
+        self.workers.workers = self.parallel if self.db.is_postgres else 1
+        for group in by_priority.values():
+            self.workers.run(group, lambda dep_id: reconcile_each(
+                self.db, "deployment", [dep_id],
+                functools.partial(self._reconcile, fixed=dep_id in fixed)))
+        for dep_id, checks in settled.items():
+            # every replica ready and nothing to decide: only the health checks, and the
+            # deployment's status at once if one of them found a process gone (as the
+            # full step does after its checks)
+            self._scalers.pop(dep_id, None)
+            if not all([self._check_ready(rid, known=known) for rid, known in checks]):
+                reconcile_locked(self.db, "deployment", dep_id, self._update_status)
+        if self.on_change is not None:
+            self.on_change()
+
+    def reconcile(self, dep_id: str) -> None:
+        """One pass over one deployment (several short transactions), under the lock on the
+        deployment shared by every control-plane copy."""
+        reconcile_locked(self.db, "deployment", dep_id, self._reconcile)
+
+    def _reconcile(self, dep_id: str, *, fixed: bool = False) -> None:
+        """The step of one deployment; ``fixed``: the pass read it without autoscaling
+        settings (no autoscaling tick, which would read it again to find that out)."""
+        if fixed:
+            self._scalers.pop(dep_id, None)
+        else:
+            self._autoscale(dep_id)
+        newly: list[str] = []
+        with self.db.session() as s:
+            dep = lock_row(s, Deployment, dep_id, skip_locked=True)
+            if dep is None:
+                return
+            reps = list(s.scalars(select(Replica).where(Replica.deployment_id == dep.id)
+                                  .execution_options(populate_existing=True)))
+            deleting = dep.status == "deleting"
+            to_stop: list[str] = []
+            draining = self._draining_nodes(s, reps)
+            if deleting:
+                to_stop = [r.id for r in reps if r.status != "stopped"]
+            else:
+                to_stop = self._plan_scale(s, dep, reps, draining)
+            for r in reps:
+                if r.id in to_stop and r.status != "stopping":
+                    r.stop_requested_at = now()
+                    node = draining.get(r.node_id or "")
+                    if node is not None and not deleting:
+                        set_status(s, r, ReplicaStatus.stopping, reason="NodeDraining",
+                                   message=f"replica {r.id[:8]} moves off draining node "
+                                           f"{node}: stopping (drain up to "
+                                           f"{dep.drain_timeout_s:g} s)")
+                    else:
+                        set_status(s, r, ReplicaStatus.stopping, reason="Stopping",
+                                   message=f"replica {r.id[:8]} stopping (drain up to "
+                                           f"{dep.drain_timeout_s:g} s)")
+                    newly.append(r.id)
+        # Act outside the deciding transaction: first take the stopping replicas out of
+        # the route table (no new request reaches them), then tell them to stop.
+        if newly and self.on_change is not None:
+            self.on_change()
+        started = [f for f in (self._request_stop(rid) for rid in to_stop) if f is not None]
+        if started:
+            wait_futures(started, timeout=STOP_WAIT_S)
+        if deleting:
+            with self.workers.placing(False):
+                self._finish_delete(dep_id)
+            return
+        self._advance(dep_id)
+        self._update_status(dep_id)
+
+    def _advance(self, dep_id: str) -> None:
+        """Move each live replica of deployment ``dep_id`` one step: the pending ones
+        placed and started together (:meth:`_place_pending`), the starting ones, those
+        just started included, checked together (:meth:`_check_starting_many`), each
+        ready one's health checked, each failed one restarted when its back-off is over,
+        and the usage of each that has a record due metered."""
+        with self.db.session() as s:
+            reps = list(s.scalars(
+                select(Replica).where(Replica.deployment_id == dep_id,
+                                      Replica.status.in_(LIVE)).order_by(Replica.created_at)
+            ))
+            # metering due by the row read now; a step only moves the start of the
+            # unmetered time later (a placement or restart starts it now), never earlier
+            ids = [(r.id, r.status, self._meter_due(r)) for r in reps]
+            nodes = {n.id: n for n in rows_in(s, Node, Node.id, (
+                r.node_id for r in reps if r.node_id and r.status == ReplicaStatus.ready))}
+            known: dict[str, tuple[Backend, dict[str, Any]]] = {}
+            for r in reps:
+                found = backend_for(self.backends, nodes.get(r.node_id or ""),
+                                    lambda n: n.backend)
+                if r.status == ReplicaStatus.ready and found is not None:
+                    known[r.id] = (found[0], dict(r.handle))
+        pending = [rid for rid, status, _due in ids if status == ReplicaStatus.pending]
+        starting = [rid for rid, status, _due in ids if status == ReplicaStatus.starting]
+        placed = started = Known()
+        with self.workers.placing(bool(pending)):
+            if pending:
+                placed = self._step(dep_id,
+                                    lambda: self._place_pending(dep_id, pending)) or placed
+        if placed.reps:
+            started = self._step(
+                dep_id, lambda: self._start_many(placed.ids, known=placed)) or started
+        if starting or started.reps:
+            self._step(dep_id, lambda: self._check_starting_many(starting + started.ids,
+                                                                  known=started))
+        for rid, status, due in ids:
+            try:
+                if status == "ready":
+                    self._check_ready(rid, known=known.get(rid))
+                elif status == "failed":
+                    self._maybe_restart(rid)
+                if due:
+                    self._meter(rid)
+            except StaleStatus as e:
+                log.debug("replica %s: %s; next pass", rid, e)
+            except Exception:
+                log.exception("replica %s: reconcile step failed", rid)
+
+    @staticmethod
+    def _step(dep_id: str, step: Callable[[], T]) -> T | None:
+        """Run one step over several replicas of deployment ``dep_id``; a race lost
+        (:class:`StaleStatus`) or an error is logged and the pass goes on."""
+        try:
+            return step()
+        except StaleStatus as e:
+            log.debug("deployment %s: %s; next pass", dep_id, e)
+        except Exception:
+            log.exception("deployment %s: reconcile step failed", dep_id)
+        return None
