@@ -33,14 +33,15 @@ def _wait_http(url: str, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up within {timeout_s} s")
 
 
-def start_upstream(port: int, uds: str | None = None) -> subprocess.Popen[bytes]:
+def start_upstream(port: int, uds: str | None = None, env: dict[str, str] | None = None
+                   ) -> subprocess.Popen[bytes]:
     """The echo replica under uvicorn (httptools, uvloop), one process, on TCP ``port`` or
-    on the Unix socket ``uds``."""
+    on the Unix socket ``uds``; ``env`` adds environment variables (its pacing)."""
     where = ["--uds", uds] if uds else ["--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "echo_upstream:app", "--app-dir", str(HERE), *where,
          "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-        start_new_session=True,
+        start_new_session=True, env={**os.environ, **(env or {})},
     )
     if uds:
         deadline = time.monotonic() + 20
@@ -62,6 +63,13 @@ def start_gateway(port: int, upstream_url: str, token: str, workers: int = 1,
         start_new_session=True,
     )
     _wait_http(f"http://127.0.0.1:{port}/health")
+    return proc
+
+
+def start_process(args: list[str], health_url: str) -> subprocess.Popen[bytes]:
+    """``python ARGS`` in its own process group, returned once ``health_url`` answers."""
+    proc = subprocess.Popen([sys.executable, *args], start_new_session=True)
+    _wait_http(health_url)
     return proc
 
 

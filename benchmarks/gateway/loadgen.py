@@ -6,6 +6,9 @@ Modes:
     stream: ``--concurrency`` tasks repeat a GET of an SSE stream; prints
         ``{"tokens_per_s", "ttft_p50_ms", "ttft_p99_ms", "streams", "errors"}`` where a
         token is one ``data: {`` event and TTFT is the time to the first one.
+    chat: like ``stream``, but each request is a ``POST`` of ``--body`` (a streamed chat
+        completion) and a token is one event carrying ``"content"``; also reports
+        ``request_p50_ms`` (whole stream).
 Uses the gateway's HTTP client (keep-alive pool on uvloop) so the generator stays cheap.
 """
 
@@ -32,7 +35,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     headers = [(b"content-type", b"application/json")]
     if args.token:
         headers.append((b"authorization", f"Bearer {args.token}".encode()))
-    body = args.body.encode() if args.mode == "request" else b""
+    streamed = args.mode in ("stream", "chat")
+    marker = b'"content":' if args.mode == "chat" else b"data: {"
+    body = args.body.encode() if args.mode in ("request", "chat") else b""
     head = request_head("POST" if body else "GET", path, target.host_header, headers, len(body))
     latencies: list[float] = []
     ttfts: list[float] = []
@@ -49,8 +54,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         while True:
             data = conn.take()
             if data is not None:
-                if args.mode == "stream":
-                    k = data.count(b"data: {")
+                if streamed:
+                    k = data.count(marker)
                     if k and first is None:
                         first = time.perf_counter() - t
                     n += k
@@ -86,12 +91,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.perf_counter() - t0
     await pool.close()
-    if args.mode == "stream":
+    if streamed:
         ttfts.sort()
+        latencies.sort()
         return {
             "tokens_per_s": tokens / elapsed,
             "ttft_p50_ms": statistics.median(ttfts) * 1e3 if ttfts else float("nan"),
             "ttft_p99_ms": ttfts[int(len(ttfts) * 0.99)] * 1e3 if ttfts else float("nan"),
+            "request_p50_ms": statistics.median(latencies) * 1e3 if latencies else float("nan"),
             "streams": len(latencies),
             "errors": errors,
         }
@@ -107,7 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
-    ap.add_argument("--mode", choices=["request", "stream"], default="request")
+    ap.add_argument("--mode", choices=["request", "stream", "chat"], default="request")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--token", default="")

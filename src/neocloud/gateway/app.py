@@ -60,6 +60,7 @@ from neocloud.gateway.stats import (
     GatewayCollector,
     GatewayStats,
 )
+from neocloud.gateway.tokens import TokenCache
 from neocloud.gateway.types import (
     OPENAI_ROUTES,
     Authenticator,
@@ -167,7 +168,6 @@ class Gateway:
     ) -> None:
         self.settings = s = settings or GatewaySettings()
         self._routes = routes
-        self._auth = auth
         self._usage = usage
         self._refusals = refusals
         self._policy = policy or make_policy(s.balancer)
@@ -177,7 +177,7 @@ class Gateway:
             max_idle_per_upstream=s.pool_max_idle_per_upstream,
             idle_timeout_s=s.pool_idle_timeout_s,
         )
-        self._auth_cache: TTLCache[str, Principal | None] = TTLCache()
+        self._tokens = TokenCache(auth, s.auth_cache_ttl_s, s.auth_negative_ttl_s)
         self._route_cache: TTLCache[tuple[str, str], Route | None] = TTLCache()
         self._limiter: TokenBucketLimiter | None = None
         if s.rate_limit_per_s is not None:
@@ -259,8 +259,9 @@ class Gateway:
         self._stats.deployments.pop(deployment_id, None)
 
     def invalidate_tokens(self) -> None:
-        """Forget cached token look-ups; call after a token is revoked."""
-        self._auth_cache.clear()
+        """Forget cached token look-ups (and those in flight); call after a token is
+        revoked."""
+        self._tokens.clear()
 
     # ---------------------------------------------------------------- ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -357,13 +358,7 @@ class Gateway:
                 code="missing_api_key",
             )
         token = auth[7:].strip().decode("latin-1")
-        hit = self._auth_cache.get(token, MISSING)
-        if hit is MISSING:
-            principal = await self._auth.authenticate(token)
-            ttl = self.settings.auth_cache_ttl_s if principal else self.settings.auth_negative_ttl_s
-            self._auth_cache.put(token, principal, ttl)
-        else:
-            principal = hit  # type: ignore[assignment]
+        principal = await self._tokens.principal(token)
         if principal is None:
             raise Unauthenticated("invalid API token")
         if self._limiter is not None:

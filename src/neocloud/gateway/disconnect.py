@@ -27,14 +27,18 @@ class Flight:
         conn: the replica connection in use, if any (aborted on disconnect).
         gone: the client disconnected.
         done: the response is complete; a later ``http.disconnect`` means nothing.
+        delivered: the client has the whole answer although the response is not complete
+            (an event stream relayed its ``data: [DONE]`` event): a client that leaves now
+            did not cut it short, and the request keeps its status.
     """
 
-    __slots__ = ("conn", "gone", "done", "receive", "since", "task")
+    __slots__ = ("conn", "gone", "done", "delivered", "receive", "since", "task")
 
     def __init__(self, receive: Receive) -> None:
         self.conn: Connection | None = None
         self.gone = False
         self.done = False
+        self.delivered = False
         self.receive = receive
         self.since = time.monotonic()
         self.task: asyncio.Task[None] | None = None

@@ -15,7 +15,9 @@ after the response headers went out, an event stream (SSE) ends with a final
 ``data: {"error": ...}`` event and a clean end of the body; any other body is cut (the only
 honest signal left); either way the request is recorded as 502. When the client goes away (see
 :mod:`neocloud.gateway.disconnect`) the replica connection is aborted and the request is
-recorded as 499.
+recorded as 499 — unless an event stream had already relayed its final ``data: [DONE]``
+event (clients such as OpenAI's close right after it, often before the replica's end of
+body arrives): that request was answered in full and keeps its status.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ from neocloud.gateway.wire import request_head, request_headers, response_header
 log = logging.getLogger("neocloud.gateway")
 
 CLIENT_GONE = 499  # nginx's convention for "client closed request"
+#: The last event of an OpenAI stream; a client may close as soon as it has read it.
+_SSE_DONE = b"data: [DONE]\n\n"
+_SSE_DONE_CRLF = b"data: [DONE]\r\n\r\n"
 
 
 def stream_cut_event(tail: bytes) -> bytes:
@@ -240,12 +245,14 @@ class Forwarder:
                     break
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 if sse:
-                    tail = (tail + bytes(data))[-2:]
+                    tail = data[-2:] if len(data) >= 2 else (tail + data)[-2:]
+                    if data.endswith(_SSE_DONE) or data.endswith(_SSE_DONE_CRLF):
+                        flight.delivered = True
                 if flight.gone:
-                    return CLIENT_GONE, rid, scanner, True
+                    return (status if flight.delivered else CLIENT_GONE), rid, scanner, True
         except UpstreamClosedError as exc:
             if flight.gone:
-                return CLIENT_GONE, rid, scanner, True
+                return (status if flight.delivered else CLIENT_GONE), rid, scanner, True
             log.warning("replica %s failed mid-response: %s", rid, exc)
             if sse:  # an event stream ends with an error event and a clean end, never a reset
                 flight.done = True

@@ -24,8 +24,10 @@ class GatewaySettings:
         pool_max_idle_per_upstream: idle keep-alive connections kept per replica.
         pool_idle_timeout_s: an idle connection older than this is not reused; keep it below
             the replicas' keep-alive timeout (uvicorn's default is 5 s).
-        auth_cache_ttl_s: how long a token's principal is cached; revocation takes effect
-            within this time (or at once through ``Gateway.invalidate``).
+        auth_cache_ttl_s: how long a token's principal is used, from the start of its
+            look-up (refreshed in the background after half of it, see ``tokens``);
+            revocation takes effect within this time (or at once through
+            ``Gateway.invalidate_tokens``).
         auth_negative_ttl_s: how long an unknown token is remembered as unknown.
         route_cache_ttl_s: how long a resolved route is cached; 0 disables the cache.
         wake_timeout_s: how long a request is held while a scaled-to-zero deployment starts.

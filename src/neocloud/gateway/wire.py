@@ -27,6 +27,8 @@ HOP_BY_HOP = frozenset(
 _DROP_REQUEST = HOP_BY_HOP | {
     b"host", b"authorization", b"content-length", b"expect", b"x-forwarded-proto",
     b"x-neocloud-meter-id",  # the gateway's own (see metering.py); never the client's
+    b"x-neocloud-warmup",  # the runtime's own warm-up mark (serving/warmup.py): a client
+    # carrying it would be left out of the replica's request metrics
 }
 _DROP_RESPONSE = HOP_BY_HOP | {b"server", b"date"}
 

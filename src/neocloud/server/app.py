@@ -185,12 +185,14 @@ def create_app(
         finally:
             if run_reconcilers:
                 await asyncio.to_thread(thread.stop)
+            # the gateway's replica usage look-ups finish while the replicas still run, and
+            # before the last write of usage records (after it, their records were lost)
+            await gateway.shutdown()
             if stop_replicas_on_exit:
                 await asyncio.to_thread(reconciler.stop_local_replicas)
                 await asyncio.to_thread(job_reconciler.stop_local_jobs)
                 await asyncio.to_thread(pod_reconciler.stop_local_pods)
             await asyncio.to_thread(usage.flush)
-            await gateway.shutdown()
             db.dispose()
 
     api = FastAPI(

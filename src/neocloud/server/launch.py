@@ -49,6 +49,7 @@ def _run(settings: Settings, *, stop_replicas_on_exit: bool) -> None:
     app = create_app(settings, stop_replicas_on_exit=stop_replicas_on_exit)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level="warning", lifespan="on",
+        access_log=False,  # formatted for every request even at level warning
         timeout_graceful_shutdown=int(settings.replica_stop_grace_s) + 5,
     )
     _Server(config).run()

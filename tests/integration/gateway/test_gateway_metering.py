@@ -35,6 +35,9 @@ def test_which_requests_need_the_replica_count() -> None:
     out = request_headers([(b"x-neocloud-meter-id", b"someone-else")], None, "http",
                           lambda: b"rid")
     assert all(k != b"x-neocloud-meter-id" for k, _ in out)
+    # nor mark its request as the runtime's warm-up (left out of the replica's metrics)
+    out = request_headers([(b"x-neocloud-warmup", b"1")], None, "http", lambda: b"rid")
+    assert all(k != b"x-neocloud-warmup" for k, _ in out)
 
 
 class _Replica:
