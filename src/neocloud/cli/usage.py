@@ -1,4 +1,7 @@
-"""``neocloud usage``: the workspace's bill so far."""
+"""``neocloud usage``: the workspace's bill so far.
+
+Amounts are printed from the bill's integer micro-dollars (``amount_micros``,
+``total_micros``), exactly, as ``neocloud invoice`` prints them."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from rich.text import Text
 
 from neocloud.cli import output
 from neocloud.cli.context import client
-from neocloud.cli.output import print_json, seconds, table, usd
+from neocloud.cli.output import print_json, seconds, table
+from neocloud.cli.prices import usd6
 
 
 def usage(
@@ -33,14 +37,14 @@ def usage(
             f"{line.gpu_seconds / 3600:.4f}",
             line.requests or "-",
             (line.prompt_tokens + line.completion_tokens) or "-",
-            usd(line.cost_usd),
+            usd6(line.amount_micros),
         )
         for line in bill.lines
     ]
     tbl = table(("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "TOKENS", "COST"), rows)
     tbl.show_footer = True
     tbl.columns[0].footer = Text("TOTAL", style="bold")
-    tbl.columns[-1].footer = Text(usd(bill.total_usd), style="bold")
+    tbl.columns[-1].footer = Text(usd6(bill.total_micros), style="bold")
     output.out.print(tbl)
     output.out.print(Text(f"Replica time: {seconds(bill.replica_seconds)}"))
 

@@ -62,7 +62,7 @@ def ls(
     path: str = typer.Argument("", help="Only under this path."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON to stdout."),
 ) -> None:
-    """Volumes of the workspace, or the files of one volume."""
+    """Volumes of the workspace, or every file of one volume (all pages of the listing)."""
     api = client(ctx)
     if name is None:
         vols = api.volumes.list()
@@ -77,9 +77,10 @@ def ls(
     if json_out:
         print_json(files)
         return
-    rows = [(f.path + ("/" if f.is_dir else ""), "-" if f.is_dir else human_bytes(f.size_bytes),
-             f.modified_at.strftime("%Y-%m-%d %H:%M:%S")) for f in files]
-    output.out.print(table(("PATH", "SIZE", "MODIFIED (UTC)"), rows))
+    file_rows = [(f.path + ("/" if f.is_dir else ""),
+                  "-" if f.is_dir else human_bytes(f.size_bytes),
+                  f.modified_at.strftime("%Y-%m-%d %H:%M:%S")) for f in files]
+    output.out.print(table(("PATH", "SIZE", "MODIFIED (UTC)"), file_rows))
 
 
 @app.command("upload")

@@ -1,14 +1,22 @@
-"""Usage and the bill of a workspace."""
+"""Usage and the bill of a workspace.
+
+Money is carried as integer micro-dollars (``amount_micros``, ``total_micros``; 1 USD =
+1,000,000 µ$) and summed as integers; the USD fields (``cost_usd``, ``total_usd``) are
+derived from them for display and for clients written before the micro-dollar fields.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from pydantic import computed_field
+
+from neocloud.models.billing import MICROS_PER_USD
 from neocloud.models.common import OutModel
 
 
 class BillLine(OutModel):
-    """Usage of one workload over the period. Seconds of wall time; cost in USD."""
+    """Usage of one workload over the period. Seconds of wall time; amount in µ$."""
 
     kind: str
     """``replica``, ``job``, ``pod``, ``tokens`` or ``volume``."""
@@ -21,7 +29,14 @@ class BillLine(OutModel):
     requests: int = 0
     storage_bytes: int = 0
     """For ``kind == "volume"``: the bytes the volume holds (last measured)."""
-    cost_usd: float
+    amount_micros: int
+    """The recorded amounts (µ$) plus the estimate of the running time not yet recorded."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> float:
+        """``amount_micros`` in USD."""
+        return self.amount_micros / MICROS_PER_USD
 
 
 class Bill(OutModel):
@@ -30,4 +45,11 @@ class Bill(OutModel):
     period_end: datetime
     lines: list[BillLine]
     replica_seconds: float
-    total_usd: float
+    total_micros: int
+    """The sum of the lines' ``amount_micros`` (exact, an integer sum)."""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_usd(self) -> float:
+        """``total_micros`` in USD."""
+        return self.total_micros / MICROS_PER_USD

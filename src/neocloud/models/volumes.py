@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import Field, field_validator
 
-from neocloud.models.common import Name, OutModel, WireModel
+from neocloud.models.common import Name, OutModel, Page, WireModel
 
 _BAD_PATH = re.compile(r"(^|/)\.\.(/|$)")
 
@@ -40,6 +40,15 @@ class VolumeFile(OutModel):
     size_bytes: int
     is_dir: bool
     modified_at: datetime
+
+
+class VolumeFilePage(Page[VolumeFile]):
+    """One page of a volume listing, entries in path order (part by part: ``a/b`` before
+    ``a-c``). ``has_more``: entries follow; ask again with ``after=next_after`` (the last
+    entry's path) for them. ``next_after`` is ``None`` on the last page."""
+
+    has_more: bool = False
+    next_after: str | None = None
 
 
 class VolumeMount(WireModel):

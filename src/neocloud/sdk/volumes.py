@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import httpx
 
-from neocloud.errors import InvalidRequest, Timeout, Unavailable
-from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeOut
+from neocloud.errors import InvalidRequest, Timeout, Unavailable, UpstreamError
+from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeFilePage, VolumeOut
 from neocloud.sdk._http import HttpApi, build, parse
 
 VolumeList = list[VolumeOut]
@@ -19,6 +19,9 @@ FileList = list[VolumeFile]
 Progress = Callable[[int, int], None]
 #: Bytes read or written per chunk of a transfer (1 MiB).
 CHUNK = 1 << 20
+#: Entries asked for per page when :meth:`Volumes.files` follows a listing (the server's
+#: most per page).
+FILES_PAGE_SIZE = 1000
 
 
 class Volumes:
@@ -42,9 +45,44 @@ class Volumes:
         """Delete the volume and its files. Raises ``Conflict`` while a job or pod uses it."""
         self._api.request("DELETE", _path(name))
 
-    def files(self, name: str, path: str = "") -> FileList:
-        """Files and folders under ``path`` (the whole volume by default), sorted."""
-        return self._api.get_list(VolumeFile, _path(name) + "/files", params={"path": path})
+    def files_page(self, name: str, path: str = "", *, limit: int | None = None,
+                   after: str | None = None) -> VolumeFilePage:
+        """One page of the files and folders under ``path``: at most ``limit`` (the
+        server's default is 100, its most 1000), those after the path ``after``. While
+        the page's ``has_more`` is true, the next page is ``after=page.next_after``.
+
+        Raises:
+            NotFound: no such volume, or nothing at ``path``.
+            InvalidRequest: a bad ``path`` or ``after`` (``param`` names it).
+            ValidationFailed: ``limit`` out of range.
+        """
+        return self._api.get_model(VolumeFilePage, _path(name) + "/files",
+                                   params={"path": path, "limit": limit, "after": after})
+
+    def iter_files(self, name: str, path: str = "", *,
+                   page_size: int = FILES_PAGE_SIZE) -> Iterator[VolumeFile]:
+        """Every file and folder under ``path`` in path order, fetched ``page_size`` at a
+        time as they are read (see :meth:`files_page`).
+
+        Raises:
+            UpstreamError: the server said more entries follow but gave no next path.
+            The errors of :meth:`files_page`.
+        """
+        after: str | None = None
+        while True:
+            page = self.files_page(name, path, limit=page_size, after=after)
+            yield from page.data
+            if not page.has_more:
+                return
+            if not page.next_after or page.next_after == after:
+                raise UpstreamError("the volume listing did not move on to a next page")
+            after = page.next_after
+
+    def files(self, name: str, path: str = "", *,
+              page_size: int = FILES_PAGE_SIZE) -> FileList:
+        """Every file and folder under ``path`` (the whole volume by default), in path
+        order, following the listing page by page (see :meth:`iter_files`)."""
+        return list(self.iter_files(name, path, page_size=page_size))
 
     def remove(self, name: str, path: str) -> None:
         """Remove a file or a folder with its contents. Raises ``NotFound``."""

@@ -500,13 +500,14 @@ class FakeCloud:
     def usage(self, request: httpx.Request, caller: _Token) -> httpx.Response:
         lines = [
             BillLine(kind="replica", name=d.out.name, shape=d.out.shape, seconds=120.0,
-                     gpu_seconds=0.0, requests=7, cost_usd=round(120 / 3600 * 0.05, 6))
+                     gpu_seconds=0.0, requests=7,
+                     amount_micros=1667)  # 120 s at $0.05/h, rounded half up to a µ$
             for (ws, _), d in self.deployments.items() if ws == caller.workspace
         ]
         bill = Bill(
             workspace=caller.workspace, period_start=None, period_end=_now(), lines=lines,
             replica_seconds=sum(line.seconds for line in lines),
-            total_usd=sum(line.cost_usd for line in lines),
+            total_micros=sum(line.amount_micros for line in lines),
         )
         return self._json(bill)
 

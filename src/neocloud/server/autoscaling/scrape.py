@@ -23,7 +23,11 @@ series are counters of what was admitted and generated), so for a vLLM deploymen
 ``None`` and a deployment scaling on it keeps its count (``NO_METRICS``).
 
 A replica that does not answer within ``timeout_s``, answers with an error status, or
-serves text that does not parse is skipped and counted (:attr:`EngineTotals.failed`); the
+serves text that does not parse is skipped and counted (:attr:`EngineTotals.failed`, and
+per replica in a :class:`ScrapeFailures`, by default the process's
+:data:`SCRAPE_FAILURES`, which the control plane's ``/metrics`` exports as
+``neocloud_engine_scrape_failures_total{workspace,deployment}``, see
+:mod:`neocloud.server.metering.metrics`); the
 whole scrape returns after at most ``deadline_s`` whatever the replicas do. A series that
 no replica that answered exports is ``None`` in the totals (the policy then skips the
 sample rather than reading it as zero).
@@ -115,6 +119,38 @@ def parse_engine_metrics(text: str) -> dict[str, float]:
     return out
 
 
+class ScrapeFailures:
+    """How many times each replica's ``/metrics`` could not be read, since the process
+    started (thread-safe; counts only grow).
+
+    Kept by replica id because a scrape knows only its targets; the control plane's
+    metrics collector resolves the ids to their deployments when it renders the counter.
+    One entry per replica that ever failed (a few dozen bytes each).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, replica_ids: Sequence[str]) -> None:
+        """Count one failed read of each of ``replica_ids``."""
+        if not replica_ids:
+            return
+        with self._lock:
+            for rid in replica_ids:
+                self._counts[rid] = self._counts.get(rid, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        """``{replica id: failed reads}`` now (a copy)."""
+        with self._lock:
+            return dict(self._counts)
+
+
+#: The failures of every :class:`EngineScraper` of this process that was given no store of
+#: its own (the deployment reconciler's), read by the control plane's ``/metrics``.
+SCRAPE_FAILURES = ScrapeFailures()
+
+
 def _add(a: float | None, b: float | None) -> float | None:
     if b is None:
         return a
@@ -130,15 +166,18 @@ class EngineScraper:
             (default ``2 * timeout_s``); a replica not done by then is counted failed.
         max_parallel: replicas fetched at once (worker threads and connections).
         transport: an httpx transport to use instead of the network (tests).
+        failures: where each skipped replica is counted (default :data:`SCRAPE_FAILURES`).
 
     The thread pool and the HTTP client are made on the first scrape and kept (the
     reconciler scrapes every tick); :meth:`close` ends them.
     """
 
     def __init__(self, *, timeout_s: float = 1.0, deadline_s: float | None = None,
-                 max_parallel: int = 8, transport: httpx.BaseTransport | None = None) -> None:
+                 max_parallel: int = 8, transport: httpx.BaseTransport | None = None,
+                 failures: ScrapeFailures | None = None) -> None:
         if timeout_s <= 0 or max_parallel < 1:
             raise ValueError("timeout_s must be positive and max_parallel at least 1")
+        self.failures = failures if failures is not None else SCRAPE_FAILURES
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s if deadline_s is not None else 2 * timeout_s
         self.max_parallel = max_parallel
@@ -179,7 +218,8 @@ class EngineScraper:
 
     def scrape(self, targets: Sequence[ScrapeTarget]) -> EngineTotals:
         """Fetch every target's ``/metrics`` in parallel and sum the gauges; returns within
-        about ``deadline_s`` (see the class). Never raises for a replica's failure."""
+        about ``deadline_s`` (see the class). Never raises for a replica's failure: a
+        skipped replica is listed in ``failed`` and counted in :attr:`failures`."""
         if not targets:
             return EngineTotals()
         pool, _client = self._started()
@@ -206,6 +246,7 @@ class EngineScraper:
             waiting = _add(waiting, values.get(WAITING))
             kv = _add(kv, values.get(KV_USAGE))
             tif = _add(tif, values.get(TOKENS_IN_FLIGHT))
+        self.failures.add(failed)
         return EngineTotals(running=running, waiting=waiting, kv_cache_use=kv,
                             tokens_in_flight=tif,
                             answered=answered, failed=tuple(failed))

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from neocloud.models import Page, Role
-from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeOut
+from neocloud.models.volumes import VolumeCreate, VolumeFile, VolumeFilePage, VolumeOut
 from neocloud.server.deps import CallerDep, SessionDep, StateDep, VolumeStoreDep
 from neocloud.server.errors_http import error_responses
 from neocloud.server.services import volumes as svc
@@ -26,6 +26,9 @@ FOLDER_SCHEMA = {"pattern": r"^[^\x00/]{0,255}(/[^\x00/]{0,255}){0,63}$", "maxLe
 FILE_SCHEMA = {"pattern": r"^[^\x00/]{1,255}(/[^\x00/]{1,255})*$", "maxLength": 1024}
 FilePath = Annotated[str, Path(description="File path in the volume.",
                                json_schema_extra=FILE_SCHEMA)]
+#: A listing's ``after``: a path as above (``""``: from the start), with no ``..`` part
+#: (stated here; the service's check answers 400 naming ``after``).
+AFTER_SCHEMA = {**FOLDER_SCHEMA, "not": {"pattern": r"(^|/)\.\.(/|$)"}}
 
 #: Path prefix of uploads, which the control plane lets past its request-body limit.
 UPLOAD_PREFIX = "/api/v1/volumes/"
@@ -67,16 +70,26 @@ def delete_volume(name: str, caller: CallerDep, s: SessionDep,
     return Response(status_code=204)
 
 
-@router.get("/volumes/{name}/files", response_model=Page[VolumeFile])
-def list_files(name: str, caller: CallerDep, s: SessionDep, store: VolumeStoreDep,
-               path: str = Query("", max_length=4096, json_schema_extra=FOLDER_SCHEMA)
-               ) -> Page[VolumeFile]:
-    """Every file and folder under ``path`` (the whole volume by default)."""
+@router.get("/volumes/{name}/files", response_model=VolumeFilePage)
+def list_files(
+    name: str, caller: CallerDep, s: SessionDep, store: VolumeStoreDep,
+    path: str = Query("", max_length=4096, json_schema_extra=FOLDER_SCHEMA),
+    limit: int = Query(svc.FILES_PAGE_DEFAULT, ge=1, le=svc.FILES_PAGE_MAX,
+                       description="At most this many entries (default 100, at most 1000)."),
+    after: str = Query("", max_length=4096, json_schema_extra=AFTER_SCHEMA,
+                       description="Continue after this path: the ``next_after`` of the "
+                       "previous page (default: from the start)."),
+) -> VolumeFilePage:
+    """The files and folders under ``path`` (the whole volume by default), in path order,
+    one page at a time: while ``has_more``, ask again with ``after=next_after``. A bad
+    ``path`` or ``after`` answers 400 naming it."""
     svc.get_volume(s, workspace_id=caller.workspace_id, name=name)
-    prefix = clean_path(path, allow_root=True)
-    entries = store.list(caller.workspace_id, name, prefix)
-    return Page(data=[VolumeFile(path=e.path, size_bytes=e.size_bytes, is_dir=e.is_dir,
-                                 modified_at=e.modified_at) for e in entries])
+    entries, more = svc.list_files(store, workspace_id=caller.workspace_id, name=name,
+                                   path=path, after=after, limit=limit)
+    data = [VolumeFile(path=e.path, size_bytes=e.size_bytes, is_dir=e.is_dir,
+                       modified_at=e.modified_at) for e in entries]
+    return VolumeFilePage(data=data, has_more=more,
+                          next_after=data[-1].path if more and data else None)
 
 
 @router.put("/volumes/{name}/files/{path:path}", response_model=VolumeFile, status_code=201,

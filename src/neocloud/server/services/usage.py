@@ -1,5 +1,16 @@
 """The bill of a workspace: usage records summed per workload, plus the running time not
-yet written to a record (priced the same way, see ``metering.records``)."""
+yet written to a record.
+
+Money is summed in integer micro-dollars only. A record contributes its
+``amount_micros`` (records written before amounts existed, which have no ``meter``,
+contribute their ``cost_usd`` converted once with :func:`~neocloud.server.metering.money.
+micros_of_usd`, rounded to the nearest µ$). The open stretch of a running workload (since
+its last record) is priced the way :func:`neocloud.server.metering.records.record_running`
+will price it: cut at UTC midnights and price changes, each piece at the shape's price in
+force then, rounded half up to a whole µ$ per piece (``money.running_micros``). So once no
+work is running, the bill's total equals the sum of the records, which is what the
+invoices of the periods covering them add up to.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.models import Bill, BillLine
+from neocloud.models.billing import PriceKind
 from neocloud.server.db.tables import (
     Deployment,
     Job,
@@ -19,11 +31,41 @@ from neocloud.server.db.tables import (
     UsageRecord,
     Volume,
 )
-from neocloud.server.metering.records import gpus_of, running_cost
+from neocloud.server.metering.money import micros_of_usd, running_micros
+from neocloud.server.metering.periods import split_days
+from neocloud.server.metering.records import gpus_of
+from neocloud.server.services import prices
+
+
+def record_micros(rec: UsageRecord) -> int:
+    """The amount of one usage record in µ$: its ``amount_micros``, or for a record with
+    no meter (written before amounts were stored) its ``cost_usd`` rounded to a µ$."""
+    if rec.meter is None:
+        return micros_of_usd(rec.cost_usd)
+    return int(rec.amount_micros)
+
+
+def open_micros(s: Session, shape: Shape | None, start: datetime, end: datetime) -> int:
+    """µ$ for running ``shape`` over ``[start, end)`` not yet recorded: cut at UTC
+    midnights and at the shape's price changes, each piece priced at the price in force
+    at its start and rounded half up to a whole µ$ (as its usage record will be)."""
+    if shape is None or end <= start:
+        return 0
+    changes = prices.changes_between(s, PriceKind.shape, [shape.name], start, end)
+    total = 0
+    for a, b in split_days(start, end):
+        marks = [a, *(c for c in changes if a < c < b), b]
+        for x, y in zip(marks, marks[1:], strict=False):
+            price = prices.shape_price(s, shape, x)
+            total += running_micros(price.per_hour_micros, (y - x).total_seconds())
+    return total
 
 
 def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
-    """Everything the workspace has used so far, one line per (kind, workload name)."""
+    """Everything the workspace has used so far, one line per (kind, workload name).
+
+    Amounts are integer µ$ (``BillLine.amount_micros``, ``Bill.total_micros``); the USD
+    figures are derived from them."""
     lines: dict[tuple[str, str], BillLine] = {}
     first: datetime | None = None
 
@@ -31,7 +73,7 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         key = (kind, name)
         if key not in lines:
             lines[key] = BillLine(kind=kind, name=name, shape=shape, seconds=0.0,
-                                  gpu_seconds=0.0, cost_usd=0.0)
+                                  gpu_seconds=0.0, amount_micros=0)
         return lines[key]
 
     for rec in s.scalars(select(UsageRecord).where(UsageRecord.workspace_id == workspace_id)):
@@ -39,30 +81,24 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         ln = line(rec.kind, rec.name, rec.shape)
         ln.seconds += rec.seconds
         ln.gpu_seconds += rec.gpu_seconds
-        ln.cost_usd += rec.cost_usd
+        ln.amount_micros += record_micros(rec)
         ln.prompt_tokens += rec.prompt_tokens
         ln.completion_tokens += rec.completion_tokens
         ln.requests += rec.requests
         if rec.shape:
             ln.shape = rec.shape
     now = datetime.now(UTC)
-    open_rows = s.execute(
-        select(Replica, Deployment, Shape)
-        .join(Deployment, Deployment.id == Replica.deployment_id)
-        .join(Shape, Shape.name == Deployment.shape, isouter=True)
-        .where(Replica.workspace_id == workspace_id,
-               Replica.status.in_(("starting", "ready", "failed", "stopping")),
-               Replica.started_at.is_not(None))
-    ).all()
-    for r, dep, shape in open_rows:
-        start = r.metered_until or r.started_at
-        secs = max(0.0, (now - start).total_seconds())
-        first = start if first is None else min(first, start)
-        ln = line("replica", dep.name, dep.shape)
-        ln.seconds += secs
-        ln.gpu_seconds += secs * gpus_of(shape)
-        ln.cost_usd += running_cost(shape, secs)
     open_work = [
+        ("replica", dep.name, dep.shape, shape, r.metered_until or r.started_at)
+        for r, dep, shape in s.execute(
+            select(Replica, Deployment, Shape)
+            .join(Deployment, Deployment.id == Replica.deployment_id)
+            .join(Shape, Shape.name == Deployment.shape, isouter=True)
+            .where(Replica.workspace_id == workspace_id,
+                   Replica.status.in_(("starting", "ready", "failed", "stopping")),
+                   Replica.started_at.is_not(None))
+        ).all()
+    ] + [
         ("job", job.name, job.shape, shape, w.metered_until or w.started_at)
         for w, job, shape in s.execute(
             select(JobWorker, Job, Shape)
@@ -82,17 +118,19 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         ).all()
     ]
     for kind, name, shape_name, shape, start in open_work:
+        if start is None:
+            continue
         secs = max(0.0, (now - start).total_seconds())
         first = start if first is None else min(first, start)
         ln = line(kind, name, shape_name)
         ln.seconds += secs
         ln.gpu_seconds += secs * gpus_of(shape)
-        ln.cost_usd += running_cost(shape, secs)
+        ln.amount_micros += open_micros(s, shape, start, now)
     for vol in s.scalars(select(Volume).where(Volume.workspace_id == workspace_id)):
         line("volume", vol.name, None).storage_bytes = vol.size_bytes
     out = sorted(lines.values(), key=lambda ln: (ln.kind, ln.name))
     return Bill(
         workspace=workspace_name, period_start=first, period_end=now, lines=out,
         replica_seconds=sum(ln.seconds for ln in out if ln.kind == "replica"),
-        total_usd=sum(ln.cost_usd for ln in out),
+        total_micros=sum(ln.amount_micros for ln in out),
     )

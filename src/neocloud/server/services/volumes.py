@@ -17,7 +17,7 @@ from neocloud.server.db.tables import Job, Pod, Volume
 from neocloud.server.services import events
 from neocloud.server.services.oncommit import after_commit
 from neocloud.server.services.upsert import insert_unless_taken
-from neocloud.server.storage import VolumeStore
+from neocloud.server.storage import FileEntry, VolumeStore, clean_path
 
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
 #: Job and pod states in which their volumes count as mounted.
@@ -102,6 +102,42 @@ def list_volumes(s: Session, *, workspace_id: str) -> list[Volume]:
     return list(s.scalars(
         select(Volume).where(Volume.workspace_id == workspace_id).order_by(Volume.name)
     ))
+
+
+#: Entries in one page of a file listing when the caller names no ``limit``, and the most
+#: one page may hold (the bounds of every list route's ``limit``).
+FILES_PAGE_DEFAULT = 100
+FILES_PAGE_MAX = 1000
+
+
+def _order(path: str) -> list[str]:
+    """Sort key of a listed path: part by part, so a folder's entries follow it at once."""
+    return path.split("/")
+
+
+def list_files(store: VolumeStore, *, workspace_id: str, name: str, path: str = "",
+               after: str | None = None, limit: int = FILES_PAGE_DEFAULT
+               ) -> tuple[list[FileEntry], bool]:
+    """One page of the files and folders under ``path`` (the whole volume for ``""``):
+    up to ``limit`` entries in path order (part by part), those after the path ``after``
+    when given. Returns ``(entries, has_more)``; the next page is the one after the last
+    entry's path. The cursor is a path, not a position: entries added or removed between
+    two pages shift nothing (an entry added before the cursor is not seen in this pass).
+
+    Raises:
+        InvalidRequest: ``path`` or ``after`` is not a volume path (``param`` names it),
+            or ``limit`` is not in ``1..FILES_PAGE_MAX`` (``param="limit"``).
+        NotFound: ``path`` names nothing in the volume.
+    """
+    if not 1 <= limit <= FILES_PAGE_MAX:
+        raise InvalidRequest(f"limit must be between 1 and {FILES_PAGE_MAX}", param="limit")
+    prefix = clean_path(path, allow_root=True)
+    start = clean_path(after, param="after", allow_root=True) if after else ""
+    cursor = _order(start) if start else None
+    entries = sorted(store.list(workspace_id, name, prefix), key=lambda e: _order(e.path))
+    if cursor is not None:
+        entries = [e for e in entries if _order(e.path) > cursor]
+    return entries[:limit], len(entries) > limit
 
 
 def mounted_by(s: Session, *, workspace_id: str, name: str) -> list[str]:

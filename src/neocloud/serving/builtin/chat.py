@@ -34,7 +34,13 @@ from typing import Any
 
 from neocloud.errors import InvalidRequest
 from neocloud.models.openai import ChatCompletionRequest, CompletionRequest
-from neocloud.serving.builtin.common import ANY, check_model, new_id, refuse_unknown
+from neocloud.serving.builtin.common import (
+    ANY,
+    WARMUP_MODEL,
+    check_model,
+    new_id,
+    refuse_unknown,
+)
 from neocloud.serving.request import Request
 from neocloud.serving.responses import Stream
 from neocloud.serving.service import Service, endpoint
@@ -49,6 +55,14 @@ from neocloud.serving.textgen.engine import (
 )
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+#: The warm-up call of ``/v1/chat/completions`` (see :mod:`neocloud.serving.warmup`): two
+#: greedy tokens of a one-word chat, so a replica is ready only once the chat template,
+#: a prefill and a decode step have run on the model (a fraction of a second for
+#: SmolLM2-135M on a CPU). The engine counts it in its own series like any request.
+CHAT_WARMUP: dict[str, Any] = {
+    "model": WARMUP_MODEL, "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 2, "temperature": 0,
+}
 #: Header carrying the id the engine counts a request's tokens under (set by the gateway).
 METER_HEADER = "x-neocloud-meter-id"
 # OpenAI options beyond the typed fields: name -> harmless value (None: any false-like
@@ -139,7 +153,7 @@ class ChatService(Service):
         return self.generator.render_metrics() if self.generator is not None else b""
 
     # ------------------------------------------------------------------ chat
-    @endpoint(path="/v1/chat/completions")
+    @endpoint(path="/v1/chat/completions", warmup=CHAT_WARMUP)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         """OpenAI ``POST /v1/chat/completions``; a :class:`Stream` when ``stream`` is true.
 
@@ -148,7 +162,7 @@ class ChatService(Service):
             InvalidRequest: bad messages, too long for the context, more than 4 stops.
             Unsupported: tools, logprobs or other options this server does not do.
         """
-        check_model(self, body.model)
+        model = check_model(self, body.model, request)
         refuse_unknown(body.model_extra, _CHAT_KNOWN)
         gen = self._gen()
         prompt = gen.chat_prompt([m.model_dump() for m in body.messages])
@@ -159,11 +173,11 @@ class ChatService(Service):
         meter = _meter_id(request, rid)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return Stream(self._chat_stream(rid, created, body.model, prompt, params, usage,
+            return Stream(self._chat_stream(rid, created, model, prompt, params, usage,
                                             meter))
         texts, finish, tokens = await run_to_end(gen, prompt, params, meter)
         return {
-            "id": rid, "object": "chat.completion", "created": created, "model": body.model,
+            "id": rid, "object": "chat.completion", "created": created, "model": model,
             "choices": [
                 {"index": i, "message": {"role": "assistant", "content": t},
                  "finish_reason": f, "logprobs": None}

@@ -6,20 +6,38 @@ import uuid
 from typing import Any
 
 from neocloud.errors import NotFound, Unsupported
+from neocloud.serving.request import Request
+from neocloud.serving.warmup import WARMUP_HEADER
+
+#: The ``model`` named by the built-in services' declared warm-up inputs. The served name
+#: is only known at run time (the deployment's name), so a warm-up call (header
+#: ``X-Neocloud-Warmup: 1``, see :mod:`neocloud.serving.warmup`) naming this is a call for
+#: the replica's own model; any other request naming it is refused like an unknown model.
+WARMUP_MODEL = "neocloud-warmup"
 
 
-def check_model(service: Any, model: str) -> None:
-    """Refuse a request for a model this replica does not serve (OpenAI's 404).
+def is_warmup(request: Request | None) -> bool:
+    """Whether ``request`` is the runtime's warm-up call."""
+    return request is not None and request.header(WARMUP_HEADER.decode()) == "1"
+
+
+def check_model(service: Any, model: str, request: Request | None = None) -> str:
+    """Refuse a request for a model this replica does not serve (OpenAI's 404); return
+    the name to answer with (``model``, or the served name for a warm-up call naming
+    :data:`WARMUP_MODEL`).
 
     Raises:
         NotFound: ``model`` is not among ``service.model_names()``.
     """
     names = service.model_names()
+    if model == WARMUP_MODEL and is_warmup(request):
+        return str(names[0])
     if model not in names:
         raise NotFound(
             f"model {model!r} is not served here (serving: {', '.join(names)})",
             param="model", code="model_not_found",
         )
+    return model
 
 
 #: Marks an option whose every value is harmless (metadata, service tier...).

@@ -22,8 +22,9 @@ from typing import Any
 from neocloud.errors import InvalidRequest, Unsupported
 from neocloud.models.openai import EmbeddingRequest
 from neocloud.serving.batching import Batcher
-from neocloud.serving.builtin.common import check_model
+from neocloud.serving.builtin.common import WARMUP_MODEL, check_model
 from neocloud.serving.modelref import parse_model_ref
+from neocloud.serving.request import Request
 from neocloud.serving.service import Service, endpoint
 from neocloud.serving.settings import ServingSettings
 
@@ -31,6 +32,10 @@ log = logging.getLogger("neocloud.serving")
 
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_WAIT_MS = 10.0
+#: The warm-up call of ``/v1/embeddings`` (see :mod:`neocloud.serving.warmup`): one short
+#: string through the batcher and the model, so a replica is ready only once a forward
+#: pass has run (the first one pays for lazy initialisation).
+EMBEDDINGS_WARMUP: dict[str, Any] = {"model": WARMUP_MODEL, "input": "warm-up"}
 
 
 def default_model_path() -> str:
@@ -101,8 +106,9 @@ class EmbeddingsService(Service):
         vectors = out.float().cpu().numpy()
         return list(zip(vectors, counts, strict=True))
 
-    @endpoint(path="/v1/embeddings")
-    async def create_embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+    @endpoint(path="/v1/embeddings", warmup=EMBEDDINGS_WARMUP)
+    async def create_embeddings(self, body: EmbeddingRequest,
+                                request: Request) -> dict[str, Any]:
         """OpenAI ``POST /v1/embeddings`` (see :class:`~neocloud.models.openai.EmbeddingRequest`).
 
         Raises:
@@ -110,7 +116,7 @@ class EmbeddingsService(Service):
             InvalidRequest: empty input, or ``dimensions`` larger than the model's.
             Unsupported: token-array input (this model's tokenizer is not the client's).
         """
-        check_model(self, body.model)
+        model = check_model(self, body.model, request)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
@@ -138,6 +144,6 @@ class EmbeddingsService(Service):
         return {
             "object": "list",
             "data": data,
-            "model": body.model,
+            "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
