@@ -74,6 +74,9 @@ def test_every_page_renders_with_data_and_the_chart_moves_under_load(
             last = page.get_attribute("#chart-rps", "data-last")
             moved = bool(last) and last != before and float(last.split(",")[0]) > 0
         assert moved, "the request-rate chart did not update under load"
+        # A few closed buckets of load, so the README's picture shows a rate, not a spike.
+        page.wait_for_function("document.querySelector('#chart-rps').plot.data[1]"
+                               ".filter((v) => v > 0).length >= 3", timeout=60000)
         page.wait_for_timeout(5500)  # one more refresh of every chart
         _shot(page, "deployment-under-load")
         # The README's picture: everything above the logs (which print this machine's paths).
@@ -102,8 +105,9 @@ def test_every_page_renders_with_data_and_the_chart_moves_under_load(
     expect_text = {
         "deployments": ["emb", "trainer-llm", "chatbot", "ready", "Requests/s"],
         "deployments/emb": ["Replicas", "Playground", "Logs"],
-        "jobs": ["etl", "1 × cpu.small", "Attempt", "flaky"],
-        "jobs/flaky": ["Workers and attempts", "Worker 1", "failed"],
+        "jobs": ["etl", "1 × cpu.small", "Attempt", "flaky", "Failed attempts",
+                 "Retries allowed"],
+        "jobs/flaky": ["Workers and attempts", "Worker 1", "failed", "python -c 'import os"],
         "pods": ["dev", "cpu.small", "ssh -p", "of 1 h 0 min"],
         "pods/dev": ["running", "ssh -p", "of 1 h 0 min", "Created"],
         "queue": ["Queue"],
@@ -237,6 +241,10 @@ def test_pod_detail_controls_for_members_and_none_for_viewers(
     ssh = page.locator("#pod-ssh-command").inner_text()
     assert ssh == cloud.api("GET", "/pods/dev", cloud.team_admin).json()["ssh"]["command"]
     assert "of 1 h 0 min" in page.locator("#pod-idle").inner_text()
+    # A running pod offers Stop only (and the API refuses a start, naming the state).
+    assert page.locator("#stop-form").is_visible() and not page.locator("#start-form").is_visible()
+    r = cloud.api("POST", "/pods/dev/start", cloud.team_admin)
+    assert r.status_code == 409 and "running" in r.json()["error"]["message"], r.text
     _shot(page, "pod-detail")
     page.click("#stop-form button")
     page.wait_for_selector("#pod-result:text('done')")
@@ -244,6 +252,11 @@ def test_pod_detail_controls_for_members_and_none_for_viewers(
                            timeout=60000)
     assert cloud.api("GET", "/pods/dev", cloud.team_admin).json()["status"] == "stopped"
     assert page.locator("#pod-ssh-command").count() == 0
+    # Stopped: Start only, and the stop was recorded once.
+    page.wait_for_selector("#start-form", state="visible")
+    assert not page.locator("#stop-form").is_visible()
+    events = page.locator("#events").inner_text()
+    assert events.count("Stopping") == 1, events
     _shot(page, "pod-stopped")
     page.click("#start-form button")
     page.wait_for_function("document.querySelector('#pod-status').textContent === 'running'",
@@ -266,4 +279,87 @@ def test_chat_playground_answers_through_the_gateway(
     assert (page.locator("#playground-answer").inner_text()
             == "scripted reply: accelerators rent clouds GPU")
     _shot(page, "playground-chat")
+    page.context.close()
+
+
+def _chart(page: Any, sel: str) -> dict[str, Any]:
+    """What the chart ``sel`` drew: its x axis, points, and whether it says "no data"."""
+    got: dict[str, Any] = page.evaluate("""(sel) => {
+        const el = document.querySelector(sel);
+        const note = el.querySelector('.nodata');
+        const legend = el.querySelector('.u-legend');
+        return {min: el.plot.scales.x.min, max: el.plot.scales.x.max,
+                points: Number(el.dataset.points), empty: el.dataset.empty,
+                note: note && getComputedStyle(note).display !== 'none' ? note.textContent : '',
+                legend: legend ? legend.innerText : ''};
+    }""", sel)
+    return got
+
+
+def test_charts_span_the_window_share_one_fetch_and_say_when_there_is_no_data(
+        browser: Any, console_cloud: ConsoleCloud) -> None:
+    cloud = console_cloud
+    page = _login(browser, cloud, cloud.team_admin)
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url) if "/ui/data/deployments/" in r.url
+            else None)
+    # trainer-llm has had no traffic: four charts over the whole 15 minutes, each saying so.
+    page.goto(f"{cloud.url}/ui/deployments/trainer-llm")
+    page.wait_for_selector("#chart-errors .u-wrap")
+    page.wait_for_timeout(10_500)  # two refreshes
+    # One fetch per refresh for the four charts (not four): the first and two more.
+    assert 2 <= len(fetched) <= 3, fetched
+    for sel in ("#chart-rps", "#chart-latency", "#chart-tokens", "#chart-errors"):
+        c = _chart(page, sel)
+        assert c["empty"] == "1" and c["note"] == "no data in this window", (sel, c)
+        assert c["max"] - c["min"] == 900 and c["points"] == 90, (sel, c)
+        assert "--" not in c["legend"], (sel, c)
+    _shot(page, "deployment-no-data")
+    # Another window: the stored resolution for it, and the axis spans all of it.
+    fetched.clear()
+    page.select_option("#chart-window", "86400")
+    page.wait_for_function("document.querySelector('#chart-rps').dataset.points === '8640'")
+    assert all("window_s=86400" in u for u in fetched) and len(fetched) == 1, fetched
+    c = _chart(page, "#chart-rps")
+    assert c["max"] - c["min"] == 86400
+    page.select_option("#chart-window", str(30 * 86400))
+    page.wait_for_function("document.querySelector('#chart-rps').dataset.points === '8640'"
+                           " && document.querySelector('#chart-rps').plot.scales.x.max"
+                           " - document.querySelector('#chart-rps').plot.scales.x.min"
+                           f" === {30 * 86400}")
+    _shot(page, "deployment-30-days")
+    # emb had traffic: its charts are not empty, over the same whole window.
+    page.goto(f"{cloud.url}/ui/deployments/emb")
+    page.wait_for_selector("#chart-rps .u-wrap")
+    c = _chart(page, "#chart-rps")
+    assert c["max"] - c["min"] == 900
+    page.context.close()
+
+
+def test_bill_spend_by_workload_and_by_kind_and_quantities_that_read(
+        browser: Any, console_cloud: ConsoleCloud) -> None:
+    cloud = console_cloud
+    page = _login(browser, cloud, cloud.team_admin)
+    page.goto(f"{cloud.url}/ui/billing")
+    page.wait_for_selector("#chart-spend .u-wrap")
+    c = _chart(page, "#chart-spend")
+    assert "replica trainer-llm" in c["legend"], c
+    assert c["empty"] == "0" and c["note"] == ""
+    # The first day's bar is drawn whole: half a day of axis before it.
+    first_day = page.evaluate("document.querySelector('#chart-spend').plot.data[0][0]")
+    assert c["min"] == first_day - 43200
+    invoice = page.locator("#invoice").inner_text()
+    assert "0.0000 " not in invoice
+    # One line per workload and meter: the flaky job's four worker runs are one line.
+    flaky = [ln for ln in invoice.splitlines() if "\tflaky\t" in ln]
+    assert len(flaky) == 1, invoice
+    _shot(page, "billing-by-workload")
+    page.select_option("#spend-by", "kind")
+    page.wait_for_function("document.querySelector('#chart-spend .u-legend').innerText"
+                           ".includes('storage')")
+    page.wait_for_timeout(5500)  # a refresh later, still by kind
+    labels = page.evaluate("document.querySelector('#chart-spend').plot.series.slice(1)"
+                           ".map((s) => s.label)")
+    assert labels == ["time", "tokens", "storage"], labels
+    _shot(page, "billing-by-kind")
     page.context.close()

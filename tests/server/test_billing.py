@@ -409,3 +409,49 @@ def _registered_at(cloud: Cloud, node_id: str, at: datetime) -> None:
         assert n is not None
         n.created_at = at
         s.commit()
+
+
+def test_an_invoice_line_is_one_workload_and_meter_not_one_per_worker_and_attempt(
+        cloud: Cloud) -> None:
+    """A job of two workers that fails once and is retried ran four worker processes:
+    its invoice shows one line "job flaky cpu_seconds" (the job's id, the sum of the
+    four workers' records), in the JSON and the CSV, and the total still equals the
+    records it covers to the micro-dollar."""
+    from neocloud.server.db.tables import Job
+    from tests.server.workload_helpers import get, reconcile_workloads
+
+    ws = _ws_id(cloud)
+    cloud.add_fake_node("n1")
+    r = cloud.api("POST", "/jobs", json={"name": "flaky", "command": ["train"], "workers": 2,
+                                         "max_retries": 1, "shape": "cpu.small"})
+    assert r.status_code == 201, r.text
+    reconcile_workloads(cloud)
+    for _ in range(2):  # each attempt: rank 1 fails, rank 0 is stopped
+        time.sleep(0.05)  # some running time to bill
+        job = get(cloud, "/jobs/flaky")
+        specs = sorted((sp for sp in cloud.fake.started
+                        if sp.env.get("NEOCLOUD_JOB") == "flaky"
+                        and sp.env.get("NEOCLOUD_JOB_ATTEMPT") == str(job["attempt"])),
+                       key=lambda sp: int(sp.env["RANK"]))
+        cloud.fake.crash(specs[1].workload_id, exit_code=3)
+        reconcile_workloads(cloud, 3)
+    assert get(cloud, "/jobs/flaky")["status"] == "failed"
+    with cloud.app.state.db.session() as s:
+        job_id = s.scalars(select(Job.id).where(Job.name == "flaky")).one()
+        workers = set(s.scalars(select(UsageRecord.object_id).where(UsageRecord.name == "flaky")))
+    assert len(workers) == 4  # metered per worker process, as before
+    inv = cloud.api("GET", "/invoices/current").json()
+    lines = [ln for ln in inv["lines"] if ln["name"] == "flaky"]
+    assert [(ln["kind"], ln["meter"]) for ln in lines] == [("job", "cpu_seconds")]
+    (line,) = lines
+    assert line["object_id"] == job_id
+    with cloud.app.state.db.session() as s:
+        recs = list(s.scalars(select(UsageRecord).where(UsageRecord.name == "flaky")))
+    assert line["records"] == len(recs)
+    assert line["amount_micros"] == sum(r.amount_micros for r in recs)
+    assert abs(line["quantity"] - sum(r.quantity for r in recs)) < 1e-9
+    month = inv["period"]
+    assert inv["total_micros"] == _records_sum(cloud, ws, UsageRecord.bill_month, month)
+    csv_rows = [row for row in cloud.api("GET", "/invoices/current?format=csv").text
+                .splitlines() if ",flaky," in row]
+    assert len(csv_rows) == 1

@@ -64,16 +64,21 @@ def test_price_invoice_budget_commands(cli) -> None:  # type: ignore[no-untyped-
         record_running(s, workspace_id=ws, kind="replica", object_id="a" * 32, name="llm",
                        shape=s.get(Shape, "gpu.h100"), start=start,
                        end=start + timedelta(hours=2), written_at=start + timedelta(hours=2))
+        # a few seconds: printed as seconds, not as "0.0000" GPU-hours
+        record_running(s, workspace_id=ws, kind="replica", object_id="b" * 32, name="tiny",
+                       shape=s.get(Shape, "gpu.h100"), start=start,
+                       end=start + timedelta(seconds=5), written_at=start + timedelta(hours=2))
     r = cli("invoice", "--period", "2026-10")
     assert r.exit_code == 0, r.output
-    assert "gpu_seconds H100" in r.output and "2.0000 GPU-h" in r.output
+    assert "gpu_seconds H100" in r.output and "2 GPU-hours" in r.output
+    assert "5 GPU-seconds" in r.output and "0.0000" not in r.output
     assert "$6.50" in r.output and "closed" in r.output
     r = cli("invoice", "--period", "2026-10", "--json")
     inv = json.loads(r.output)
-    assert inv["total_micros"] == 6_500_000 and inv["status"] == "closed"
+    assert inv["total_micros"] == 6_504_514 and inv["status"] == "closed"
     r = cli("invoice", "--period", "2026-10", "--csv")
     rows = list(csv.DictReader(io.StringIO(r.output)))
-    assert rows[-1]["kind"] == "TOTAL" and rows[-1]["amount_micros"] == "6500000"
+    assert rows[-1]["kind"] == "TOTAL" and rows[-1]["amount_micros"] == "6504514"
     r = cli("invoice", "--period", "october")
     assert r.exit_code == 1 and "neither YYYY-MM nor YYYY-MM-DD" in r.output
     r = cli("budget", "set", "250", "--hard-stop", "--alert", "50", "--alert", "90")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -36,7 +37,9 @@ def test_deployment_series_through_the_gateway_sink_and_api(cloud: Cloud) -> Non
     with cloud.app.state.db.session() as s:
         ws = s.scalars(select(Workspace.id).where(Workspace.name == "default")).one()
     now = time.time()
-    t0 = (now - 100) // 10 * 10  # start of a 10-second bucket, 100 s ago
+    # The start of the last closed 5-minute bucket (10 to 300 s before the open 10-second
+    # one): every request below lies in closed buckets of both resolutions.
+    t0 = now // 300 * 300 - 300
     usage = cloud.app.state.usage
     for i in range(20):
         usage.record(_rec(ws, dep, t0 + 0.1 * i, 0.02))
@@ -45,7 +48,7 @@ def test_deployment_series_through_the_gateway_sink_and_api(cloud: Cloud) -> Non
     usage.flush()
     usage.record(_rec(ws, dep, t0 + 1, 0.02))  # a later flush adds to the same bucket
     usage.flush()
-    r = cloud.api("GET", "/metrics/deployments/emb?window_s=600")
+    r = cloud.api("GET", "/metrics/deployments/emb?window_s=900")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["resolution_s"] == 10
@@ -94,3 +97,74 @@ def test_node_samples_once_per_bucket_and_prune_bounds_the_size(cloud: Cloud) ->
         assert fine == 8641  # [now - 1 day, now], both ends included
     size = cloud.api("GET", "/metrics/size").json()["rows"]
     assert size["node/10s"] >= 8641
+
+
+def _series(cloud: Cloud, query: str) -> dict[str, Any]:
+    r = cloud.api("GET", f"/metrics/deployments/emb?{query}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _emb(cloud: Cloud) -> tuple[str, str]:
+    """A deployment ``emb`` of the default workspace: (workspace id, deployment id); and
+    not too close to the end of a 10-second bucket, so that the test's buckets are the
+    server's."""
+    if time.time() % 10 > 8:
+        time.sleep(10.05 - time.time() % 10)
+    dep = cloud.api("POST", "/deployments", json={
+        "name": "emb", "service": "embeddings", "shape": "cpu.small", "replicas": 0}).json()
+    with cloud.app.state.db.session() as s:
+        ws = s.scalars(select(Workspace.id).where(Workspace.name == "default")).one()
+    return ws, dep["id"]
+
+
+def test_every_bucket_of_the_window_is_a_point_empty_ones_zero_with_no_latency(
+        cloud: Cloud) -> None:
+    """A burst, then idle time: the buckets in between read zero requests (a chart drops
+    to zero, it does not join the burst to the next one), and latency is a gap there."""
+    ws, dep = _emb(cloud)
+    now = time.time()
+    t_open = int(now) // 10 * 10
+    burst, later = t_open - 300, t_open - 100
+    usage = cloud.app.state.usage
+    for i in range(30):
+        usage.record(_rec(ws, dep, burst + 0.1 * i, 0.02))
+    usage.record(_rec(ws, dep, later + 1, 0.02))
+    usage.flush()
+    body = _series(cloud, "window_s=900")
+    pts = body["points"]
+    assert body["end"] == t_open and body["start"] == t_open - 900
+    assert [p["t"] for p in pts] == list(range(t_open - 900, t_open, 10))  # the whole window
+    by_t = {p["t"]: p for p in pts}
+    assert by_t[burst]["requests"] == 30 and by_t[burst]["request_rate_per_s"] == 3.0
+    idle = [by_t[t] for t in range(burst + 10, later, 10)]
+    assert idle and all(p["requests"] == 0 and p["request_rate_per_s"] == 0.0 for p in idle)
+    assert all(p["latency_p50_ms"] is None and p["latency_p99_ms"] is None for p in idle)
+    assert by_t[later]["requests"] == 1
+    # The 30-day view: 5-minute buckets over the whole window, zeros where nothing ran.
+    month = _series(cloud, f"window_s={30 * 86400}")
+    assert month["resolution_s"] == 300 and len(month["points"]) == 30 * 86400 // 300
+    assert month["end"] - month["start"] == 30 * 86400
+
+
+def test_the_bucket_still_open_is_left_out_so_a_steady_rate_reads_steady(
+        cloud: Cloud) -> None:
+    """4.7 requests/s for 30 s, the last few seconds in the 10-second bucket still open:
+    every point reads 4.7/s; the open bucket (whose count is a part of 10 s) is not
+    shown at a tenth of its rate."""
+    ws, dep = _emb(cloud)
+    now = time.time()
+    t_open = int(now) // 10 * 10
+    usage = cloud.app.state.usage
+    for k in range(3):  # three whole closed buckets
+        for i in range(47):
+            usage.record(_rec(ws, dep, t_open - 30 + 10 * k + i * 10 / 47, 0.001))
+    for i in range(int((now - t_open) * 4.7)):  # the open bucket, so far
+        usage.record(_rec(ws, dep, t_open + i / 4.7, 0.0))
+    usage.record(_rec(ws, dep, t_open, 0.0))
+    usage.flush()
+    pts = _series(cloud, "window_s=900")["points"]
+    assert pts[-1]["t"] == t_open - 10  # the last closed bucket
+    assert [p["request_rate_per_s"] for p in pts[-3:]] == [4.7, 4.7, 4.7]
+    assert all(p["t"] < t_open for p in pts)

@@ -12,6 +12,7 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import print_json, table
 from neocloud.cli.prices import usd6
+from neocloud.formatting import quantity
 
 _SHORT = {"GPU-hour": "GPU-h", "CPU-hour": "CPU-h", "million tokens": "M tokens",
           "GiB-hour": "GiB-h"}
@@ -41,9 +42,7 @@ def invoice(
     for ln in inv.lines:
         unit = _SHORT.get(ln.price_unit, ln.price_unit)
         what = ln.meter.value + (f" {ln.gpu_type}" if ln.gpu_type else "")
-        qty = (f"{ln.quantity:,.0f} tokens" if ln.quantity_unit == "token"
-               else f"{ln.priced_quantity:,.4f} {unit}")
-        rows.append((ln.kind, ln.name, what, qty,
+        rows.append((ln.kind, ln.name, what, quantity(ln),
                      f"{usd6(ln.unit_price_micros)}/{unit}", usd6(ln.amount_micros)))
     tbl = table(("KIND", "NAME", "METER", "QUANTITY", "UNIT PRICE", "AMOUNT"), rows,
                 title=title)

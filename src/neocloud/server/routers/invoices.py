@@ -6,28 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse, Response
-from sqlalchemy.orm import Session
 
-from neocloud.errors import NotFound
-from neocloud.models import Page, Role
+from neocloud.models import Page
 from neocloud.models.billing import ChargebackOut, InvoiceOut, PeriodKind
 from neocloud.server.deps import CallerDep, SessionDep
 from neocloud.server.services import chargeback as chargeback_svc
 from neocloud.server.services import invoices as svc
-from neocloud.server.services.principal import Caller
-from neocloud.server.services.workspaces import get_workspace
 
 router = APIRouter(tags=["billing"])
 
-
-def target_workspace(caller: Caller, s: Session, workspace: str | None) -> str:
-    """The workspace id a billing route acts on: the caller's own, or (operators only)
-    the one named by ``workspace``; anyone else's is a 404, whether it exists or not."""
-    if workspace is None or workspace == caller.workspace_name:
-        return caller.workspace_id
-    if not (caller.operator and caller.role is Role.admin):
-        raise NotFound(f"workspace {workspace!r} not found", param="workspace")
-    return get_workspace(s, name=workspace).id
 
 #: A period as the service takes it: ``YYYY-MM`` or ``YYYY-MM-DD`` (UTC, year 0001 or later),
 #: or ``current``.
@@ -42,7 +29,7 @@ PeriodQuery = Annotated[str | None, Query(json_schema_extra={  # "" is this mont
 def list_invoices(caller: CallerDep, s: SessionDep, kind: PeriodKind = PeriodKind.month,
                   workspace: str | None = None) -> Page[InvoiceOut]:
     """Every period with usage, newest first; the current one is a draft."""
-    ws = target_workspace(caller, s, workspace)
+    ws = svc.target_workspace(s, caller=caller, workspace=workspace)
     return Page(data=svc.list_invoices(s, workspace_id=ws, kind=kind))
 
 
@@ -52,7 +39,7 @@ def get_invoice(period: PeriodPath, caller: CallerDep, s: SessionDep, workspace:
                 format: str = Query("json", pattern="^(json|csv)$")) -> Response:
     """The invoice of ``period`` (``YYYY-MM`` or ``YYYY-MM-DD``, UTC; ``current`` for this
     month), as JSON or (``format=csv``) CSV."""
-    ws = target_workspace(caller, s, workspace)
+    ws = svc.target_workspace(s, caller=caller, workspace=workspace)
     inv = svc.get_invoice(s, workspace_id=ws, period=None if period == "current" else period)
     if format == "csv":
         return PlainTextResponse(svc.to_csv(inv), media_type="text/csv")

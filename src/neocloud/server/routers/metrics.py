@@ -37,11 +37,13 @@ def _resolution(window_s: int, resolution_s: int | None) -> int:
 @router.get("/metrics/deployments/{name}", response_model=DeploymentSeries)
 def deployment_series(name: str, caller: CallerDep, s: SessionDep, window_s: int = _WINDOW,
                       resolution_s: int | None = _RESOLUTION) -> DeploymentSeries:
-    """Requests, errors, tokens and latency p50/p99 per bucket over the last ``window_s``."""
+    """Requests, errors, tokens and latency p50/p99 of every bucket of the last
+    ``window_s`` (zeros and ``null`` latencies where there were no requests), up to the
+    start of the bucket still open (``end``), which is left out (see
+    ``metrics_history.deployment_points``)."""
     dep = dep_svc.get_deployment(s, workspace_id=caller.workspace_id, name=name)
     res = _resolution(window_s, resolution_s)
-    end = int(time.time()) + 1
-    start = end - window_s
+    start, end = svc.window(time.time(), window_s, res)
     pts = svc.deployment_points(s, deployment_id=dep.id, start=start, end=end,
                                 resolution_s=res)
     return DeploymentSeries(deployment=name, resolution_s=res, start=start, end=end,

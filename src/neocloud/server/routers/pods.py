@@ -66,6 +66,8 @@ def get_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
 
 @router.post("/pods/{name}/start", response_model=PodOut, responses=BUDGET_SPENT)
 def start_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
+    """Start a stopped or failed pod again; 409 (naming its state) while it runs, is on
+    its way to run, or still stops."""
     caller.require(Role.member)
     pod = svc.start_pod(s, workspace_id=caller.workspace_id, name=name)
     return svc.pod_out(s, pod)
@@ -73,8 +75,11 @@ def start_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
 
 @router.post("/pods/{name}/stop", response_model=PodOut)
 def stop_pod(name: str, caller: CallerDep, s: SessionDep) -> PodOut:
+    """Stop a queued, starting or running pod (a started one answers ``stopping``, and is
+    ``stopped`` once its process has ended); 409 (naming its state) when it is already
+    stopping, stopped or failed."""
     caller.require(Role.member)
-    pod = svc.stop_pod(s, workspace_id=caller.workspace_id, name=name)
+    pod = svc.stop_pod(s, workspace_id=caller.workspace_id, name=name, strict=True)
     return svc.pod_out(s, pod)
 
 

@@ -2,7 +2,9 @@
 
 An invoice of period ``P`` covers exactly the usage records whose ``bill_day`` (day
 periods) or ``bill_month`` (months) is ``P`` (see ``metering.periods`` for how a record
-gets them). Its lines group those records by workload, meter, GPU type and unit price;
+gets them). Its lines group those records by workload (kind and name, so a job's
+workers of every attempt make one line, as a deployment's replicas do), meter, shape, GPU
+type and unit price;
 a line's amount is the sum of its records' amounts, so the invoice total equals the sum
 of the records it covers, to the micro-dollar.
 
@@ -19,11 +21,14 @@ from __future__ import annotations
 import csv
 import io
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from neocloud.errors import NotFound
+from neocloud.models import Role
 from neocloud.models.billing import (
     MICROS_PER_USD,
     InvoiceLine,
@@ -32,8 +37,33 @@ from neocloud.models.billing import (
     Meter,
     PeriodKind,
 )
-from neocloud.server.db.tables import Invoice, InvoiceLineRow, UsageRecord, Workspace
+from neocloud.server.db.tables import (
+    Invoice,
+    InvoiceLineRow,
+    JobWorker,
+    Replica,
+    UsageRecord,
+    Workspace,
+)
 from neocloud.server.metering.periods import closable, month_of, parse_period
+from neocloud.server.services.principal import Caller
+from neocloud.server.services.workspaces import get_workspace
+
+
+def target_workspace(s: Session, *, caller: Caller, workspace: str | None) -> str:
+    """The workspace id a billing request (invoices, budget) acts on: the caller's own,
+    or (operators only) the one named by ``workspace``.
+
+    Raises:
+        NotFound: ``workspace`` is another workspace and the caller is no operator
+            (whether it exists or not), or no workspace has that name (``param="workspace"``
+            for the first).
+    """
+    if workspace is None or workspace == caller.workspace_name:
+        return caller.workspace_id
+    if not (caller.operator and caller.role is Role.admin):
+        raise NotFound(f"workspace {workspace!r} not found", param="workspace")
+    return get_workspace(s, name=workspace).id
 
 
 def _covers(kind: PeriodKind, period: str):  # type: ignore[no-untyped-def]
@@ -41,8 +71,28 @@ def _covers(kind: PeriodKind, period: str):  # type: ignore[no-untyped-def]
     return col == period
 
 
+def _workload_ids(s: Session, object_ids: set[str]) -> dict[str, str]:
+    """The workload each usage record's object belongs to: a job worker's job, a
+    replica's deployment (where the row still exists); other objects are their own."""
+    out = {oid: oid for oid in object_ids}
+    ids = sorted(object_ids)
+    for i in range(0, len(ids), 1000):  # SQLite's bound-parameter limit
+        chunk = ids[i:i + 1000]
+        for oid, owner in s.execute(select(JobWorker.id, JobWorker.job_id)
+                                    .where(JobWorker.id.in_(chunk))):
+            out[oid] = owner
+        for oid, owner in s.execute(select(Replica.id, Replica.deployment_id)
+                                    .where(Replica.id.in_(chunk))):
+            out[oid] = owner
+    return out
+
+
 def draft_lines(s: Session, *, workspace_id: str, period: str) -> list[InvoiceLine]:
-    """The lines of ``period`` computed from the usage records it covers."""
+    """The lines of ``period`` computed from the usage records it covers: one per
+    workload (kind and name: every worker of every attempt of a job, every replica of a
+    deployment, together), meter, shape, GPU type and unit price. A line's ``object_id``
+    is the workload's id (the job's or deployment's, while its rows exist; else the id
+    of one of its records' objects)."""
     kind, _, _ = parse_period(period)
     rows = s.execute(
         select(UsageRecord.kind, UsageRecord.name, UsageRecord.object_id, UsageRecord.shape,
@@ -55,13 +105,19 @@ def draft_lines(s: Session, *, workspace_id: str, period: str) -> list[InvoiceLi
                   UsageRecord.shape, UsageRecord.meter, UsageRecord.gpu_type,
                   UsageRecord.unit_price_micros)
     ).all()
+    owner = _workload_ids(s, {r[2] for r in rows})
+    groups: dict[tuple[str, str, str | None, str, str | None, int], list[Any]] = {}
+    for k, n, oid, shape, meter, gt, up, q, a, c in rows:
+        groups.setdefault((k, n, shape, str(meter), gt, int(up)), []).append(
+            (owner[oid], float(q or 0), int(a or 0), int(c)))
     lines = [
-        InvoiceLine(kind=k, name=n, object_id=oid, shape=shape, meter=Meter(meter),
-                    gpu_type=gt, quantity=float(q or 0), unit_price_micros=int(up),
-                    amount_micros=int(a or 0), records=int(c))
-        for k, n, oid, shape, meter, gt, up, q, a, c in rows
+        InvoiceLine(kind=k, name=n, object_id=min(p[0] for p in parts), shape=shape,
+                    meter=Meter(meter), gpu_type=gt, quantity=sum(p[1] for p in parts),
+                    unit_price_micros=up, amount_micros=sum(p[2] for p in parts),
+                    records=sum(p[3] for p in parts))
+        for (k, n, shape, meter, gt, up), parts in groups.items()
     ]
-    return sorted(lines, key=lambda ln: (ln.kind, ln.name, ln.meter.value,
+    return sorted(lines, key=lambda ln: (ln.kind, ln.name, ln.meter.value, ln.shape or "",
                                          ln.gpu_type or "", ln.unit_price_micros))
 
 

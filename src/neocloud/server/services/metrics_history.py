@@ -284,11 +284,40 @@ def _rows(s: Session, series: str, object_id: str, res: int, start: int,
         MetricPoint.t < end).order_by(MetricPoint.t)))
 
 
+def window(now: float, window_s: int, resolution_s: int) -> tuple[int, int]:
+    """The buckets a chart of the last ``window_s`` seconds shows: ``(start, end)`` in unix
+    seconds, both multiples of ``resolution_s``, ``end`` the start of the bucket still open
+    at ``now`` (left out: see :func:`deployment_points`), and ``ceil(window_s /
+    resolution_s)`` buckets between them."""
+    end = int(now) // resolution_s * resolution_s
+    return end - -(-window_s // resolution_s) * resolution_s, end
+
+
 def deployment_points(s: Session, *, deployment_id: str, start: int, end: int,
                       resolution_s: int) -> list[DeploymentPoint]:
-    """Buckets of a deployment in ``[start, end)`` (unix seconds), empty ones left out."""
+    """Every bucket of a deployment in ``[start, end)`` (unix seconds; ``start`` is rounded
+    down to a bucket), one point per ``resolution_s`` seconds whether or not it saw
+    requests: a bucket without requests reads as zero requests, errors and tokens (so a
+    chart drops to zero when load stops instead of joining across idle time) and as
+    ``None`` latencies (a gap: there is no latency to show).
+
+    Rates are the bucket's counts over its full ``resolution_s``, which is right only for
+    a bucket that has closed. Callers pass an ``end`` no later than the start of the
+    bucket still open (:func:`window` does): the open bucket is *left out* rather than
+    divided by its elapsed time, because request records reach the history in batches
+    (one per reconciler pass), so its count lags its elapsed time and its rate would read
+    low, then jump. A series is therefore up to one bucket behind, and exact.
+    """
+    by_t = {r.t: r for r in _rows(s, "deployment", deployment_id, resolution_s, start, end)}
     out = []
-    for r in _rows(s, "deployment", deployment_id, resolution_s, start, end):
+    for t in range(start // resolution_s * resolution_s, end, resolution_s):
+        r = by_t.get(t)
+        if r is None:
+            out.append(DeploymentPoint(t=t, requests=0, errors=0, prompt_tokens=0,
+                                       completion_tokens=0, request_rate_per_s=0.0,
+                                       tokens_per_s=0.0, latency_p50_ms=None,
+                                       latency_p99_ms=None))
+            continue
         hist = list(r.latency_buckets or [])
         out.append(DeploymentPoint(
             t=r.t, requests=r.requests, errors=r.errors, prompt_tokens=r.prompt_tokens,
@@ -301,6 +330,8 @@ def deployment_points(s: Session, *, deployment_id: str, start: int, end: int,
 
 def node_points(s: Session, *, node_id: str, start: int, end: int,
                 resolution_s: int) -> list[NodePoint]:
+    """The buckets of a node in ``[start, end)`` that hold samples (a bucket without one is
+    left out: allocation is a level, unknown there, not zero), each the samples' mean."""
     out = []
     for r in _rows(s, "node", node_id, resolution_s, start, end):
         k = max(1, r.samples)

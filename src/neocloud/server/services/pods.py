@@ -99,9 +99,40 @@ def create_pod(s: Session, *, workspace_id: str, spec: PodCreate, store: VolumeS
     return pod
 
 
+def can_start(pod: Pod) -> bool:
+    """Whether ``start`` applies: the pod is stopped or failed, or stopped while it still
+    waited for room (``queued``, stop asked)."""
+    return pod.status in (PodStatus.stopped, PodStatus.failed) or (
+        pod.status == PodStatus.queued and pod.desired != "running")
+
+
+def can_stop(pod: Pod) -> bool:
+    """Whether ``stop`` applies: the pod is meant to run and is waiting, starting or
+    running (or stopping only to be placed again, after a preemption)."""
+    return pod.desired == "running" and pod.status in (
+        PodStatus.queued, PodStatus.starting, PodStatus.running, PodStatus.stopping)
+
+
+def _state(pod: Pod) -> str:
+    if pod.desired == "stopped" and pod.status == PodStatus.queued:
+        return "queued and being stopped"
+    return str(pod.status)
+
+
 def start_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
-    """Start a stopped or failed pod again (its files are where it left them)."""
+    """Start a stopped or failed pod again (its files are where it left them).
+
+    Raises:
+        Conflict: the pod is running, on its way to run, or still stopping (409, naming
+            its state).
+        BudgetExceeded: the workspace's hard-stopped budget is spent (402).
+    """
     pod = get_pod(s, workspace_id=workspace_id, name=name, lock=True)
+    if not can_start(pod):
+        hint = ("; start it again once it has stopped" if pod.status == PodStatus.stopping
+                else "")
+        raise Conflict(f"pod {name!r} is {_state(pod)}: nothing to start{hint}",
+                       param="name")
     # Budget hard stop: new work of a workspace over its budget is refused (402).
     budget_svc.require_within_budget(s, workspace_id=workspace_id)
     pod.desired = "running"
@@ -112,15 +143,34 @@ def start_pod(s: Session, *, workspace_id: str, name: str) -> Pod:
     return pod
 
 
-def stop_pod(s: Session, *, workspace_id: str, name: str, reason: str = "stopped by the user"
-             ) -> Pod:
-    """Stop a pod; billing stops once its process has ended. Files stay on its volume."""
+def stop_pod(s: Session, *, workspace_id: str, name: str, reason: str = "stopped by the user",
+             strict: bool = False) -> Pod:
+    """Stop a pod; billing stops once its process has ended. Files stay on its volume.
+
+    A starting or running pod moves to ``stopping`` here, through ``set_status``, which
+    records the one ``Stopping`` event of the transition (the reconciler's own move to
+    ``stopping`` is then a no-op); a queued one is taken off the queue by the reconciler
+    (its ``Stopped`` event).
+
+    Args:
+        strict: refuse a pod with nothing to stop (what the API does); without it (the
+            budget's stop of all running work) such a pod only gets ``desired`` stopped.
+
+    Raises:
+        Conflict: ``strict`` and the pod is already stopping, stopped or failed (409,
+            naming its state).
+    """
     pod = get_pod(s, workspace_id=workspace_id, name=name, lock=True)
-    if pod.desired != "stopped":
-        pod.desired, pod.reason = "stopped", reason
-        pod.updated_at = datetime.now(UTC)
-        events.record(s, workspace_id=workspace_id, kind="pod", name=name, object_id=pod.id,
-                      reason="Stopping", message=f"stop requested: {reason}")
+    if not can_stop(pod):
+        if strict:
+            raise Conflict(f"pod {name!r} is {_state(pod)}: nothing to stop", param="name")
+        if pod.desired == "stopped":
+            return pod
+    pod.desired, pod.reason = "stopped", reason
+    pod.updated_at = datetime.now(UTC)
+    if pod.status in (PodStatus.starting, PodStatus.running):
+        set_status(s, pod, PodStatus.stopping, reason="Stopping",
+                   message=f"stopping: {reason}")
     return pod
 
 

@@ -10,52 +10,129 @@ async function getText(url) {
   return r.ok ? r.text() : null;
 }
 
-// <div data-refresh="URL" data-every="S">: replaced by a fresh fragment every S seconds.
+// <div data-refresh="URL" data-every="S">: replaced by a fresh fragment every S seconds
+// (and at once after an action). An element with data-allows="a b" in it shows, outside
+// it, the elements whose data-when is one of a, b and hides the others (a pod's Start
+// or Stop, by its state).
+const refreshers = [];
+function syncAllowed() {
+  const a = document.querySelector("[data-allows]");
+  if (!a) return;
+  const allows = a.dataset.allows.split(/\s+/);
+  for (const el of document.querySelectorAll("[data-when]")) el.hidden = !allows.includes(el.dataset.when);
+}
 function liveRegions() {
   for (const el of document.querySelectorAll("[data-refresh]")) {
     const every = 1000 * Number(el.dataset.every || 5);
-    setInterval(async () => {
+    const pull = async () => {
       const html = await getText(el.dataset.refresh);
-      if (html !== null) { el.innerHTML = html; el.dataset.updated = String(Date.now()); }
-    }, every);
+      if (html !== null) { el.innerHTML = html; el.dataset.updated = String(Date.now()); syncAllowed(); }
+    };
+    refreshers.push(pull);
+    setInterval(pull, every);
   }
 }
 
-// <div data-chart="URL" data-series="a,b" data-label="...">: a uPlot chart of
-// {t: [...], a: [...], b: [...]} refreshed every 5 s.
-const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
-function charts() {
-  for (const el of document.querySelectorAll("[data-chart]")) {
-    const names = el.dataset.series.split(",");
-    const bars = el.dataset.bars === "1";
-    let plot = null;
-    const draw = async () => {
-      const text = await getText(el.dataset.chart);
-      if (text === null) return;
-      const d = JSON.parse(text);
-      const data = [d.t, ...names.map((n) => d[n])];
-      el.dataset.points = String(d.t.length);
-      el.dataset.last = d.t.length ? String(names.map((n) => d[n][d[n].length - 1]).join(",")) : "";
-      if (plot === null) {
-        const opts = {
-          title: el.dataset.label, width: el.clientWidth || 420, height: 180,
-          series: [{}, ...names.map((n, i) => ({
-            label: n, stroke: COLORS[i % COLORS.length], width: 2,
-            fill: bars ? COLORS[i % COLORS.length] + "55" : undefined,
-            paths: bars && uPlot.paths.bars ? uPlot.paths.bars({size: [0.6, 40]}) : undefined,
-            spanGaps: false,
-          }))],
-          axes: [{}, {size: 50}],
-        };
-        el.innerHTML = "";
-        plot = new uPlot(opts, data, el);
-      } else {
-        plot.setData(data);
-      }
-    };
-    draw();
-    setInterval(draw, 5000);
+// Charts. <div data-chart="URL" data-series="a,b" data-label="..."> draws the arrays a and
+// b of the JSON at URL against its t; without data-series, the arrays of its "values"
+// named by its "series". Charts of one URL share one fetch per refresh (every 5 s). The x
+// axis spans the JSON's [start, end] (the chosen window), whatever points there are, and
+// "empty": true shows "no data in this window" over the axes. <select data-chart-param=P>
+// sets the query parameter P of the charts that list P in data-params (the window, or
+// how spend is split). data-bars="1" draws bars; data-stacked="1" stacks the series.
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
+  "#ca8a04", "#db2777"];
+
+function chartUrl(el) {
+  const u = new URL(el.dataset.chart, location.origin);
+  const takes = (el.dataset.params || "").split(",");
+  for (const sel of document.querySelectorAll("select[data-chart-param]")) {
+    if (takes.includes(sel.dataset.chartParam)) u.searchParams.set(sel.dataset.chartParam, sel.value);
   }
+  return u.pathname + u.search;
+}
+
+function drawChart(st, d) {
+  const el = st.el;
+  const fixed = el.dataset.series ? el.dataset.series.split(",") : null;
+  const labels = fixed || d.series;
+  let arrays = fixed ? fixed.map((n) => d[n]) : d.values;
+  el.dataset.points = String(d.t.length);
+  el.dataset.last = d.t.length ? arrays.map((a) => a[a.length - 1]).join(",") : "";
+  el.dataset.empty = d.empty ? "1" : "0";
+  st.range = [d.start, d.end];
+  const colors = labels.map((_, i) => COLORS[i % COLORS.length]);
+  const bars = el.dataset.bars === "1";
+  if (el.dataset.stacked === "1" && arrays.length > 1) {
+    // Each series drawn as the sum of itself and those after it: the first (the biggest
+    // sum) is drawn first, at the top of the stack, and each later one over it, lower,
+    // so every band shows; the legend keeps the series' own order.
+    const sums = new Array(arrays.length);
+    for (let i = arrays.length - 1; i >= 0; i--) {
+      sums[i] = arrays[i].map((v, j) => v === null ? null
+        : v + (i + 1 < arrays.length ? (sums[i + 1][j] || 0) : 0));
+    }
+    arrays = sums;
+  }
+  const key = labels.join("\n") + (bars ? "|bars" : "");
+  const data = [d.t, ...arrays];
+  if (st.plot === null || st.key !== key) {
+    if (st.plot !== null) st.plot.destroy();
+    const opts = {
+      title: el.dataset.label, width: el.clientWidth || 420, height: 180,
+      legend: {live: false},
+      scales: {x: {time: true, range: () => st.range},
+               y: {range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1]}},
+      series: [{}, ...labels.map((n, i) => ({
+        label: n, stroke: colors[i], width: bars ? 1 : 2,
+        fill: bars ? colors[i] : undefined,
+        paths: bars && uPlot.paths.bars ? uPlot.paths.bars({size: [0.6, 40]}) : undefined,
+        // Dots where values are few (a burst between idle buckets, or latency that has
+        // one bucket of requests), which a line alone would not show.
+        points: {size: 5, show: bars ? false : (u, si) =>
+          u.data[si].reduce((n, v) => n + (v === null ? 0 : 1), 0) < 60},
+        spanGaps: false,
+      }))],
+      axes: [{}, {size: 50}],
+    };
+    el.innerHTML = "";
+    st.plot = new uPlot(opts, data, el);
+    st.key = key;
+    el.plot = st.plot;  // for the browser tests: the axis it drew
+    const note = document.createElement("div");
+    note.className = "nodata";
+    note.textContent = "no data in this window";
+    el.appendChild(note);
+  } else {
+    st.plot.setData(data);
+  }
+}
+
+function charts() {
+  const states = [...document.querySelectorAll("[data-chart]")].map(
+    (el) => ({el, plot: null, key: "", range: null}));
+  if (!states.length) return;
+  let latest = 0;  // a refresh's answers are dropped once a later one has started
+  const refresh = async () => {
+    const mine = ++latest;
+    const byUrl = new Map();
+    for (const st of states) {
+      const u = chartUrl(st.el);
+      if (!byUrl.has(u)) byUrl.set(u, []);
+      byUrl.get(u).push(st);
+    }
+    await Promise.all([...byUrl].map(async ([u, group]) => {
+      const text = await getText(u);
+      if (text === null || mine !== latest) return;
+      const d = JSON.parse(text);
+      for (const st of group) drawChart(st, d);
+    }));
+  };
+  for (const sel of document.querySelectorAll("select[data-chart-param]")) {
+    sel.addEventListener("change", refresh);
+  }
+  refresh();
+  setInterval(refresh, 5000);
 }
 
 // <pre data-logs="URL">: the last lines, following (every 3 s).
@@ -85,6 +162,7 @@ function actions() {
       const out = form.parentElement.querySelector(".result");
       const j = await r.json().catch(() => ({}));
       if (out) out.textContent = r.ok ? "done" : (j.error && j.error.message) || ("HTTP " + r.status);
+      for (const pull of refreshers) pull();
     });
   }
 }

@@ -64,15 +64,18 @@ def delete(request: Request, name: str, c: ConsoleCaller, state: StateDep,
 @router.post("/actions/pods/{name}/{verb}")
 def pod_action(request: Request, name: str, verb: str, c: ConsoleCaller, state: StateDep,
                ws: str | None = None) -> JSONResponse:
-    """``start`` or ``stop`` a pod (members and admins; viewers get 403)."""
+    """``start`` or ``stop`` a pod (members and admins; viewers get 403; the action its
+    state does not allow is a 409, as through the API)."""
     try:
         _action(request, c)
         if verb not in ("start", "stop"):
             raise NotFound(f"no pod action {verb!r} (start, stop)", param="verb")
         with state.db.session() as s:
             wid = one_workspace(s, c, ws).id
-            pod = (pod_svc.start_pod if verb == "start" else pod_svc.stop_pod)(
-                s, workspace_id=wid, name=name)
+            if verb == "start":
+                pod = pod_svc.start_pod(s, workspace_id=wid, name=name)
+            else:
+                pod = pod_svc.stop_pod(s, workspace_id=wid, name=name, strict=True)
             status = pod.status
         state.wake_reconcilers()
     except NeocloudError as exc:

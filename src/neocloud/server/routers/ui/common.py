@@ -20,6 +20,7 @@ from neocloud.models import Role
 from neocloud.models.billing import MICROS_PER_USD
 from neocloud.server.db.tables import Workspace
 from neocloud.server.deps import StateDep
+from neocloud.server.routers.ui import formatting
 from neocloud.server.services import budgets as budget_svc
 from neocloud.server.services import workspaces as ws_svc
 from neocloud.server.services.principal import Caller
@@ -27,8 +28,14 @@ from neocloud.server.services.principal import Caller
 COOKIE = "neocloud_console"
 WEB = Path(neocloud.web.__file__).parent
 templates = Jinja2Templates(directory=str(WEB / "templates"))
+formatting.install(templates.env)
 router = APIRouter(prefix="/ui", include_in_schema=False)
 static = StaticFiles(directory=str(WEB / "static"))
+
+
+#: The windows the charts offer: (seconds, label); the first is the default.
+CHART_WINDOWS: tuple[tuple[int, str], ...] = (
+    (900, "15 min"), (3600, "1 h"), (86_400, "1 day"), (30 * 86_400, "30 days"))
 
 
 class LoginRequired(Exception):
@@ -92,7 +99,9 @@ def page(request: Request, name: str, c: Caller, s: Session, **ctx: Any) -> HTML
     ctx.update(caller=c, can_edit=c.role is not Role.viewer, operator=is_operator(c),
                workspaces=workspaces, ws=request.query_params.get("ws") or "",
                banner=banner(s, c.workspace_id), now=datetime.now(UTC),
-               fragment=bool(request.query_params.get("fragment")))
+               fragment=bool(request.query_params.get("fragment")),
+               windows=CHART_WINDOWS, default_window=ctx.get("default_window",
+                                                             CHART_WINDOWS[0][0]))
     return templates.TemplateResponse(request, name, ctx)
 
 

@@ -173,10 +173,12 @@ def pod_page(request: Request, name: str, c: ConsoleCaller, state: StateDep,
     and start/stop controls for members and admins."""
     with state.db.session() as s:
         w = one_workspace(s, c, ws)
-        pod = pod_svc.pod_out(s, pod_svc.get_pod(s, workspace_id=w.id, name=name))
+        row = pod_svc.get_pod(s, workspace_id=w.id, name=name)
+        pod = pod_svc.pod_out(s, row)
         evs = event_svc.list_events(s, workspace_id=w.id, kind="pod", name=name, limit=30)
         return page(request, "pod.html", c, s, p=pod, wsname=w.name,
-                     idle_s=_idle_s(pod, datetime.now(UTC)), events=list(reversed(evs)))
+                     idle_s=_idle_s(pod, datetime.now(UTC)), events=list(reversed(evs)),
+                     can_start=pod_svc.can_start(row), can_stop=pod_svc.can_stop(row))
 
 
 @router.get("/pods", response_class=HTMLResponse)
@@ -193,12 +195,15 @@ def pods_page(request: Request, c: ConsoleCaller, state: StateDep,
 @router.get("/queue", response_class=HTMLResponse)
 def queue_page(request: Request, c: ConsoleCaller, state: StateDep,
                ws: str | None = None) -> HTMLResponse:
+    """Waiting work and why; a Workspace column only where several workspaces show (an
+    operator's view of all of them)."""
     with state.db.session() as s:
-        if is_operator(c) and not ws:
+        everyone = is_operator(c) and not ws
+        if everyone:
             items = quota_svc.queue(s, workspace_id=None)
         else:
             items = quota_svc.queue(s, workspace_id=one_workspace(s, c, ws).id)
-        return page(request, "queue.html", c, s, items=items)
+        return page(request, "queue.html", c, s, items=items, all_workspaces=everyone)
 
 
 def _owner_names(s: Session, allocs: list[Allocation]) -> dict[str, str]:
@@ -237,7 +242,8 @@ def nodes_page(request: Request, c: ConsoleCaller, state: StateDep) -> HTMLRespo
                      "milli": sum(u["milli"] for u in by_gpu.get((n.id, g.index), []))}
                     for g in out.gpus]
             pools.setdefault(n.pool or "default", []).append({"node": out, "gpus": gpus})
-        return page(request, "nodes.html", c, s, pools=sorted(pools.items()))
+        return page(request, "nodes.html", c, s, pools=sorted(pools.items()),
+                    default_window=3600)
 
 
 @router.get("/billing", response_class=HTMLResponse)
