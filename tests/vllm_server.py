@@ -26,6 +26,9 @@ from neocloud.models import DeploymentOut
 
 #: Seconds vLLM may take to start on CPU (it compiles and profiles; bounded).
 READY_TIMEOUT_S = 1200
+#: The dtype of the shared replica (and of the built-in engine compared with it): float32,
+#: so the greedy text does not depend on whether this CPU computes bfloat16 natively.
+VLLM_DTYPE = "float32"
 #: The deployment's name (also the model name clients send).
 NAME = "chat-vllm"
 
@@ -72,7 +75,8 @@ def vllm_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmCloud]:
     cloud = CloudProcess(tmp_path_factory.mktemp("vllm-cloud") / "home").start()
     try:
         sdk = Client(url=cloud.url, token=cloud.token)
-        created = sdk.deployments.create(NAME, engine="vllm", shape="cpu.small")
+        created = sdk.deployments.create(NAME, engine="vllm", shape="cpu.small",
+                                         env={"NEOCLOUD_DTYPE": VLLM_DTYPE})
         ready = sdk.deployments.wait_ready(NAME, timeout_s=READY_TIMEOUT_S)
         yield VllmCloud(url=cloud.url, token=cloud.token, sdk=sdk, created=created,
                         ready=ready)

@@ -1,17 +1,19 @@
 """Streamed generation: the built-in engine against vLLM, direct and through the gateway.
 
-Starts (loopback only) a built-in ``chat`` replica (``python -m neocloud.serving chat``,
-float32, the CPU default), a second one in bfloat16 (``NEOCLOUD_DTYPE=bfloat16``, the
-dtype vLLM's CPU backend picks for this float32 checkpoint; experimental, for comparison
-only; measured direct only; ``--no-bf16`` skips it), a vLLM replica (``python -m
-neocloud.serving.engines.vllm``, when ``make install-vllm`` was run; skipped otherwise) on
-the same converted SmolLM2-135M checkpoint, and one standalone gateway routing ``builtin``
-and ``vllm`` to them. Then, interleaved per concurrency level: streamed chat completions
-with ``max_tokens`` 64 (greedy), ``c`` clients each sending ``rounds`` requests back to
-back, against each target. Figures: aggregate completion tokens/s (the engine's own
-``usage`` counts, asked with ``stream_options.include_usage``), time to first token
-p50/p99, time per output token p50 ((last token - first token) / (tokens - 1) per
-request), and the gateway's cost as ratios to the direct figures of the same run.
+Starts (loopback only) a built-in ``chat`` replica (``python -m neocloud.serving chat``, in
+the default dtype: bfloat16 on a CPU with native bfloat16, as vLLM's CPU backend runs this
+float32 checkpoint, float32 otherwise; see ``serving/textgen/loading.py``), a second one
+in float32 (``NEOCLOUD_DTYPE=float32``, the batch-invariant configuration; measured direct
+only; ``--no-f32`` skips it), a vLLM replica (``python -m neocloud.serving.engines.vllm``,
+when ``make install-vllm`` was run; skipped otherwise) on the same converted SmolLM2-135M
+checkpoint, and one standalone gateway routing ``builtin`` and ``vllm`` to them
+(``--no-gateway`` skips the gateway targets). Then, interleaved per concurrency level
+(``--levels``): streamed chat completions with ``max_tokens`` 64 (greedy), ``c`` clients
+each sending ``rounds`` requests back to back, against each target. Figures: aggregate
+completion tokens/s (the engine's own ``usage`` counts, asked with
+``stream_options.include_usage``), time to first token p50/p99, time per output token p50
+((last token - first token) / (tokens - 1) per request), and the gateway's cost as ratios
+to the direct figures of the same run.
 
 Trace replay: the first ``--trace-requests`` rows of
 ``../shared/traces/azure-llm-inference-2023/AzureLLMInferenceTrace_conv.csv`` (arrival
@@ -28,6 +30,8 @@ Prints ``uptime`` first, a table, and one JSON line last.
 
     .venv/bin/python benchmarks/generation/bench.py            # full run (5 min on a quiet machine)
     .venv/bin/python benchmarks/generation/bench.py --quick    # c=1,8 only, short trace
+    .venv/bin/python benchmarks/generation/bench.py --levels 32 --no-gateway --no-f32 \
+        --trace-requests 0                                     # c=32 only, 1-2 min
 """
 
 from __future__ import annotations
@@ -223,16 +227,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="c=1,8, one round, a short trace")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-vllm", action="store_true")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
-                    help="skip the built-in engine in bfloat16 (vLLM's dtype on this CPU)")
-    ap.add_argument("--trace-requests", type=int, default=48)
+    ap.add_argument("--no-f32", dest="f32", action="store_false",
+                    help="skip the built-in engine in float32 (its batch-invariant dtype)")
+    ap.add_argument("--no-gateway", dest="gateway", action="store_false",
+                    help="measure the engines direct only")
+    ap.add_argument("--levels", default=None,
+                    help="concurrency levels, comma-separated (default 1,8,32; --quick 1,8)")
+    ap.add_argument("--trace-requests", type=int, default=48, help="0 skips the replay")
     ap.add_argument("--trace-speedup", type=float, default=1.0)
     ap.add_argument("--trace-prompt-div", type=float, default=4.0)
     ap.add_argument("--trace-output-div", type=float, default=2.0)
     a = ap.parse_args()
     levels = [1, 8] if a.quick else [1, 8, 32]
+    if a.levels:
+        levels = [int(c) for c in a.levels.split(",")]
     rounds = 1 if a.quick else a.rounds
-    trace_n = 12 if a.quick else a.trace_requests
+    trace_n = min(12, a.trace_requests) if a.quick else a.trace_requests
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
           flush=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -241,20 +251,20 @@ def main() -> None:
     try:
         bport = free_port()
         procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(bport),
-                            "--name", "builtin"], {"NEOCLOUD_DTYPE": "float32"}))
+                            "--name", "builtin"]))
         burl = f"http://127.0.0.1:{bport}"
         wait_http(burl + "/ready", 300, procs[-1])
         engines["builtin"] = procs[-1]
         routes = [f"builtin={burl}"]
         targets["builtin direct"] = (burl, "builtin", {})
-        if a.bf16:
+        if a.f32:
             hport = free_port()
             procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(hport),
-                                "--name", "builtin-bf16"], {"NEOCLOUD_DTYPE": "bfloat16"}))
+                                "--name", "builtin-f32"], {"NEOCLOUD_DTYPE": "float32"}))
             hurl = f"http://127.0.0.1:{hport}"
             wait_http(hurl + "/ready", 300, procs[-1])
-            engines["builtin-bf16"] = procs[-1]
-            targets["builtin-bf16 direct"] = (hurl, "builtin-bf16", {})
+            engines["builtin-f32"] = procs[-1]
+            targets["builtin-f32 direct"] = (hurl, "builtin-f32", {})
         vurl = None
         if not a.no_vllm:
             from neocloud.errors import InvalidRequest
@@ -272,18 +282,19 @@ def main() -> None:
                 targets["vllm direct"] = (vurl, "vllm", {})
             except InvalidRequest as exc:
                 print(f"vLLM skipped: {exc}", flush=True)
-        gport = free_port()
-        gargs = ["-m", "neocloud.gateway", "--host", "127.0.0.1", "--port", str(gport),
-                 "--token", TOKEN]
-        for r in routes:
-            gargs += ["--route", r]
-        procs.append(start(gargs))
-        gurl = f"http://127.0.0.1:{gport}"
-        wait_http(gurl + "/health", 60, procs[-1])
-        auth = {"Authorization": f"Bearer {TOKEN}"}
-        targets["builtin gateway"] = (gurl, "builtin", auth)
-        if vurl:
-            targets["vllm gateway"] = (gurl, "vllm", auth)
+        if a.gateway:
+            gport = free_port()
+            gargs = ["-m", "neocloud.gateway", "--host", "127.0.0.1", "--port", str(gport),
+                     "--token", TOKEN]
+            for r in routes:
+                gargs += ["--route", r]
+            procs.append(start(gargs))
+            gurl = f"http://127.0.0.1:{gport}"
+            wait_http(gurl + "/health", 60, procs[-1])
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            targets["builtin gateway"] = (gurl, "builtin", auth)
+            if vurl:
+                targets["vllm gateway"] = (gurl, "vllm", auth)
         for url, model, headers in targets.values():  # warm-up
             hold(engines, model)
             asyncio.run(closed_loop(url, model, 1, 1, headers))
@@ -298,9 +309,10 @@ def main() -> None:
                 print(f"{name:<22}{c:>4}{r['requests']:>5}{r['tok_s']:>9.1f}"
                       f"{r['ttft_p50']:>10.3f}{r['ttft_p99']:>10.3f}{r['tpot_p50']:>10.3f}",
                       flush=True)
-        trace = load_trace(trace_n, a.trace_speedup, a.trace_prompt_div, a.trace_output_div)
-        for name in ("builtin direct", "builtin-bf16 direct", "vllm direct"):
-            if name in targets:
+        trace = load_trace(trace_n, a.trace_speedup, a.trace_prompt_div, a.trace_output_div
+                           ) if trace_n > 0 else []
+        for name in ("builtin direct", "builtin-f32 direct", "vllm direct"):
+            if name in targets and trace:
                 url, model, headers = targets[name]
                 hold(engines, model)
                 r = asyncio.run(replay(url, model, trace, headers))
@@ -311,7 +323,7 @@ def main() -> None:
         ratios: dict[str, float] = {}
         for c in levels:
             v = results.get(f"vllm direct c={c}")
-            for eng in ("builtin", "builtin-bf16"):
+            for eng in ("builtin", "builtin-f32"):
                 b = results.get(f"{eng} direct c={c}")
                 if b and v:
                     ratios[f"{eng}/vllm tok_s c={c}"] = b["tok_s"] / v["tok_s"]
@@ -324,9 +336,14 @@ def main() -> None:
                         g["ttft_p50"] - d["ttft_p50"]) * 1000
         for k, v in ratios.items():
             print(f"{k}: {v:.3f}")
+        from neocloud.serving.textgen.loading import pick_dtype
+
+        dtypes = {"builtin": str(pick_dtype("cpu")).removeprefix("torch."),
+                  "builtin-f32": "float32"}
         trace_note = {"requests": trace_n, "speedup": a.trace_speedup,
                       "prompt_div": a.trace_prompt_div, "output_div": a.trace_output_div}
-        print(json.dumps({"results": results, "ratios": ratios, "trace": trace_note},
+        print(json.dumps({"results": results, "ratios": ratios, "trace": trace_note,
+                          "dtypes": dtypes},
                          sort_keys=True))
     finally:
         for p in reversed(procs):

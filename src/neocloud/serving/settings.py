@@ -14,8 +14,9 @@ Variables (unset or empty: the default):
 ``NEOCLOUD_MAX_BODY_BYTES``      largest request body, bytes (64 MiB); larger gets 413
 ``NEOCLOUD_GRACE_PERIOD_S``      seconds in-flight requests get after SIGTERM (30)
 ``NEOCLOUD_DEVICE``              torch device (``cuda`` when torch sees a GPU, else ``cpu``)
-``NEOCLOUD_TORCH_THREADS``       torch intra-op threads (torch's default)
-``NEOCLOUD_DTYPE``               chat: ``float32`` or ``bfloat16`` (bfloat16 on CUDA, else float32)
+``NEOCLOUD_TORCH_THREADS``       torch intra-op threads (chat: chosen from step times, 1 or all)
+``NEOCLOUD_DTYPE``               chat, either engine: ``float32`` or ``bfloat16`` (bfloat16 on
+                                 CUDA and CPUs with native bf16, else float32)
 ``NEOCLOUD_MODEL_CACHE``         folder of converted checkpoints (``~/.cache/neocloud/models``)
 ``NEOCLOUD_MAX_BATCH_SIZE``      embeddings: largest batch (the service's default, 32)
 ``NEOCLOUD_MAX_WAIT_MS``         embeddings: longest wait for a batch to fill, ms (10)

@@ -2,7 +2,9 @@
 streams that join and leave a running batch give the text they give alone, ``n`` and stop
 strings inside a batch, a leaving client frees its row, work beyond the KV budget waits,
 work that can never fit is refused, and over HTTP the engine's own count meters every
-request."""
+request. The exact-equality tests run float32 (the batch-invariant dtype, chosen
+explicitly: the CPU default is bfloat16 where the CPU has it natively); bfloat16 has its
+own bounds below."""
 
 from __future__ import annotations
 
@@ -29,7 +31,17 @@ from neocloud.serving.textgen.engine import (
 def smollm2() -> tuple[Any, Any]:
     from neocloud.serving.textgen.loading import load_causal_lm
 
-    model, tokenizer, _ = load_causal_lm(None, device="cpu")
+    model, tokenizer, _ = load_causal_lm(None, device="cpu", dtype="float32")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def smollm2_bf16() -> tuple[Any, Any]:
+    from neocloud.serving.textgen.loading import cpu_has_native_bf16, load_causal_lm
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bfloat16 (avx512_bf16 / amx_bf16)")
+    model, tokenizer, _ = load_causal_lm(None, device="cpu", dtype="bfloat16")
     return model, tokenizer
 
 
@@ -186,9 +198,93 @@ def test_http_never_fits_is_400_and_usage_is_metered(serve, monkeypatch) -> None
     assert u == {"prompt_tokens": u["prompt_tokens"], "completion_tokens": 5, "finished": True}
     assert httpx.get(run.url + "/usage", params={"id": "nope"}).status_code == 404
     metrics = httpx.get(run.url + "/metrics").text
+    # Two requests made more than one token: the replica's warm-up call (two tokens,
+    # builtin/chat.py) and the stream above.
     for name in ("neocloud_engine_requests_running 0", "neocloud_engine_requests_waiting 0",
                  "neocloud_engine_kv_cache_usage_ratio", "neocloud_engine_tokens_in_flight 0",
                  "neocloud_engine_generation_tokens_total",
                  "neocloud_engine_time_to_first_token_seconds_bucket",
-                 "neocloud_engine_time_per_output_token_seconds_count 1"):
+                 "neocloud_engine_time_per_output_token_seconds_count 2"):
         assert name in metrics, name
+
+
+# ---------------------------------------------------------------------- bfloat16
+FILLER = "the quick brown fox jumps over the lazy dog and "
+
+
+def _prefill_logits(model: Any, histories: list[list[int]]) -> Any:
+    """Last-position logits of ``histories`` prefilled together, left-padded, as the
+    engine lays them out (a right-aligned :class:`SlotCache`, 4-D mask, position ids)."""
+    import torch
+
+    from neocloud.serving.textgen.kvcache import SlotCache
+
+    cfg = model.config
+    cache = SlotCache(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                      next(model.parameters()).dtype, "cpu")
+    longest, rows = max(map(len, histories)), len(histories)
+    cache.reserve(rows, longest, 1)
+    cache.add_rows([cache.t - len(h) for h in histories])
+    cache.set_window(0, rows, cache.t - longest)
+    ids = torch.tensor([[0] * (longest - len(h)) + h for h in histories])
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=cache.mask(longest),
+                    position_ids=cache.positions(longest), cache=cache, use_cache=True,
+                    logits_to_keep=1)
+    return out.logits[:, -1].float()
+
+
+@pytest.mark.slow
+def test_bfloat16_padded_rows_stay_within_rounding_of_alone(smollm2, smollm2_bf16) -> None:
+    """A prompt prefilled left-padded beside a 339-token one, against the prompt alone:
+    float32 agrees to 1e-3, bfloat16 (linear layers packed, as the engine runs it) to
+    1.0 in logits of magnitude about 30, the rounding of a few bfloat16 steps (measured
+    0.38-0.56), with the same greedy token. A NaN left in a padding slot (the bug of
+    zero-times-NaN in attention) fails both: the logits are then not finite."""
+    from neocloud.serving.textgen.linear import pack_linears
+
+    bf16_model, tok = smollm2_bf16
+    pack_linears(bf16_model, "cpu")
+    g = TextGenerator.__new__(TextGenerator)  # chat_prompt needs only the tokenizer
+    g.tokenizer = tok
+    prompts = [_prompt(g, q) for q in ("What is the capital of France?", "Name a color.",
+                                       "Write a haiku about the sea, please, in English.")]
+    longer = _prompt(g, FILLER * 30 + "\nSummarize the text above.")
+    for model, bound in ((smollm2[0], 1e-3), (bf16_model, 1.0)):
+        for p in prompts:
+            alone = _prefill_logits(model, [p])[0]
+            padded = _prefill_logits(model, [longer, p])[1]
+            assert bool(padded.isfinite().all())
+            assert float((alone - padded).abs().max()) <= bound
+            assert int(alone.argmax()) == int(padded.argmax())
+
+
+@pytest.mark.slow
+def test_bfloat16_streams_in_a_batch_start_as_alone_and_run_their_course(smollm2_bf16
+                                                                         ) -> None:
+    """Concurrent bfloat16 streams, short prompts padded beside a long one: each starts
+    with the token it starts with alone and ends by EOS or ``max_tokens`` with text (its
+    later tokens may differ from alone: bfloat16 rounding, see the engine README)."""
+    import torch
+
+    g = TextGenerator(*smollm2_bf16, device="cpu", config=EngineConfig())
+    # the engine packed every linear layer (now, or an earlier engine on this model did)
+    assert not any(type(m) is torch.nn.Linear for m in g.model.modules())
+    prompts = [_prompt(g, q) for q in ("What is the capital of France?", "Name a color.",
+                                       FILLER * 30 + "\nSummarize the text above.", "hi")]
+    first = SamplingParams(max_tokens=1, temperature=0)
+    run = SamplingParams(max_tokens=24, temperature=0)
+
+    async def main() -> None:
+        alone = [await run_to_end(g, p, first) for p in prompts]
+        starts = await asyncio.gather(*[run_to_end(g, p, first) for p in prompts])
+        assert [s[0] for s in starts] == [a[0] for a in alone]
+        together = await asyncio.gather(*[run_to_end(g, p, run) for p in prompts])
+        for texts, finish, tokens in together:
+            assert texts[0].strip() and 1 <= tokens <= run.max_tokens
+            assert finish[0] == ("length" if tokens == run.max_tokens else "stop")
+
+    try:
+        asyncio.run(main())
+    finally:
+        g.close()

@@ -13,7 +13,7 @@ import time
 import httpx
 import openai
 import pytest
-from tests.vllm_server import READY_TIMEOUT_S, VllmCloud
+from tests.vllm_server import READY_TIMEOUT_S, VLLM_DTYPE, VllmCloud
 
 from neocloud.serving.engine_metrics import GENERATION_TOKENS, RUNNING, TTFT, translate_vllm
 from neocloud.serving.engines.vllm import EngineNotInstalled, launch
@@ -37,6 +37,16 @@ def test_launch_passes_extra_arguments_to_vllm(tmp_path) -> None:
                          "--served-model-name", "chat", "--max-model-len", "2048",
                          "--enforce-eager"]
     assert spec.env["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
+
+
+def test_the_platform_dtype_reaches_vllm(tmp_path) -> None:
+    # NEOCLOUD_DTYPE chose the built-in engine's numerics only: vLLM kept its own "auto"
+    # (bfloat16 on a CPU with native bf16), so the same setting gave two engines two dtypes
+    spec = launch(port=8001, model=str(tmp_path), python="/bin/python3", dtype="float32")
+    assert spec.argv[-2:] == ["--dtype", "float32"]
+    assert "--dtype" not in launch(port=8001, model=str(tmp_path), python="/bin/python3").argv
+    with pytest.raises(ValueError, match="NEOCLOUD_DTYPE"):
+        launch(port=8001, model=str(tmp_path), python="/bin/python3", dtype="float16")
 
 
 def test_vllm_metric_names_map_onto_ours() -> None:
@@ -87,7 +97,7 @@ def test_vllm_replica_serves_the_official_client_through_the_gateway(
                 break
             time.sleep(0.01)
         assert [rec.completion_tokens for rec in sink.records] == [n, n]
-        model, tok, _ = load_causal_lm(None, device="cpu")
+        model, tok, _ = load_causal_lm(None, device="cpu", dtype=VLLM_DTYPE)
         g = TextGenerator(model, tok)
         try:
             import asyncio
@@ -96,7 +106,7 @@ def test_vllm_replica_serves_the_official_client_through_the_gateway(
                 g, g.chat_prompt(messages), SamplingParams(max_tokens=10, temperature=0)))
         finally:
             g.close()
-        assert ours[0] == text  # the same checkpoint, the same greedy text
+        assert ours[0] == text  # the same checkpoint and dtype, the same greedy text
     finally:
         server.stop()
     metrics = httpx.get(vllm_replica + "/metrics", timeout=30).text

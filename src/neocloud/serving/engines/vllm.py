@@ -131,22 +131,33 @@ def resolve_model(ref: str | None, cache_dir: str | None = None) -> str:
 def launch(*, port: int, model: str, host: str = "127.0.0.1", name: str | None = None,
            device: str = "cpu", kv_cache_gib: float | None = None,
            max_model_len: int | None = None, python: str | None = None,
-           extra_args: list[str] | None = None) -> Launch:
+           dtype: str | None = None, extra_args: list[str] | None = None) -> Launch:
     """The command and environment of a vLLM replica serving ``model`` (a folder or
     ``ORG/NAME``, see :func:`resolve_model`) on ``host:port``.
 
     ``kv_cache_gib``: the CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``, GiB; default
     :data:`DEFAULT_CPU_KVCACHE_GIB`); on CUDA vLLM sizes its cache from free GPU memory.
+    ``dtype``: vLLM's ``--dtype`` (the platform's ``NEOCLOUD_DTYPE``, one of
+    :data:`~neocloud.serving.textgen.loading.DTYPES`, so one setting picks the numerics of
+    either engine); ``None`` leaves vLLM's own choice (``auto``: bfloat16 for a float32
+    checkpoint where the CPU computes it natively).
 
     Raises:
         EngineNotInstalled: the engine environment is missing.
+        ValueError: ``dtype`` is not one of the platform's dtype names.
     """
+    from neocloud.serving.textgen.loading import DTYPES
+
+    if dtype and dtype not in DTYPES:
+        raise ValueError(f"NEOCLOUD_DTYPE={dtype!r}: expected one of {', '.join(DTYPES)}")
     python = python or engine_python()
     argv = [python, "-m", SERVER_MODULE, "--model", model, "--host", host, "--port", str(port)]
     if name:
         argv += ["--served-model-name", name]
     if max_model_len:
         argv += ["--max-model-len", str(max_model_len)]
+    if dtype:
+        argv += ["--dtype", dtype]
     argv += list(extra_args or [])
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if device == "cpu":
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
                       model=resolve_model(args.model, settings.model_cache),
                       name=args.name, device=args.device, kv_cache_gib=args.kv_cache_gib,
                       max_model_len=args.max_model_len, python=engine_python(settings),
-                      extra_args=extra)
+                      dtype=settings.dtype, extra_args=extra)
     except (EngineNotInstalled, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -31,6 +31,11 @@ of the queue with its tokens, to be prefilled again (recomputation, as vLLM does
 it already streamed is not repeated. A request whose ``n`` choices could not fit even
 alone (:func:`slots_needed` > budget) is refused with a 400 before it starts.
 
+Speed: a bfloat16 model on CPU gets its linear layers' weights prepacked for oneDNN at
+start (:mod:`neocloud.serving.textgen.linear`, bit-identical products); without a
+``torch_threads`` setting the engine thread's torch thread count is chosen from its own
+decode step times (:mod:`neocloud.serving.textgen.threads`).
+
 KV layout and accounting: :mod:`neocloud.serving.textgen.kvcache`. The model is a
 transformers causal LM of the Llama family layout (``config.num_hidden_layers``,
 ``num_key_value_heads``, ``head_dim``) called with a 4-D boolean attention mask, explicit
@@ -54,6 +59,7 @@ from neocloud.serving.engine_metrics import EngineMetrics
 from neocloud.serving.textgen.detok import IncrementalDecoder, StopFilter
 from neocloud.serving.textgen.kvcache import COL_BLOCK, ROW_BLOCK, SlotCache
 from neocloud.serving.textgen.sampling import SamplingParams, make_generator, sample
+from neocloud.serving.textgen.threads import ThreadChooser, usable_cpus
 
 log = logging.getLogger("neocloud.serving")
 
@@ -125,8 +131,9 @@ class EngineConfig:
             derives it from memory: :data:`DEFAULT_KV_MEMORY_FRACTION` of the memory
             available at start divided by the bytes of one token's keys and values
             (``2 × layers × kv_heads × head_dim × dtype size``).
-        torch_threads: torch intra-op threads of the engine thread (``None``: torch's
-            default, one per core).
+        torch_threads: torch intra-op threads of the engine thread; ``None`` chooses
+            between 1 and one per usable CPU from the engine's own decode
+            step times (:mod:`neocloud.serving.textgen.threads`).
     """
 
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
@@ -240,8 +247,12 @@ class TextGenerator:
                  on_step: Callable[[StepReport], None] | None = None) -> None:
         import torch
 
+        from neocloud.serving.textgen.linear import pack_linears
+
         self.model = model
         self.tokenizer = tokenizer
+        #: linear layers whose weights were prepacked (bfloat16 on CPU; see .linear)
+        self.packed_linears = pack_linears(model, device)
         self.device = device
         self.config = config or EngineConfig()
         cfg = model.config
@@ -283,6 +294,7 @@ class TextGenerator:
         self._inbox: list[tuple[str, _Request]] = []
         self._cv = threading.Condition()
         self._order = 0
+        self._threads: ThreadChooser | None = None  # set on the engine thread (_loop)
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="textgen", daemon=True)
         self._thread.start()
@@ -476,6 +488,8 @@ class TextGenerator:
         torch.set_grad_enabled(False)
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
+        elif usable_cpus() > 1:
+            self._threads = ThreadChooser((1, usable_cpus()))
         while True:
             with self._cv:
                 while not self._inbox and not self._rows and not self._waiting \
@@ -558,6 +572,8 @@ class TextGenerator:
     def _step(self) -> None:
         """One engine step: admission, chunks and prefill, one decode (module doc)."""
         chunks, picked, longest = self._admit()
+        if chunks or picked:
+            self._set_step_threads(len(self._rows) + len(picked))
         started: list[str] = []
         report = self.on_step is not None
         prefilled = 0
@@ -574,7 +590,10 @@ class TextGenerator:
         if self._rows:
             if report:
                 decoded = tuple(s.req.rid for s in self._rows)
-            self._decode()
+            if self._threads is not None and not chunks and not picked:
+                self._timed_decode(self._threads)
+            else:
+                self._decode()
         self.steps += 1
         if self.on_step is not None:
             try:
@@ -582,6 +601,27 @@ class TextGenerator:
                                         decoded))
             except Exception:
                 log.exception("on_step callback failed")
+
+    def _timed_decode(self, chooser: ThreadChooser) -> None:
+        """A decode-only step on the thread count ``chooser`` picks, timed for it."""
+        import torch
+
+        rows = len(self._rows)
+        threads = chooser.pick(rows, measured=True)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        self._decode()
+        chooser.record(rows, threads, time.perf_counter() - t0)
+
+    def _set_step_threads(self, rows: int) -> None:
+        """Before a step that prefills: the best thread count of its batch group."""
+        import torch
+
+        if self._threads is not None:
+            threads = self._threads.best(rows)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
 
     def _admit(self) -> tuple[list[tuple[_Chunked, int]], list[_Seq], int]:
         """Plan the step's prefill: ``(chunks to run as (prompt, tokens), sequences to

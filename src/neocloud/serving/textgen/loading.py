@@ -9,12 +9,13 @@ skip the slow conversion.
 
 Device: the ``device`` argument (the settings' ``NEOCLOUD_DEVICE``) if set, else CUDA when
 available, else CPU. Dtype (:func:`pick_dtype`, the settings' ``NEOCLOUD_DTYPE``):
-bfloat16 on CUDA, float32 on CPU by default. On a CPU with native bfloat16 arithmetic
-(AVX512-BF16 or AMX) ``bfloat16`` runs a decode step of SmolLM2-135M about 1.7 times
-faster (vLLM's CPU backend runs float32 checkpoints in bfloat16), but it is experimental
-there: a row prefilled with left padding beside a longer prompt gets different, and
-sometimes wrong, text (see the engine's README). float32 keeps every stream's text equal
-to its text alone.
+bfloat16 on CUDA, and on a CPU with native bfloat16 arithmetic (the ``avx512_bf16`` or
+``amx_bf16`` flag, :func:`cpu_has_native_bf16`), which is also the dtype vLLM's CPU
+backend runs this float32 checkpoint in; float32 on other CPUs, where bfloat16 products
+are emulated and slower. float32 is the batch-invariant configuration (a stream's greedy
+text is the same whatever runs beside it); in bfloat16 a row attending over a padded
+window rounds differently from the row alone, so batched greedy text may drift from the
+text alone after some tokens (see the engine's README for the figures and the choice).
 """
 
 from __future__ import annotations
@@ -66,9 +67,31 @@ def pick_device(device: str | None = None) -> str:
 DTYPES = ("float32", "bfloat16")
 
 
-def pick_dtype(device: str, name: str | None = None) -> Any:
+#: CPU flags (``/proc/cpuinfo``) that mark native bfloat16 arithmetic.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively: a flag of :data:`BF16_CPU_FLAGS` in
+    ``cpuinfo`` (the text of ``/proc/cpuinfo``, read when ``None``; ``False`` where it
+    cannot be read, e.g. not Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return any(flag in value.split() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def pick_dtype(device: str, name: str | None = None, cpuinfo: str | None = None) -> Any:
     """The torch dtype a model runs in: ``name`` (one of :data:`DTYPES`) when given, else
-    bfloat16 on CUDA and float32 on CPU (see the module docstring).
+    bfloat16 on CUDA and on a CPU with native bfloat16 (:func:`cpu_has_native_bf16` of
+    ``cpuinfo``), float32 on other CPUs (see the module docstring).
 
     Raises:
         ValueError: ``name`` is not one of :data:`DTYPES` (the message names
@@ -80,7 +103,9 @@ def pick_dtype(device: str, name: str | None = None) -> Any:
         if name not in DTYPES:
             raise ValueError(f"NEOCLOUD_DTYPE={name!r}: expected one of {', '.join(DTYPES)}")
         return getattr(torch, name)
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if device.startswith("cuda") or cpu_has_native_bf16(cpuinfo):
+        return torch.bfloat16
+    return torch.float32
 
 
 def cache_root(cache_dir: str | None = None) -> str:
