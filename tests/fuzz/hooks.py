@@ -37,7 +37,10 @@ what OpenAPI can say, so their refusals of schema-valid data are not failures:
 - a job's ``command[0]`` must name a program (not blank): a 400 naming ``command.0``;
 - pods need an OpenSSH server (CI installs one, as for the pod tests) and, with
   ``jupyter``, JupyterLab on this machine: without them a pod create is refused with code
-  ``unsupported`` whatever the body.
+  ``unsupported`` whatever the body;
+- ``engine: vllm`` needs the vLLM engine environment (``make install-vllm``, which CI runs):
+  without it a deployment create or update naming that engine is refused with code
+  ``engine_not_installed`` whatever the body.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import httpx
 import schemathesis
 
 from neocloud.podrun import find_sshd
+from neocloud.serving.engines.vllm import EngineNotInstalled, engine_python
 
 OWN_TOKEN = os.environ.get("NEOCLOUD_FUZZ_TOKEN_NAME", "")
 BASE_URL = os.environ.get("NEOCLOUD_FUZZ_URL", "")
@@ -147,5 +151,16 @@ def filter_failure(ctx: Any, failure: Any, case: Any, response: Any) -> bool:
     if (method == "POST" and path == "/api/v1/pods" and response.status_code == 400
             and '"unsupported"' in response.text
             and (find_sshd() is None or "JupyterLab is not installed" in response.text)):
+        return False
+    if (path.startswith("/api/v1/deployments") and response.status_code == 400
+            and '"engine_not_installed"' in response.text and not _vllm_installed()):
+        return False
+    return True
+
+
+def _vllm_installed() -> bool:
+    try:
+        engine_python()
+    except EngineNotInstalled:
         return False
     return True

@@ -50,6 +50,40 @@ def test_a_deployment_is_placed_in_one_transaction_and_ready_in_one_pass(
     assert check_database(db, cloud.app.state.backends).ok
 
 
+def test_the_first_replica_without_room_ends_the_placing(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Room for 3 of 8 replicas: the fourth finds none and the placing ends there (the
+    other four are not tried: same request, same verdict); every replica left waits
+    with that reason, and only the 3 placed hold an allocation."""
+    cloud.add_fake_node("g1", gpus=[{"type": "H100", "count": 3, "memory_mib": 81559}])
+    replicas = 8
+    r = cloud.api("POST", "/deployments", json={"name": "m", "service": "chat",
+                                                "shape": "gpu.h100", "replicas": replicas})
+    assert r.status_code == 201, r.text
+    schedule = placement_svc.schedule
+    calls: list[int] = []
+
+    def counted(s: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return schedule(s, **kw)
+
+    monkeypatch.setattr(placement_svc, "schedule", counted)
+    cloud.reconcile(1)
+    assert len(calls) == 4  # three placed, the fourth without room; no more tried
+    assert cloud.api("GET", "/deployments/m").json()["ready_replicas"] == 3
+    with cloud.app.state.db.session() as s:
+        waiting = s.scalars(select(Replica).where(Replica.status == "pending")).all()
+        assert len(s.scalars(select(Allocation)).all()) == 3
+    assert len(waiting) == replicas - 3
+    reasons = {w.message for w in waiting}
+    assert len(reasons) == 1 and None not in reasons
+    cloud.reconcile(1)  # nothing placed: the first tried finds no room, the others wait
+    assert len(calls) == 5
+    dep = cloud.api("GET", "/deployments/m").json()
+    assert dep["ready_replicas"] == 3 and {dep["pending_reason"]} == reasons
+    assert check_database(cloud.app.state.db, cloud.app.state.backends).ok
+
+
 def test_a_batch_on_several_nodes_never_overbooks_one(cloud: Cloud) -> None:
     for name in ("g1", "g2", "g3"):
         cloud.add_fake_node(name, gpus=H100x8)
