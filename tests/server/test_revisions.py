@@ -165,7 +165,8 @@ def test_cli_deploy_with_autoscaling_autoscale_and_history(cloud: Cloud) -> None
     res = cli("autoscale", "a", "--max", "8")
     assert res.exit_code == 0 and "0..8 replicas" in res.stdout, res.stdout
     res = cli("autoscale", "a", "--min", "5", "--max", "2")
-    assert res.exit_code == 2 and "max_replicas (2) must be at least" in res.stderr
+    assert res.exit_code == 2 and "Invalid value for '--max'" in res.stderr
+    assert "--max (2) must be at least --min (5)" in res.stderr
     assert "Traceback" not in res.stderr
     res = cli("autoscale", "a", "--off")
     assert res.exit_code == 0 and "off" in res.stdout

@@ -6,11 +6,18 @@ import time
 from pathlib import Path
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text
 
 from neocloud.cli import output
+from neocloud.cli.autoscaling_options import (
+    IDLE_TO_ZERO_DEFAULT_S,
+    given_fields,
+    idle_to_zero_option,
+    scale_down_delay_option,
+    scale_up_delay_option,
+    to_config,
+)
 from neocloud.cli.context import client
 from neocloud.cli.follow import follow
 from neocloud.cli.output import age, note, print_json, status_text, table
@@ -23,7 +30,6 @@ from neocloud.models import (
     EventOut,
     NodeOut,
 )
-from neocloud.models.autoscaling import AutoscalingConfig
 from neocloud.models.deployments import Engine
 from neocloud.sdk import Client, WaitProgress
 from neocloud.sdk.deployments import brief
@@ -113,6 +119,9 @@ def deploy(
     target_inflight: float | None = typer.Option(
         None, "--target-inflight", min=0.001,
         help="Autoscale: requests in flight per replica to aim for (default 2)."),
+    idle_to_zero: float | None = idle_to_zero_option(),
+    scale_up_delay: float | None = scale_up_delay_option(),
+    scale_down_delay: float | None = scale_down_delay_option(),
     drain_timeout: float | None = typer.Option(
         None, "--drain-timeout", min=0, max=3600,
         help="Seconds a stopping replica may finish its requests (default 120)."),
@@ -137,7 +146,10 @@ def deploy(
     env_map = parse_pairs(env, option="--env") if env else None
     secret_map = parse_pairs(secret, option="--secret") if secret else None
     service = local_service_path(service)
-    scaling = _autoscaling(min_replicas, max_replicas, target_inflight)
+    given = given_fields(min_replicas=min_replicas, max_replicas=max_replicas,
+                         target_inflight=target_inflight, idle_to_zero_s=idle_to_zero,
+                         scale_up_delay_s=scale_up_delay, scale_down_delay_s=scale_down_delay)
+    scaling = to_config(given) if given else None
     api = client(ctx)
     existing = _get_or_none(api, name) if update else None
     needs_service = engine is None or engine == Engine.builtin
@@ -148,6 +160,7 @@ def deploy(
             name, service, shape=shape or "cpu.small", priority=priority, model=model,
             engine=engine,
             env=env_map, secrets=secret_map, autoscaling=scaling)
+        output.print_warnings(plan.warnings)
         if json_out:
             print_json(plan)
         elif plan.fits_now:
@@ -211,34 +224,6 @@ def deploy(
         _print_ready(api, deployment, waited=wait)
 
 
-#: Default seconds without a request before an autoscaled deployment goes from 1 to 0.
-IDLE_TO_ZERO_DEFAULT_S = float(AutoscalingConfig.model_fields["scale_to_zero_delay_s"].default)
-
-
-def _autoscaling(min_replicas: int | None, max_replicas: int | None,
-                 target_inflight: float | None, idle_to_zero_s: float | None = None
-                 ) -> AutoscalingConfig | None:
-    """The settings of ``--min/--max/--target-inflight/--idle-to-zero`` (``None`` when none
-    is given)."""
-    if min_replicas is None and max_replicas is None and target_inflight is None \
-            and idle_to_zero_s is None:
-        return None
-    given: dict[str, float] = {}
-    if idle_to_zero_s is not None:
-        given["scale_to_zero_delay_s"] = idle_to_zero_s
-    if min_replicas is not None:
-        given["min_replicas"] = min_replicas
-    if max_replicas is not None:
-        given["max_replicas"] = max_replicas
-    if target_inflight is not None:
-        given["target"] = target_inflight
-    try:
-        return AutoscalingConfig.model_validate(given)
-    except ValidationError as exc:
-        msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise typer.BadParameter(msg, param_hint="'--min' / '--max'") from None
-
-
 def autoscale(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Deployment name."),
@@ -250,32 +235,31 @@ def autoscale(
                                             help="Most replicas."),
     target_inflight: float | None = typer.Option(
         None, "--target-inflight", min=0.001, help="Requests in flight per replica."),
-    idle_to_zero: float | None = typer.Option(
-        None, "--idle-to-zero", min=0, max=86400,
-        help="Seconds without any request before going from 1 replica to 0 (with --min 0; "
-        f"default {IDLE_TO_ZERO_DEFAULT_S:g} s, at least the scale-down delay, 120 s)."),
+    idle_to_zero: float | None = idle_to_zero_option(),
+    scale_up_delay: float | None = scale_up_delay_option(),
+    scale_down_delay: float | None = scale_down_delay_option(),
     off: bool = typer.Option(False, "--off", help="Stop autoscaling; keep the current count."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Make a deployment follow its load (or, with --off, stop it). With --min 0 it goes to
-    zero replicas after --idle-to-zero seconds (default 600 s) without a request."""
+    zero replicas after --idle-to-zero seconds (default 600 s) without a request. Options
+    not given keep their current values."""
     api = client(ctx)
     if off:
         deployment = api.deployments.autoscale(name, None)
     else:
         current = api.deployments.get(name).autoscaling
-        base = current.model_dump() if current is not None else {}
-        new = _autoscaling(min_replicas, max_replicas, target_inflight, idle_to_zero)
-        if new is None and current is None:
+        given = given_fields(
+            min_replicas=min_replicas, max_replicas=max_replicas,
+            target_inflight=target_inflight, idle_to_zero_s=idle_to_zero,
+            scale_up_delay_s=scale_up_delay, scale_down_delay_s=scale_down_delay)
+        if not given and current is None:
             raise typer.BadParameter(
-                "give --min, --max, --target-inflight or --idle-to-zero (or --off)",
-                param_hint="'--min'")
-        merged = {**base, **(new.model_dump(exclude_unset=True) if new else {})}
-        try:
-            config = AutoscalingConfig.model_validate(merged)
-        except ValidationError as exc:
-            msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise typer.BadParameter(msg, param_hint="'--min' / '--max'") from None
+                "give --min, --max, --target-inflight, --idle-to-zero, --scale-up-delay or "
+                "--scale-down-delay (or --off)", param_hint="'--min'")
+        # the options given change the stored settings; the others keep their values
+        base = current.model_dump() if current is not None else {}
+        config = to_config({**base, **given})
         deployment = api.deployments.autoscale(name, config)
     if json_out:
         print_json(deployment)
@@ -285,6 +269,7 @@ def autoscale(
         f"Autoscaling of {name}: " + (f"{a.min_replicas}..{a.max_replicas} replicas, "
                                       f"target {a.target:g} {a.signal.value} per replica"
                                       if a else "off")
+        + (f", scale-down delay {a.scale_down_delay_s:g} s" if a else "")
         + (f", to zero after {a.scale_to_zero_delay_s:g} s idle"
            if a and a.min_replicas == 0 else "")
         + f" ({deployment.replicas} desired, {deployment.ready_replicas} ready)."))

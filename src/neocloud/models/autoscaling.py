@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from neocloud.models.common import OutModel, WireModel
 
@@ -46,7 +46,8 @@ class AutoscalingConfig(WireModel):
     over a stable window of ``window_s`` and a panic window of ``panic_window_s``, asks for
     ``ceil(average / target)`` replicas, and changes the count only when the
     recommendation has held for ``scale_up_delay_s`` (up) or ``scale_down_delay_s`` (down);
-    going from one replica to zero waits ``scale_to_zero_delay_s`` with no request at all.
+    going to zero waits until ``scale_to_zero_delay_s`` have passed since the last request
+    (and the stable window holds no load), however many scale-downs came in between.
     When the panic-window average asks for ``panic_threshold`` times the ready replicas or
     more it scales up at once and does not scale down for a stable window.
 
@@ -74,23 +75,42 @@ class AutoscalingConfig(WireModel):
     scale_down_delay_s: float = Field(default=120.0, ge=0, le=86400)
     scale_to_zero_delay_s: float = Field(default=600.0, ge=0, le=86400)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> AutoscalingConfig:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be at least min_replicas "
-                f"({self.min_replicas})")
-        if self.panic_window_s > self.window_s:
-            raise ValueError(
-                f"panic_window_s ({self.panic_window_s}) must not exceed window_s "
-                f"({self.window_s})")
-        if self.scale_to_zero_delay_s < self.scale_down_delay_s:
-            raise ValueError(
-                f"scale_to_zero_delay_s ({self.scale_to_zero_delay_s}) must be at least "
-                f"scale_down_delay_s ({self.scale_down_delay_s})")
-        if self.signal is AutoscalingSignal.kv_cache_use and self.target > 1:
+    # each rule checks a field against one defined before it (so in ``info.data``, unless
+    # that one failed already), so that an error names the field that breaks it: the API
+    # answers ``autoscaling.scale_to_zero_delay_s`` and the CLI names its option
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_replicas")
+        if low is not None and value < low:
+            raise ValueError(f"max_replicas ({value}) must be at least min_replicas ({low})")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target_fits_signal(cls, value: float, info: ValidationInfo) -> float:
+        if info.data.get("signal") is AutoscalingSignal.kv_cache_use and value > 1:
             raise ValueError("target of kv_cache_use is a fraction of the cache (0..1]")
-        return self
+        return value
+
+    @field_validator("panic_window_s")
+    @classmethod
+    def _panic_within_window(cls, value: float, info: ValidationInfo) -> float:
+        window = info.data.get("window_s")
+        if window is not None and value > window:
+            raise ValueError(
+                f"panic_window_s ({value}) must not exceed window_s ({window})")
+        return value
+
+    @field_validator("scale_to_zero_delay_s")
+    @classmethod
+    def _zero_after_down(cls, value: float, info: ValidationInfo) -> float:
+        down = info.data.get("scale_down_delay_s")
+        if down is not None and value < down:
+            raise ValueError(
+                f"scale_to_zero_delay_s ({value}) must be at least scale_down_delay_s "
+                f"({down})")
+        return value
 
 
 class ScalingReason(StrEnum):
@@ -111,7 +131,8 @@ class ScalingReason(StrEnum):
     waiting_down = "WAITING_SCALE_DOWN_DELAY"
     """A lower count is recommended but not yet for ``scale_down_delay_s``."""
     waiting_zero = "WAITING_SCALE_TO_ZERO_DELAY"
-    """Idle, but not yet for ``scale_to_zero_delay_s`` (or a request is in flight)."""
+    """Idle, but not yet ``scale_to_zero_delay_s`` since the last request (or one is in
+    flight)."""
     bounds = "BOUNDS"
     """Moved into ``[min_replicas, max_replicas]`` (e.g. after the bounds changed)."""
     no_metrics = "NO_METRICS"

@@ -194,7 +194,8 @@ class DryRunOut(OutModel):
     """What ``POST /deployments?dry_run=true`` answers, storing nothing: whether one
     replica of the spec fits now (``node``), could fit by preempting lower-priority work
     (``preempts``), or could ever fit on a registered node; ``reason`` names the nodes that
-    come closest and why every node is rejected, ``code`` its stable code."""
+    come closest and why every node is rejected, ``code`` its stable code; ``warnings``
+    the advice the real create would return (see :attr:`DeploymentOut.warnings`)."""
 
     dry_run: bool = True
     fits_now: bool
@@ -203,6 +204,7 @@ class DryRunOut(OutModel):
     preempts: int = 0
     reason: str | None = None
     code: ReasonCode | None = None
+    warnings: list[str] = Field(default_factory=list)
 
 
 class RevisionOut(OutModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shlex
 import socket
 from pathlib import Path
 from types import FrameType
@@ -127,11 +128,25 @@ def up(
     if boot.token:
         console.print(f"admin token (shown once): [bold]{boot.token}[/]")
     if path:
-        console.print(f"the CLI is logged in (config: {path}). Stop with Ctrl-C.")
+        console.print(login_message(path, settings.home, cli_config.home_dir()),
+                      markup=False, highlight=False)
     try:
         _run(settings, stop_replicas_on_exit=True)
     finally:
         home_lock.close()
+
+
+def login_message(config: Path, home: Path, shell_home: Path) -> str:
+    """What ``up`` says once it saved the CLI config ``config`` for the data folder
+    ``home``. When ``home`` is not the folder a plain CLI in this shell reads
+    (``shell_home``: ``$NEOCLOUD_HOME`` or ``~/.neocloud``), the CLI finds that login only
+    with ``NEOCLOUD_HOME`` set, and the message says how."""
+    msg = f"the CLI is logged in (config: {config})."
+    if home.expanduser().resolve() != shell_home.expanduser().resolve():
+        msg += (" This is not the default data folder: other commands use it only with "
+                f"NEOCLOUD_HOME set; run `export NEOCLOUD_HOME={shlex.quote(str(home))}` in "
+                "the shells that use this cloud.")
+    return msg + " Stop with Ctrl-C."
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:

@@ -4,7 +4,8 @@ the lean ASGI app of :mod:`neocloud.serving.app`.
 SIGTERM / SIGINT: ``/ready`` turns 503 at once, the listening socket closes, in-flight
 requests get up to the grace period (``NEOCLOUD_GRACE_PERIOD_S``, default 30 seconds) to
 finish, then ``teardown()`` runs and the process exits 0. A failing ``setup()`` makes the
-process exit 1. Logs go to stderr.
+process exit 1. Logs go to stderr, without the download and weight-loading progress bars of
+Hugging Face libraries (see :func:`disable_progress_bars`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,29 @@ class ReplicaServer(uvicorn.Server):
         await super().serve(sockets)
 
 
+#: Hugging Face Hub's switch for its progress bars, which transformers follows too.
+HF_PROGRESS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
+
+
+def disable_progress_bars() -> None:
+    """Turn off the progress bars of huggingface_hub and transformers in this process and
+    its children (``Loading weights: 0%|...`` lines full of carriage returns in replica
+    logs). Sets ``HF_HUB_DISABLE_PROGRESS_BARS=1`` (libraries imported later read it) and
+    switches off the bars of those already imported; an explicit setting of the variable
+    in the replica's environment is kept."""
+    os.environ.setdefault(HF_PROGRESS_ENV, "1")
+    if os.environ[HF_PROGRESS_ENV].strip().lower() not in ("1", "true", "yes", "on"):
+        return
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars as hub_disable
+
+        hub_disable()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.disable_progress_bar()
+
+
 def _on_fatal(exc: BaseException) -> None:
     global _fatal
     _fatal = True
@@ -67,6 +91,7 @@ def _on_fatal(exc: BaseException) -> None:
 def app_factory() -> ServingApp:
     """Build the app from ``NEOCLOUD_SERVE_*`` variables (the reloading server's process)."""
     global _app
+    disable_progress_bars()
     model = os.environ.get(_ENV_MODEL) or None
     name = os.environ.get(_ENV_NAME) or None
     _app = build_app(os.environ[_ENV_SERVICE], name=name, model=model,
@@ -173,6 +198,7 @@ def run(
         ValueError: the service reference cannot be resolved.
     """
     global _app
+    disable_progress_bars()
     settings = ServingSettings.from_env()
     grace = settings.grace_period_s if grace_period_s is None else grace_period_s
     settings = replace(settings, grace_period_s=grace)  # what the app tells a cut stream

@@ -180,13 +180,41 @@ def test_decay_to_zero_waits_the_zero_delay_and_wakes_at_once() -> None:
     run = drive(TargetTrackingPolicy(cfg()), load, 2100, 3)
     to_zero = [d for d in run.changes() if d.desired == 0]
     assert len(to_zero) == 1 and to_zero[0].reason is ScalingReason.scale_to_zero
-    # the stable window empties 60 s after the last request, then 600 s of zero
-    last_request = max(t for t in range(2000) if round(load(t)) > 0)
-    assert to_zero[0].at >= last_request + 600
+    # 600 s after the last arrival (the scale-downs before it do not restart the count)
+    last_request = max(t for t in range(2000) if load(t) > 0)
+    assert to_zero[0].at == last_request + 600
     wake = [d for d in run.changes() if d.current == 0]
     assert wake and wake[0].reason is ScalingReason.scale_from_zero and wake[0].at == 2000
     downs = [d.desired for d in run.changes() if d.desired < d.current]
     assert downs == sorted(downs, reverse=True)  # only down until the wake
+
+
+@pytest.mark.parametrize("idle", [120, 300, 600])
+def test_idle_to_zero_counts_from_the_last_request_not_the_last_scale_down(idle: int) -> None:
+    # two replicas busy until t0, then not one request: a scale-down 2 -> 1 comes first
+    # (the scale-down delay), yet the idle time is counted from the last request
+    t0 = 300
+    run = drive(TargetTrackingPolicy(cfg(max_replicas=2, scale_to_zero_delay_s=idle)),
+                lambda t: 4.0 if t <= t0 else 0.0, t0 + idle + 400, 2)
+    to_zero = [d for d in run.changes() if d.desired == 0]
+    assert [d.reason for d in to_zero] == [ScalingReason.scale_to_zero]
+    assert to_zero[0].at == t0 + idle
+    downs = [d for d in run.changes() if d.current == 2 and d.desired == 1]
+    if idle > 120:
+        assert len(downs) == 1 and t0 + 120 <= downs[0].at < t0 + idle
+    assert run.counts[-1] == 0 and run.reversals() == 0
+
+
+def test_idle_to_zero_shorter_than_the_window_waits_for_an_empty_window() -> None:
+    # with a zero delay shorter than the stable window the count only goes to zero once
+    # the window holds no load, and does not bounce back up on the old load in it
+    t0 = 300
+    run = drive(TargetTrackingPolicy(cfg(max_replicas=2, scale_down_delay_s=0,
+                                         scale_to_zero_delay_s=10)),
+                lambda t: 4.0 if t <= t0 else 0.0, t0 + 400, 2)
+    to_zero = [d for d in run.changes() if d.desired == 0]
+    assert len(to_zero) == 1 and to_zero[0].at == t0 + 60
+    assert run.counts[-1] == 0 and run.reversals() == 0
 
 
 def test_never_to_zero_while_a_request_is_in_flight() -> None:
@@ -239,17 +267,23 @@ def test_decision_carries_the_values_behind_it() -> None:
     assert "1 -> 3" in d.message() and "BURST_SCALE_UP" in d.message()
 
 
-@pytest.mark.parametrize(("kw", "field"), [
-    (dict(min_replicas=3, max_replicas=2), "max_replicas"),
-    (dict(window_s=10, panic_window_s=20), "panic_window_s"),
-    (dict(scale_down_delay_s=300, scale_to_zero_delay_s=60), "scale_to_zero_delay_s"),
-    (dict(signal="kv_cache_use", target=2.0), "kv_cache_use"),
-    (dict(target=0), "target"),
-    (dict(min_replicas=-1), "min_replicas"),
+@pytest.mark.parametrize(("kw", "field", "loc"), [
+    (dict(min_replicas=3, max_replicas=2), "max_replicas", "max_replicas"),
+    (dict(window_s=10, panic_window_s=20), "panic_window_s", "panic_window_s"),
+    (dict(scale_down_delay_s=300, scale_to_zero_delay_s=60), "scale_to_zero_delay_s",
+     "scale_to_zero_delay_s"),
+    (dict(scale_to_zero_delay_s=10), "scale_down_delay_s \\(120.0\\)",
+     "scale_to_zero_delay_s"),
+    (dict(signal="kv_cache_use", target=2.0), "kv_cache_use", "target"),
+    (dict(target=0), "target", "target"),
+    (dict(min_replicas=-1), "min_replicas", "min_replicas"),
 ])
-def test_config_rejects_inconsistent_settings(kw: dict[str, object], field: str) -> None:
-    with pytest.raises(ValidationError, match=field):
+def test_config_rejects_inconsistent_settings(kw: dict[str, object], field: str,
+                                              loc: str) -> None:
+    # the error is located at the field that breaks the rule (the API names it)
+    with pytest.raises(ValidationError, match=field) as caught:
         AutoscalingConfig(**kw)  # type: ignore[arg-type]
+    assert [e["loc"] for e in caught.value.errors()] == [(loc,)]
 
 
 # ------------------------------------------------------------------ Ray Serve defaults

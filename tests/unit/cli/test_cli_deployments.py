@@ -215,3 +215,75 @@ def test_autoscale_idle_to_zero_is_sent(run: Run, cloud: FakeCloud) -> None:
     sent = json.loads(cloud.requests[-1].content)["autoscaling"]
     assert sent["min_replicas"] == 0 and sent["scale_to_zero_delay_s"] == 900
     assert "to zero after 900 s idle" in result.stdout
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.replace("\u2502", " ").split())  # without the box edges
+
+
+def test_idle_to_zero_below_the_scale_down_delay_names_both_options(
+        run: Run, cloud: FakeCloud) -> None:
+    run("deploy", "web", "-s", "embeddings", "--no-wait")
+    sent = len(cloud.requests)
+    for command in (("autoscale", "web"), ("deploy", "api", "-s", "embeddings", "--no-wait")):
+        result = run(*command, "--min", "0", "--max", "2", "--idle-to-zero", "10")
+        assert result.exit_code == 2, result.stdout
+        err = _flat(result.stderr)
+        assert "Invalid value for '--idle-to-zero'" in err
+        assert "--scale-down-delay (120.0)" in err
+        assert "scale_to_zero_delay_s" not in err and "scale_down_delay_s" not in err
+        assert "'--min' / '--max'" not in err
+    assert all(r.method == "GET" for r in cloud.requests[sent:])  # nothing was changed
+
+
+def test_scale_delays_are_options_of_autoscale_and_deploy(run: Run, cloud: FakeCloud) -> None:
+    run("deploy", "web", "-s", "embeddings", "--no-wait")
+    result = run("autoscale", "web", "--min", "0", "--max", "2", "--scale-down-delay", "5",
+                 "--scale-up-delay", "3", "--idle-to-zero", "10")
+    assert result.exit_code == 0, result.stderr
+    sent = json.loads(cloud.requests[-1].content)["autoscaling"]
+    assert (sent["scale_down_delay_s"], sent["scale_up_delay_s"],
+            sent["scale_to_zero_delay_s"]) == (5, 3, 10)
+    assert "scale-down delay 5 s" in result.stdout and "to zero after 10 s idle" in result.stdout
+    created = run("deploy", "api", "-s", "embeddings", "--no-wait", "--min", "0", "--max", "3",
+                  "--scale-down-delay", "30", "--idle-to-zero", "45")
+    assert created.exit_code == 0, created.stderr
+    body = json.loads(cloud.requests[-1].content)["autoscaling"]
+    assert (body["min_replicas"], body["scale_down_delay_s"],
+            body["scale_to_zero_delay_s"]) == (0, 30, 45)
+
+
+def test_autoscale_checks_the_given_options_against_the_stored_settings(
+        run: Run, cloud: FakeCloud) -> None:
+    run("deploy", "web", "-s", "embeddings", "--no-wait")
+    assert run("autoscale", "web", "--min", "1", "--max", "10",
+               "--scale-down-delay", "30", "--idle-to-zero", "60").exit_code == 0
+    # --min 5 alone is fine with the stored --max 10 (not the default 4), --idle-to-zero 40
+    # with the stored --scale-down-delay 30 (not the default 120)
+    raised = run("autoscale", "web", "--min", "5", "--idle-to-zero", "40")
+    assert raised.exit_code == 0, raised.stderr
+    sent = json.loads(cloud.requests[-1].content)["autoscaling"]
+    assert (sent["min_replicas"], sent["max_replicas"], sent["scale_down_delay_s"],
+            sent["scale_to_zero_delay_s"]) == (5, 10, 30, 40)
+    below = run("autoscale", "web", "--max", "2")
+    assert below.exit_code == 2
+    err = _flat(below.stderr)
+    assert "Invalid value for '--max'" in err and "--max (2) must be at least --min (5)" in err
+    longer = run("autoscale", "web", "--scale-down-delay", "300")
+    assert longer.exit_code == 2
+    assert "--idle-to-zero (40.0) must be at least --scale-down-delay (300.0)" in _flat(
+        longer.stderr)
+
+
+def test_autoscale_and_deploy_help_state_the_delay_defaults(run: Run) -> None:
+    from neocloud.models.autoscaling import AutoscalingConfig
+
+    defaults = AutoscalingConfig()
+    for command in ("autoscale", "deploy"):
+        text = _flat(run(command, "--help", login=False).stdout)
+        for option, default in (("--scale-down-delay", defaults.scale_down_delay_s),
+                                ("--scale-up-delay", defaults.scale_up_delay_s),
+                                ("--idle-to-zero", defaults.scale_to_zero_delay_s)):
+            start = text.index(option)
+            assert f"default {default:g} s" in text[start:start + 400], (command, option)
+        assert "counted from the last one" in text

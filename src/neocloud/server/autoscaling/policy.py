@@ -27,9 +27,13 @@ Each tick, with ``n`` the replica count the deployment runs now:
    restart) does not scale down until it has seen that much, and a stable window less
    than half full (the first ticks) does not scale up outside burst mode: a few samples
    are too noisy to act on.
-5. Zero: from one replica to none only after ``scale_to_zero_delay_s`` of recommendations
-   of zero and no request in flight; from none to some at once when any request arrives or
-   is held (the gateway holds requests while a replica starts).
+5. Zero: to none once ``scale_to_zero_delay_s`` have passed since the last request (the
+   latest sample that showed one arriving, in flight or held) and the stable window holds
+   no load (so never sooner than ``window_s`` after it); the idle time counts from that
+   request, not from the latest scale-down, and the scale-down cool-down does not delay
+   it. A policy state that has not seen the last request (a restart) counts from its own
+   start. From none to some at once when any request arrives or is held (the gateway
+   holds requests while a replica starts).
 
 The state between ticks is a short run-length history of recommendations and the time of
 the last burst; see ``README.md`` beside this module for the sources of each idea.
@@ -56,6 +60,8 @@ class TargetState:
         last_burst: time the burst condition last held (None: not in burst mode).
         burst_max: the highest count asked for during the current burst.
         last_down: time of the latest scale-down (None: none yet).
+        last_request: time of the latest sample that showed a request arriving, in flight
+            or held (None: none seen yet).
     """
 
     since: float | None = None
@@ -63,6 +69,7 @@ class TargetState:
     last_burst: float | None = None
     burst_max: int = 0
     last_down: float | None = None
+    last_request: float | None = None
 
 
 def _ceil(x: float) -> int:
@@ -117,7 +124,7 @@ class TargetTrackingPolicy:
 
     def _remember(self, state: TargetState, now: float, rec: int) -> TargetState:
         cfg = self.config
-        keep = max(cfg.scale_up_delay_s, cfg.scale_down_delay_s, cfg.scale_to_zero_delay_s)
+        keep = max(cfg.scale_up_delay_s, cfg.scale_down_delay_s)
         hist = list(state.history)
         if not hist or hist[-1][1] != rec:
             hist.append((now, rec))
@@ -127,6 +134,30 @@ class TargetTrackingPolicy:
             hist.pop(0)
         return replace(state, since=now if state.since is None else state.since,
                        history=tuple(hist))
+
+    @staticmethod
+    def _seen_request(samples: Sequence[Sample], now: float,
+                      state: TargetState) -> TargetState:
+        """``state`` with ``last_request`` moved to the latest busy sample up to ``now``."""
+        last = state.last_request
+        for s in reversed(samples):
+            if s.at <= now and s.busy:
+                if last is None or s.at > last:
+                    last = s.at
+                break
+        return state if last == state.last_request else replace(state, last_request=last)
+
+    def idle_s(self, state: TargetState, now: float) -> float:
+        """Seconds without a request as far as ``state`` knows (0.0 before its first tick).
+
+        Counted from the last request seen, or from the state's start when that is later
+        (a restarted control plane does not know what came before it).
+        """
+        if state.since is None:
+            return 0.0
+        start = state.since if state.last_request is None else max(state.since,
+                                                                   state.last_request)
+        return now - start
 
     # ---------------------------------------------------------------- decide
     def decide(
@@ -147,13 +178,15 @@ class TargetTrackingPolicy:
                 panic_value=burst_value, recommended=rec, in_flight=in_flight,
                 samples=n_samples, panic=panic)
 
+        state = self._seen_request(samples, now, state)
         bounded = clamp(current, cfg.min_replicas, cfg.max_replicas)
         if stable is None:
             if current == 0 and latest is not None and latest.busy and cfg.max_replicas > 0:
                 # a request is held but the signal (e.g. engine metrics) has no value yet
                 desired = max(1, cfg.min_replicas)
                 return (out(desired, ScalingReason.scale_from_zero),
-                        TargetState(since=now, history=((now, desired),)))
+                        TargetState(since=now, history=((now, desired),),
+                                    last_request=state.last_request))
             reason = ScalingReason.bounds if bounded != current else ScalingReason.no_metrics
             return out(bounded, reason), state
         raw = stable / cfg.target
@@ -164,11 +197,18 @@ class TargetTrackingPolicy:
                 desired = clamp(max(1, _ceil(raw), _ceil(raw_burst)), max(1, cfg.min_replicas),
                                 cfg.max_replicas)
                 return (out(desired, ScalingReason.scale_from_zero, desired),
-                        TargetState(since=now, history=((now, desired),)))
+                        TargetState(since=now, history=((now, desired),),
+                                    last_request=state.last_request))
             reason = ScalingReason.bounds if bounded != 0 else ScalingReason.steady
             return out(bounded, reason, bounded), self._remember(state, now, bounded)
 
         rec = self.recommend(raw, current)
+        idle = rec == 0 and (latest is None or not latest.busy)
+        if idle and self.idle_s(state, now) >= cfg.scale_to_zero_delay_s:
+            # rec 0 means min_replicas 0 and a stable window without load; the idle time
+            # runs from the last request, whatever scale-down came in between
+            state = replace(self._remember(state, now, 0), last_down=now)
+            return out(0, ScalingReason.scale_to_zero, rec), state
 
         # burst mode
         over = raw_burst >= cfg.panic_threshold * max(ready, 1)
@@ -201,6 +241,9 @@ class TargetTrackingPolicy:
                 return out(low, ScalingReason.scale_up, rec), state
             return out(current, ScalingReason.waiting_up, rec), state
         if rec < current:
+            if rec == 0 and current == 1:
+                # only the zero delay (or a request in flight) keeps this replica
+                return out(current, ScalingReason.waiting_zero, rec), state
             cooling = (state.last_down is not None
                        and now - state.last_down < cfg.scale_down_delay_s)
             if cooling or not self._covers(state, now, cfg.scale_down_delay_s):
@@ -208,15 +251,8 @@ class TargetTrackingPolicy:
             high = max(self._span(state, now, cfg.scale_down_delay_s))
             if high >= current:
                 return out(current, ScalingReason.waiting_down, rec), state
-            down = replace(state, last_down=now)
-            if high > 0:
-                return out(high, ScalingReason.scale_down, rec), down
-            zero_ok = (self._covers(state, now, cfg.scale_to_zero_delay_s)
-                       and max(self._span(state, now, cfg.scale_to_zero_delay_s)) == 0
-                       and in_flight == 0)
-            if zero_ok:
-                return out(0, ScalingReason.scale_to_zero, rec), down
-            if current > 1:
-                return out(1, ScalingReason.scale_down, rec), down
-            return out(current, ScalingReason.waiting_zero, rec), state
+            # here current >= 2 (one replica with rec 0 waits above); high 0 means idle
+            # but not yet for the zero delay, so one replica stays
+            return (out(max(high, 1), ScalingReason.scale_down, rec),
+                    replace(state, last_down=now))
         return out(current, ScalingReason.steady, rec), state

@@ -30,6 +30,7 @@ from neocloud.models import (
 )
 from neocloud.models.autoscaling import AutoscalingConfig
 from neocloud.models.deployments import DryRunOut, Engine, ReasonCode
+from neocloud.models.secrets import env_warnings
 from neocloud.server.db.tables import Deployment, DeploymentRevision, Node, Replica
 from neocloud.server.scheduler import Unschedulable
 from neocloud.server.services import budgets as budget_svc
@@ -175,14 +176,16 @@ def dry_run(s: Session, *, workspace_id: str, spec: DeploymentCreate) -> DryRunO
     result = placement.schedule(s, workspace_id=workspace_id,
                                 requests=[placement.request_for_shape(shape)],
                                 priority=spec.priority)
+    warnings = env_warnings(spec.env)  # what the real create returns for this spec
     if isinstance(result, placement.Preempt):
         return DryRunOut(fits_now=False, can_ever_fit=True, preempts=len(result.victims),
-                         reason=result.reason, code=ReasonCode.PREEMPTING)
+                         reason=result.reason, code=ReasonCode.PREEMPTING, warnings=warnings)
     if isinstance(result, Unschedulable):
         return DryRunOut(fits_now=False, can_ever_fit=not result.never_fits,
-                         reason=result.reason, code=result.code)
+                         reason=result.reason, code=result.code, warnings=warnings)
     node = s.get(Node, result[0].node_id)
-    return DryRunOut(fits_now=True, can_ever_fit=True, node=node.name if node else None)
+    return DryRunOut(fits_now=True, can_ever_fit=True, node=node.name if node else None,
+                     warnings=warnings)
 
 
 def _spec_of(dep: Deployment) -> dict[str, Any]:

@@ -6,17 +6,22 @@ Hub (or its local cache when offline) and ``--model <folder>`` from a local fold
 
 Every input string is one item of a dynamic batch shared by all concurrent requests
 (``NEOCLOUD_MAX_BATCH_SIZE``, default 32; ``NEOCLOUD_MAX_WAIT_MS``, default 10 ms). A
-batch is tokenized once, and the same tokenization gives the ``usage`` token counts
-(special tokens included). ``encoding_format=base64`` sends each vector as the base64 of
-its little-endian float32 bytes, the form the official OpenAI client decodes.
-``dimensions`` keeps the first ``d`` components and rescales them to unit length (the
-Matryoshka truncation OpenAI applies for its text-embedding-3 models).
+batch is first counted untruncated: an input longer than the model's maximum sequence
+length (sentence-transformers' ``max_seq_length``, else the tokenizer's
+``model_max_length``) is refused with a 400 naming it (``input`` or ``input.N``), never cut
+short, and only its own request fails. The rest is tokenized once for the model, and that
+tokenization gives the ``usage`` token counts (special tokens included).
+``encoding_format=base64`` sends each vector as the base64 of its little-endian float32
+bytes, the form the official OpenAI client decodes. ``dimensions`` keeps the first ``d``
+components and rescales them to unit length (the Matryoshka truncation OpenAI applies for
+its text-embedding-3 models).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from neocloud.errors import InvalidRequest, Unsupported
@@ -36,6 +41,34 @@ DEFAULT_MAX_WAIT_MS = 10.0
 #: string through the batcher and the model, so a replica is ready only once a forward
 #: pass has run (the first one pays for lazy initialisation).
 EMBEDDINGS_WARMUP: dict[str, Any] = {"model": WARMUP_MODEL, "input": "warm-up"}
+#: A tokenizer ``model_max_length`` at or above this is transformers' "no limit" sentinel.
+_NO_LIMIT = 1_000_000
+
+
+class InputTooLong(Exception):
+    """Batch output for one input longer than the model's limit.
+
+    ``text`` is the very input object (so the handler finds its index), ``tokens`` its
+    length in tokens (special tokens included), ``limit`` the most the model takes.
+    """
+
+    def __init__(self, text: str, tokens: int, limit: int) -> None:
+        super().__init__(f"{tokens} tokens > {limit}")
+        self.text = text
+        self.tokens = tokens
+        self.limit = limit
+
+
+def max_input_tokens(model: Any) -> int | None:
+    """The most tokens (special tokens included) ``model`` embeds without truncating:
+    its ``max_seq_length``, else its tokenizer's ``model_max_length``; ``None`` when
+    neither gives a limit."""
+    limit = getattr(model, "max_seq_length", None)
+    if not isinstance(limit, int) or limit <= 0:
+        limit = getattr(getattr(model, "tokenizer", None), "model_max_length", None)
+    if not isinstance(limit, int) or limit <= 0 or limit >= _NO_LIMIT:
+        return None
+    return limit
 
 
 def default_model_path() -> str:
@@ -63,6 +96,7 @@ class EmbeddingsService(Service):
         self.settings = s = settings or ServingSettings.from_env()
         self.model: Any = None
         self.dimensions = 0
+        self.max_tokens: int | None = None
         self.device = "cpu"
         self.encode = Batcher(
             self._encode_batch,
@@ -90,11 +124,32 @@ class EmbeddingsService(Service):
             self.model.get_sentence_embedding_dimension  # the older name
         self.dimensions = int(dim() or 0)
         self._preprocess = getattr(self.model, "preprocess", None) or self.model.tokenize
-        log.info("embeddings model %s loaded on %s (%d dimensions)", source, self.device,
-                 self.dimensions)
+        # without a tokenizer to count with, inputs are left to the model's own truncation
+        self.max_tokens = (max_input_tokens(self.model)
+                           if getattr(self.model, "tokenizer", None) is not None else None)
+        log.info("embeddings model %s loaded on %s (%d dimensions, at most %s tokens)",
+                 source, self.device, self.dimensions, self.max_tokens)
 
-    def _encode_batch(self, texts: list[str]) -> list[tuple[Any, int]]:
-        """Embed ``texts`` in one forward pass: ``[(float32 vector, token count), ...]``."""
+    def _lengths(self, texts: list[str]) -> list[int]:
+        """Token count of each text untruncated, special tokens included."""
+        ids = self.model.tokenizer(texts, add_special_tokens=True, truncation=False,
+                                   padding=False, return_attention_mask=False,
+                                   return_token_type_ids=False, verbose=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def _encode_batch(self, texts: list[str]) -> Sequence[tuple[Any, int] | InputTooLong]:
+        """Embed ``texts`` in one forward pass: ``[(float32 vector, token count), ...]``;
+        a text over :attr:`max_tokens` gets an :class:`InputTooLong` instead."""
+        limit = self.max_tokens
+        if limit is None:
+            return self._forward(texts)
+        lengths = self._lengths(texts)
+        fits = [t for t, n in zip(texts, lengths, strict=True) if n <= limit]
+        done = iter(self._forward(fits) if fits else [])
+        return [next(done) if n <= limit else InputTooLong(t, n, limit)
+                for t, n in zip(texts, lengths, strict=True)]
+
+    def _forward(self, texts: list[str]) -> list[tuple[Any, int]]:
         import torch
 
         features = self._preprocess(texts)
@@ -113,7 +168,9 @@ class EmbeddingsService(Service):
 
         Raises:
             NotFound: unknown ``model``.
-            InvalidRequest: empty input, or ``dimensions`` larger than the model's.
+            InvalidRequest: empty input, an input longer than the model's maximum sequence
+                length (``param`` ``input`` or ``input.N``), or ``dimensions`` larger than
+                the model's.
             Unsupported: token-array input (this model's tokenizer is not the client's).
         """
         model = check_model(self, body.model, request)
@@ -125,11 +182,19 @@ class EmbeddingsService(Service):
                 raise Unsupported("token arrays are not supported; send strings",
                                   param="input")
             if not t:
-                raise InvalidRequest(f"input.{i} must not be empty", param="input")
+                raise InvalidRequest(f"input.{i} must not be empty", param=f"input.{i}")
         dims = body.dimensions
         if dims is not None and dims > self.dimensions:
             raise InvalidRequest(f"dimensions must be <= {self.dimensions}", param="dimensions")
-        results = await self.encode.submit_many(texts)
+        try:
+            results = await self.encode.submit_many(texts)
+        except InputTooLong as exc:
+            i = next((i for i, t in enumerate(texts) if t is exc.text), 0)
+            where = "input" if isinstance(body.input, str) else f"input.{i}"
+            raise InvalidRequest(
+                f"{where} is {exc.tokens} tokens long; this model takes at most "
+                f"{exc.limit} tokens per input (special tokens included): shorten or "
+                "split it", param=where) from None
         data = []
         tokens = 0
         for i, (vec, n) in enumerate(results):
