@@ -13,6 +13,7 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import age, print_json, status_text, table
 from neocloud.cli.params import check_fields, parse_gpu, parse_labels
+from neocloud.cli.prices import usd6
 from neocloud.models import NodeCreate, NodeOut, ShapeCreate, ShapeOut
 
 JSON_HELP = "Print JSON to stdout instead of a table."
@@ -162,6 +163,8 @@ def _done(node: NodeOut, message: str, json_out: bool) -> None:
 
 
 def shape_table(shapes: Sequence[ShapeOut]) -> Table:
+    """Shapes with CPU (cores), memory (GiB), GPUs and the price per hour, printed as
+    ``neocloud price ls`` prints amounts (at least 2 decimals: ``$1.10``, ``$20.00``)."""
     rows = []
     for s in shapes:
         if s.gpu_count:
@@ -177,7 +180,7 @@ def shape_table(shapes: Sequence[ShapeOut]) -> Table:
                 f"{s.memory_mib / 1024:g}",
                 gpu,
                 s.gpu_type or ("any" if gpu != "-" else "-"),
-                f"${s.price_per_hour_usd:,.4f}".rstrip("0").rstrip("."),
+                usd6(round(s.price_per_hour_usd * 1_000_000)),
             )
         )
     return table(("NAME", "CPUS", "MEM GiB", "GPUS", "GPU TYPE", "USD/HOUR"), rows)

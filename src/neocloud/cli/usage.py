@@ -14,6 +14,29 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import print_json, seconds, table
 from neocloud.cli.prices import usd6
+from neocloud.models.usage import BillLine
+
+TOKENS_KIND = "tokens"
+"""The ``BillLine.kind`` of per-token (model serving) usage."""
+
+
+COLUMNS = ("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "TOKENS", "COST")
+
+
+def bill_row(line: BillLine) -> tuple[str | int | None, ...]:
+    """One table row for ``line``, in :data:`COLUMNS` order. A column that does not apply
+    to the line's meter is ``-``: ``tokens`` lines are billed per token and have no TIME;
+    lines with no GPU time (CPU-only shapes, tokens, volumes) have no GPU-HOURS."""
+    return (
+        line.kind,
+        line.name,
+        line.shape,
+        "-" if line.kind == TOKENS_KIND else seconds(line.seconds),
+        f"{line.gpu_seconds / 3600:.4f}" if line.gpu_seconds > 0 else "-",
+        line.requests or "-",
+        (line.prompt_tokens + line.completion_tokens) or "-",
+        usd6(line.amount_micros),
+    )
 
 
 def usage(
@@ -28,20 +51,7 @@ def usage(
     start = _utc(bill.period_start) if bill.period_start else "the start"
     title = f"Workspace {bill.workspace}: usage from {start} to {_utc(bill.period_end)}"
     output.out.print(Text(title, style="bold"))
-    rows = [
-        (
-            line.kind,
-            line.name,
-            line.shape,
-            seconds(line.seconds),
-            f"{line.gpu_seconds / 3600:.4f}",
-            line.requests or "-",
-            (line.prompt_tokens + line.completion_tokens) or "-",
-            usd6(line.amount_micros),
-        )
-        for line in bill.lines
-    ]
-    tbl = table(("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "TOKENS", "COST"), rows)
+    tbl = table(COLUMNS, [bill_row(line) for line in bill.lines])
     tbl.show_footer = True
     tbl.columns[0].footer = Text("TOTAL", style="bold")
     tbl.columns[-1].footer = Text(usd6(bill.total_micros), style="bold")

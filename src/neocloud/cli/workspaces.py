@@ -55,10 +55,13 @@ def token_create(
 @token_app.command("ls")
 def token_ls(
     ctx: typer.Context,
+    workspace: str | None = typer.Option(
+        None, "--workspace", "-w", help="List another workspace's tokens (operators)."
+    ),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """List the tokens of your workspace (secrets are never shown)."""
-    tokens = client(ctx).tokens.list()
+    """List the tokens of your workspace, or of another one (secrets are never shown)."""
+    tokens = client(ctx).tokens.list(workspace=workspace)
     if json_out:
         print_json(tokens)
         return

@@ -18,6 +18,11 @@ TokenList = list[TokenOut]
 WorkspaceList = list[WorkspaceOut]
 
 
+def _tokens_path(workspace: str | None) -> str:
+    """``/tokens`` of the caller's workspace, or ``/workspaces/{name}/tokens``."""
+    return "/tokens" if workspace is None else f"/workspaces/{quote(workspace, safe='')}/tokens"
+
+
 class Workspaces:
     """Workspaces (tenants). Listing shows the caller's own workspace, or every workspace
     for an operator; creating needs an operator token."""
@@ -41,9 +46,15 @@ class Tokens:
     def __init__(self, api: HttpApi) -> None:
         self._api = api
 
-    def list(self) -> TokenList:
-        """Tokens of the caller's workspace; secrets are never listed, only ``prefix``."""
-        return self._api.get_list(TokenOut, "/tokens")
+    def list(self, *, workspace: str | None = None) -> TokenList:
+        """Tokens of the caller's workspace, or of ``workspace`` (operators); secrets are
+        never listed, only ``prefix``.
+
+        Raises:
+            PermissionDenied: ``workspace`` is given and the caller is not an operator admin.
+            NotFound: no such workspace.
+        """
+        return self._api.get_list(TokenOut, _tokens_path(workspace))
 
     def create(
         self, name: str, role: Role | str = Role.member, *, workspace: str | None = None
@@ -61,8 +72,7 @@ class Tokens:
             AlreadyExists, ValidationFailed, NotFound (no such workspace).
         """
         body = build(TokenCreate, name=name, role=role)
-        path = "/tokens" if workspace is None else f"/workspaces/{quote(workspace, safe='')}/tokens"
-        return self._api.send_model("POST", TokenCreated, path, body)
+        return self._api.send_model("POST", TokenCreated, _tokens_path(workspace), body)
 
     def delete(self, name: str) -> None:
         """Revoke a token of the caller's workspace. Raises ``NotFound``."""

@@ -41,11 +41,24 @@ def test_workspaces_and_foreign_tokens(run: Run) -> None:
     token = json.loads(run("token", "create", "boss", "--role", "admin", "-w", "team-a",
                            "--json").stdout)
     assert token["workspace"] == "team-a" and token["token"]
+    # An operator lists another workspace's tokens; secrets are never shown.
+    theirs = run("token", "ls", "--workspace", "team-a")
+    assert theirs.exit_code == 0, theirs.stderr
+    assert _rows(theirs.stdout)["boss"][1:3] == ["admin", "team-a"]
+    assert token["token"] not in theirs.stdout
+    listed = json.loads(run("token", "ls", "-w", "team-a", "--json").stdout)
+    assert [(t["name"], t["workspace"]) for t in listed] == [("boss", "team-a")]
+    assert all("token" not in t for t in listed)
+    missing = run("token", "ls", "--workspace", "nope")
+    assert missing.exit_code == 1 and "workspace 'nope' not found" in missing.stderr
     # The new token belongs to team-a: it is not an operator and sees only its workspace.
     as_team = run("workspace", "create", "b", login=False,
                   env={"NEOCLOUD_URL": BASE, "NEOCLOUD_TOKEN": token["token"]})
     assert as_team.exit_code == 1
     assert "Error: only an operator admin may do this" in as_team.stderr
+    peek = run("token", "ls", "--workspace", "default", login=False,
+               env={"NEOCLOUD_URL": BASE, "NEOCLOUD_TOKEN": token["token"]})
+    assert peek.exit_code == 1 and "only an operator admin may do this" in peek.stderr
     duplicate = run("workspace", "create", "team-a")
     assert duplicate.exit_code == 1
     assert "already exists (param: body.name)" in duplicate.stderr
@@ -92,7 +105,7 @@ def test_node_add_bad_input(run: Run, cloud: FakeCloud) -> None:
 
 def test_shapes(run: Run, cloud: FakeCloud) -> None:
     rows = _rows(run("shape", "ls").stdout)
-    assert rows["gpu.h100x8"][3:6] == ["8", "H100", "$24"]
+    assert rows["gpu.h100x8"][3:6] == ["8", "H100", "$24.00"]
     added = run("shape", "add", "gpu.a10-half", "--cpu-milli", "4000", "--memory-mib", "16384",
                 "--gpu-milli", "500", "--gpu-type", "A10", "--price", "0.55")
     assert added.exit_code == 0, added.stderr
@@ -116,7 +129,7 @@ def test_usage(run: Run) -> None:
     assert lines[0].startswith("Workspace default: usage from the start to 20")
     assert lines[0].endswith(" UTC")
     by_name = {line.split()[1]: line.split() for line in lines[2:-2]}
-    assert by_name["web"] == ["replica", "web", "cpu.small", "2m00s", "0.0000", "7", "-",
+    assert by_name["web"] == ["replica", "web", "cpu.small", "2m00s", "-", "7", "-",
                               "$0.001667"]
     assert set(by_name) == {"web", "api"}
     assert lines[-2].split() == ["TOTAL", "$0.003334"]

@@ -124,6 +124,7 @@ class FakeCloud:
             ("GET", r"/workspaces", self.list_workspaces),
             ("POST", r"/workspaces", self.create_workspace),
             ("POST", r"/workspaces/(?P<ws>[^/]+)/tokens", self.create_token),
+            ("GET", r"/workspaces/(?P<ws>[^/]+)/tokens", self.list_tokens),
             ("GET", r"/tokens", self.list_tokens),
             ("POST", r"/tokens", self.create_token),
             ("DELETE", r"/tokens/(?P<name>[^/]+)", self.delete_token),
@@ -262,9 +263,16 @@ class FakeCloud:
         created = TokenCreated(**token.out().model_dump(), token=secret)
         return self._json(created, 201)
 
-    def list_tokens(self, request: httpx.Request, caller: _Token) -> httpx.Response:
-        self._role(caller, "admin")
-        mine = [t.out() for t in self.tokens.values() if t.workspace == caller.workspace]
+    def list_tokens(self, request: httpx.Request, caller: _Token,
+                    ws: str | None = None) -> httpx.Response:
+        if ws is not None:
+            self._operator(caller)
+            if ws not in self.workspaces:
+                raise errors.NotFound(f"workspace {ws!r} not found", param="name")
+        else:
+            self._role(caller, "admin")
+        workspace = ws or caller.workspace
+        mine = [t.out() for t in self.tokens.values() if t.workspace == workspace]
         return self._json(mine)
 
     def delete_token(self, request: httpx.Request, caller: _Token, name: str) -> httpx.Response:

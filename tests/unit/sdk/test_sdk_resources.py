@@ -123,6 +123,12 @@ def test_tokens_and_workspaces(client: Client, cloud: RealCloud) -> None:
     foreign = client.tokens.create("boss", "admin", workspace="team-a")
     assert foreign.workspace == "team-a"
     assert cloud.requests[-1].url.path == "/api/v1/workspaces/team-a/tokens"
+    # An operator lists another workspace's tokens (names and roles, never the secret).
+    listed = client.tokens.list(workspace="team-a")
+    assert [(t.name, t.role, t.workspace) for t in listed] == [("boss", Role.admin, "team-a")]
+    assert cloud.requests[-1].url.path == "/api/v1/workspaces/team-a/tokens"
+    with pytest.raises(errors.NotFound):
+        client.tokens.list(workspace="nope")
 
     # Tenancy: the new workspace's token does not see the default workspace's deployment.
     client.deployments.create("web", "embeddings", replicas=0)
@@ -132,6 +138,8 @@ def test_tokens_and_workspaces(client: Client, cloud: RealCloud) -> None:
         other.deployments.get("web")
     with pytest.raises(errors.PermissionDenied):
         other.workspaces.create("sneaky")
+    with pytest.raises(errors.PermissionDenied):
+        other.tokens.list(workspace="default")
     assert [w.name for w in other.workspaces.list()] == ["team-a"]
 
 

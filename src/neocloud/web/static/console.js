@@ -52,6 +52,45 @@ function chartUrl(el) {
   return u.pathname + u.search;
 }
 
+// Y axis ticks: steps of 1, 2 or 5 times a power of ten, so that every tick is round in
+// the axis unit (uPlot's own steps include 2.5, whose ticks rounded read 0.003, 0.008).
+const Y_INCRS = [];
+for (let e = -9; e <= 12; e++) {
+  for (const m of [1, 2, 5]) Y_INCRS.push(Number((m * 10 ** e).toPrecision(1)));
+}
+
+// Decimals that show a tick step exactly: 0 for 5, 1 for 0.5, 3 for 0.002.
+function stepDecimals(incr) {
+  return incr > 0 ? Math.max(0, -Math.floor(Math.log10(incr) + 1e-9)) : 0;
+}
+
+// The unit a chart's label ends with in parentheses: "latency p50, p99 (ms)" -> "ms".
+function labelUnit(label) {
+  const m = /\(([^()]+)\)\s*$/.exec(label || "");
+  return m ? m[1] : "";
+}
+
+// One y tick: milliseconds as "850 ms" below a second and "12 s" from one; other values
+// with the decimals of the tick step and thousands grouped.
+function yTick(v, incr, unit) {
+  if (v === null || v === undefined) return "";
+  if (unit === "ms") {
+    if (Math.abs(v) < 1000) return `${v.toFixed(stepDecimals(incr))} ms`;
+    return `${(v / 1000).toFixed(stepDecimals(incr / 1000))} s`;
+  }
+  const n = stepDecimals(incr);
+  return v.toLocaleString("en-US", {minimumFractionDigits: n, maximumFractionDigits: n});
+}
+
+// The y axis' width in px: its longest tick label at the axis font, and the tick marks.
+const measure = document.createElement("canvas").getContext("2d");
+function yAxisSize(u, values) {
+  if (!values) return 50;
+  measure.font = "12px system-ui, -apple-system, sans-serif";
+  const widest = Math.max(0, ...values.map((t) => measure.measureText(t || "").width));
+  return Math.max(50, Math.ceil(widest) + 20);
+}
+
 function drawChart(st, d) {
   const el = st.el;
   const fixed = el.dataset.series ? el.dataset.series.split(",") : null;
@@ -93,7 +132,9 @@ function drawChart(st, d) {
           u.data[si].reduce((n, v) => n + (v === null ? 0 : 1), 0) < 60},
         spanGaps: false,
       }))],
-      axes: [{}, {size: 50}],
+      axes: [{}, {size: yAxisSize, incrs: Y_INCRS,
+                  values: (u, splits, ai, space, incr) => splits.map(
+                    (v) => yTick(v, incr, labelUnit(el.dataset.label)))}],
     };
     el.innerHTML = "";
     st.plot = new uPlot(opts, data, el);
