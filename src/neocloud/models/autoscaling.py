@@ -58,13 +58,13 @@ class AutoscalingConfig(WireModel):
     """
 
     min_replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
-    max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS)
+    max_replicas: int = Field(default=4, ge=1, le=MAX_REPLICAS, validate_default=True)
     signal: AutoscalingSignal = AutoscalingSignal.in_flight
-    target: float = Field(default=2.0, gt=0, le=1_000_000)
+    target: float = Field(default=2.0, gt=0, le=1_000_000, validate_default=True)
     """Value of ``signal`` one replica should carry (e.g. 2 requests in flight)."""
     window_s: float = Field(default=60.0, gt=0, le=3600)
     """Stable (look-back) window the signal is averaged over."""
-    panic_window_s: float = Field(default=6.0, gt=0, le=3600)
+    panic_window_s: float = Field(default=6.0, gt=0, le=3600, validate_default=True)
     """Short window that detects a burst."""
     panic_threshold: float = Field(default=2.0, gt=1, le=100)
     """Burst mode when the panic window asks for this many times the ready replicas."""
@@ -73,11 +73,14 @@ class AutoscalingConfig(WireModel):
     when the remaining replicas would stay below ``(1 - tolerance) * target``."""
     scale_up_delay_s: float = Field(default=0.0, ge=0, le=3600)
     scale_down_delay_s: float = Field(default=120.0, ge=0, le=86400)
-    scale_to_zero_delay_s: float = Field(default=600.0, ge=0, le=86400)
+    scale_to_zero_delay_s: float = Field(default=600.0, ge=0, le=86400,
+                                         validate_default=True)
 
     # each rule checks a field against one defined before it (so in ``info.data``, unless
     # that one failed already), so that an error names the field that breaks it: the API
-    # answers ``autoscaling.scale_to_zero_delay_s`` and the CLI names its option
+    # answers ``autoscaling.scale_to_zero_delay_s`` and the CLI names its option. The
+    # checked fields validate their defaults too: a field left out is still compared
+    # (``scale_down_delay_s`` 71080 with the default delay to zero, 600, was accepted)
     @field_validator("max_replicas")
     @classmethod
     def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:

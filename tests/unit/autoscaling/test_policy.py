@@ -277,6 +277,12 @@ def test_decision_carries_the_values_behind_it() -> None:
     (dict(signal="kv_cache_use", target=2.0), "kv_cache_use", "target"),
     (dict(target=0), "target", "target"),
     (dict(min_replicas=-1), "min_replicas", "min_replicas"),
+    # a rule's field left to its default is compared too (a PATCH with only
+    # scale_down_delay_s 71080 was accepted and failed later with a 500)
+    (dict(scale_down_delay_s=71080), "scale_to_zero_delay_s \\(600.0\\)",
+     "scale_to_zero_delay_s"),
+    (dict(min_replicas=6), "max_replicas \\(4\\)", "max_replicas"),
+    (dict(window_s=3), "panic_window_s \\(6.0\\)", "panic_window_s"),
 ])
 def test_config_rejects_inconsistent_settings(kw: dict[str, object], field: str,
                                               loc: str) -> None:
