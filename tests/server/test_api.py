@@ -162,6 +162,12 @@ def test_shapes_defaults_and_operator_add(cloud: Cloud) -> None:
     r = cloud.api("POST", "/shapes", json={"name": "bad", "cpu_milli": 1, "memory_mib": 1,
                   "gpu_count": 1, "gpu_milli": 500, "price_per_hour_usd": 1})
     assert r.status_code == 422
+    # a price of 1e308 was stored: its micro-dollars were infinite, and every bill and
+    # every stop of a replica of that shape failed with a 500 / a reconciler error
+    r = cloud.api("POST", "/shapes", json={"name": "dear", "cpu_milli": 1, "memory_mib": 1,
+                  "price_per_hour_usd": 1e308})
+    assert r.status_code == 422 and r.json()["error"]["param"].endswith("price_per_hour_usd")
+    assert cloud.api("GET", "/usage").status_code == 200
 
 
 def test_revoked_token_is_refused_by_the_gateway_at_once(cloud: Cloud) -> None:

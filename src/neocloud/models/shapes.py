@@ -7,6 +7,12 @@ from pydantic import ConfigDict, Field, model_validator
 from neocloud.models.common import INT32_MAX, OutModel, ShapeName, WireModel
 
 
+#: Highest shape price, USD per hour: the price lists' bound (2**53 micro-dollars, exact in
+#: a float and in JSON). Unbounded, a price of 1e308 became an infinite amount in
+#: micro-dollars and failed every bill and every stop of a replica of that shape.
+MAX_PRICE_PER_HOUR_USD = 2**53 / 1_000_000
+
+
 class ShapeCreate(WireModel):
     """A resource shape. CPU in millicores, memory in MiB, price in USD per hour.
 
@@ -25,7 +31,7 @@ class ShapeCreate(WireModel):
     gpu_count: int = Field(default=0, ge=0, le=64)
     gpu_milli: int = Field(default=0, ge=0, le=999)
     gpu_type: ShapeName | None = None
-    price_per_hour_usd: float = Field(ge=0)
+    price_per_hour_usd: float = Field(ge=0, le=MAX_PRICE_PER_HOUR_USD)
 
     @model_validator(mode="after")
     def _gpu_fields(self) -> ShapeCreate:
