@@ -6,7 +6,6 @@ from pydantic import ConfigDict, Field, model_validator
 
 from neocloud.models.common import INT32_MAX, OutModel, ShapeName, WireModel
 
-
 #: Highest shape price, USD per hour: the price lists' bound (2**53 micro-dollars, exact in
 #: a float and in JSON). Unbounded, a price of 1e308 became an infinite amount in
 #: micro-dollars and failed every bill and every stop of a replica of that shape.
