@@ -4,8 +4,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
 
-from tests.server.helpers import Cloud, open_cloud
+from neocloud.cli import output
+from neocloud.cli.context import CliState
+from neocloud.cli.main import app as cli_app
+from neocloud.server.app import create_app
+from neocloud.server.backends import FakeBackend
+from neocloud.server.bootstrap import bootstrap
+from tests.server.helpers import Cloud, make_settings, open_cloud
 
 
 @pytest.fixture
@@ -15,3 +22,26 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[Cloud]:
         yield c
     finally:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
+    """The CLI against a live control plane on SQLite with the fake backend, logged in
+    as its admin: ``cli("invoice", "--json")`` returns the typer ``Result``;
+    ``cli.app`` is the control plane's app (its database for direct writes)."""
+    monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.setattr(output.out, "width", 200)
+    monkeypatch.setattr(output.err, "width", 200)
+    app = create_app(make_settings(tmp_path / "home", sqlite_url),
+                     backends={"fake": FakeBackend()}, run_reconcilers=False)
+    srv = live_server_factory(app)
+    token = bootstrap(app.state.db).token
+
+    def run(*args: str) -> Result:
+        state = CliState()
+        state.url, state.token = srv.url, token
+        return CliRunner().invoke(cli_app, list(args), obj=state, catch_exceptions=False,
+                                  env={"COLUMNS": "200"})
+
+    run.app = app  # type: ignore[attr-defined]
+    return run

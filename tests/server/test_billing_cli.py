@@ -7,41 +7,11 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
 
-from neocloud.cli import output
-from neocloud.cli.context import CliState
-from neocloud.cli.main import app as cli_app
-from neocloud.server.app import create_app
-from neocloud.server.backends import FakeBackend
-from neocloud.server.bootstrap import bootstrap
 from neocloud.server.db.tables import Shape, Workspace
 from neocloud.server.metering.records import record_running
-from tests.server.helpers import make_settings
-
-
-@pytest.fixture
-def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
-    monkeypatch.setattr(output.out, "width", 200)
-    monkeypatch.setattr(output.err, "width", 200)
-    app = create_app(make_settings(tmp_path / "home", sqlite_url),
-                     backends={"fake": FakeBackend()}, run_reconcilers=False)
-    srv = live_server_factory(app)
-    token = bootstrap(app.state.db).token
-
-    def run(*args: str) -> Result:
-        state = CliState()
-        state.url, state.token = srv.url, token
-        return CliRunner().invoke(cli_app, list(args), obj=state, catch_exceptions=False,
-                                  env={"COLUMNS": "200"})
-
-    run.app = app  # type: ignore[attr-defined]
-    return run
 
 
 def test_price_invoice_budget_commands(cli) -> None:  # type: ignore[no-untyped-def]

@@ -5,24 +5,15 @@ same span to the micro-dollar."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
 
-from neocloud.cli import output
-from neocloud.cli.context import CliState
-from neocloud.cli.main import app as cli_app
-from neocloud.server.app import create_app
-from neocloud.server.backends import FakeBackend
-from neocloud.server.bootstrap import bootstrap
 from neocloud.server.db.tables import Replica, Shape, UsageRecord, Volume, Workspace
 from neocloud.server.metering.records import record_running
 from neocloud.server.metering.storage import meter_storage
 from neocloud.server.metering.tokens import write_tokens
 from neocloud.server.services import usage
-from tests.server.helpers import Cloud, make_settings
+from tests.server.helpers import Cloud
 from tests.server.test_billing import _deploy, _price, _req, _run, _ws_id
 
 H100 = [{"type": "H100", "count": 8, "memory_mib": 81559}]
@@ -142,26 +133,6 @@ def test_record_without_a_meter_counts_its_usd_amount(cloud: Cloud) -> None:
     bill = _bill(cloud)
     assert bill["lines"][0]["amount_micros"] == 12_346
     assert bill["total_micros"] == 12_346
-
-
-@pytest.fixture
-def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
-    monkeypatch.setattr(output.out, "width", 200)
-    monkeypatch.setattr(output.err, "width", 200)
-    app = create_app(make_settings(tmp_path / "home", sqlite_url),
-                     backends={"fake": FakeBackend()}, run_reconcilers=False)
-    srv = live_server_factory(app)
-    token = bootstrap(app.state.db).token
-
-    def run(*args: str) -> Result:
-        state = CliState()
-        state.url, state.token = srv.url, token
-        return CliRunner().invoke(cli_app, list(args), obj=state, catch_exceptions=False,
-                                  env={"COLUMNS": "200"})
-
-    run.app = app  # type: ignore[attr-defined]
-    return run
 
 
 def test_cli_usage_prints_the_micro_dollars_the_invoice_prints(cli) -> None:  # type: ignore[no-untyped-def]
