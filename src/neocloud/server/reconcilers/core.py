@@ -402,15 +402,13 @@ def start_process(
     Raises:
         OSError, ValueError: the backend could not start the process.
     """
-    handle = start_or_adopt(backend, spec)
-    wanted = False
-    try:
-        with db.session() as s:
-            wanted = record(s, handle)
-    finally:
-        if not wanted:
-            backend.stop(handle, grace_s=grace_s)
-    return handle
+    wid = spec.workload_id
+    handles, errors = start_processes(
+        db, [(backend, spec)], grace_s=grace_s,
+        record=lambda s, started: {wid} if record(s, started[wid]) else set())
+    if wid in errors:
+        raise errors[wid]
+    return handles[wid]
 
 
 def start_processes(

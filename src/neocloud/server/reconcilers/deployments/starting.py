@@ -127,9 +127,7 @@ class Starting(ReconcilerBase):
                 return
             be, node = found
             try:
-                secret_env = secret_svc.resolve(s, workspace_id=dep.workspace_id,
-                                                refs=dict(dep.secrets or {}), box=self.box) \
-                    if dep.secrets and self.box is not None else {}
+                secret_env = self._secret_env(s, dep)
             except NeocloudError as e:
                 self._crashed(s, r, f"could not start: {e.message}")
                 return
@@ -153,6 +151,18 @@ class Starting(ReconcilerBase):
                 r = lock_row(s, Replica, rid)
                 if r is not None and r.status == ReplicaStatus.starting:
                     self._crashed(s, r, f"could not start: {e}")
+
+    def _secret_env(self, s: Session, dep: Deployment) -> dict[str, str]:
+        """The values of ``dep``'s secrets by variable name (empty without secrets or a
+        key box).
+
+        Raises:
+            NeocloudError: a secret cannot be read (missing, or its value undecryptable).
+        """
+        if not dep.secrets or self.box is None:
+            return {}
+        return secret_svc.resolve(s, workspace_id=dep.workspace_id,
+                                  refs=dict(dep.secrets), box=self.box)
 
     def _spec(self, r: Replica, dep: Deployment, node: Node, shape: Shape | None,
               alloc: Allocation | None, secret_env: dict[str, str]) -> WorkloadSpec:
@@ -237,9 +247,7 @@ class Starting(ReconcilerBase):
                     continue
                 r.port = r.port or ports.get(r.id)
                 try:
-                    secret_env = secret_svc.resolve(
-                        s, workspace_id=dep.workspace_id, refs=dict(dep.secrets or {}),
-                        box=self.box) if dep.secrets and self.box is not None else {}
+                    secret_env = self._secret_env(s, dep)
                 except NeocloudError as e:
                     self._crashed(s, r, f"could not start: {e.message}")
                     continue
