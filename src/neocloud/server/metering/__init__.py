@@ -2,8 +2,8 @@
 micro-dollars, and the pass that keeps budgets, invoices and the metrics history up to
 date.
 
-- ``records``: running time (``meter_running``, ``record_running``, ``gpus_of``,
-  ``running_cost``) — called by the deployment, job and pod reconcilers;
+- ``records``: running time (``meter_running``, ``record_running``, ``gpus_of``) —
+  called by the deployment, job and pod reconcilers;
 - ``tokens``: ``UsageBuffer``, the gateway's usage sink (tokens and metrics history);
 - ``storage``: volume byte-hours;
 - ``money`` / ``periods``: micro-dollar arithmetic and billing periods;

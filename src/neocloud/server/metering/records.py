@@ -36,15 +36,10 @@ def gpus_of(shape: Shape | None) -> float:
     return float(shape.gpu_count) if shape.gpu_count else shape.gpu_milli / 1000.0
 
 
-def running_cost(shape: Shape | None, seconds: float) -> float:
-    """USD for ``seconds`` of running time of ``shape`` at its list price (display only;
-    invoices use the micro-dollar amounts of the records)."""
-    return (shape.price_per_hour_usd if shape else 0.0) * seconds / 3600.0
-
-
-def _cuts(s: Session, shape: Shape | None, start: datetime,
-          end: datetime) -> list[tuple[datetime, datetime]]:
-    """``[start, end)`` cut at UTC midnights and at price changes of ``shape``."""
+def price_pieces(s: Session, shape: Shape | None, start: datetime,
+                 end: datetime) -> list[tuple[datetime, datetime]]:
+    """``[start, end)`` cut at UTC midnights and at price changes of ``shape``: the spans
+    of running time that each get one usage record (one day, one price)."""
     changes = prices.changes_between(s, PriceKind.shape, [shape.name if shape else None],
                                      start, end)
     pieces: list[tuple[datetime, datetime]] = []
@@ -87,7 +82,7 @@ def record_running(
     if gpus > 0 and gpu_type is None and node is not None and node.gpus:
         gpu_type = node.gpus[0].get("type")
     out: list[UsageRecord] = []
-    for a, b in _cuts(s, shape, start, end):
+    for a, b in price_pieces(s, shape, start, end):
         seconds = (b - a).total_seconds()
         price = prices.shape_price(s, shape, a)
         units = gpus if gpus > 0 else cpus

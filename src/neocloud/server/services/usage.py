@@ -20,7 +20,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from neocloud.models import Bill, BillLine
-from neocloud.models.billing import PriceKind
 from neocloud.server.db.tables import (
     Deployment,
     Job,
@@ -32,8 +31,7 @@ from neocloud.server.db.tables import (
     Volume,
 )
 from neocloud.server.metering.money import micros_of_usd, running_micros
-from neocloud.server.metering.periods import split_days
-from neocloud.server.metering.records import gpus_of
+from neocloud.server.metering.records import gpus_of, price_pieces
 from neocloud.server.services import prices
 
 
@@ -51,14 +49,9 @@ def open_micros(s: Session, shape: Shape | None, start: datetime, end: datetime)
     at its start and rounded half up to a whole µ$ (as its usage record will be)."""
     if shape is None or end <= start:
         return 0
-    changes = prices.changes_between(s, PriceKind.shape, [shape.name], start, end)
-    total = 0
-    for a, b in split_days(start, end):
-        marks = [a, *(c for c in changes if a < c < b), b]
-        for x, y in zip(marks, marks[1:], strict=False):
-            price = prices.shape_price(s, shape, x)
-            total += running_micros(price.per_hour_micros, (y - x).total_seconds())
-    return total
+    return sum(running_micros(prices.shape_price(s, shape, a).per_hour_micros,
+                              (b - a).total_seconds())
+               for a, b in price_pieces(s, shape, start, end))
 
 
 def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
