@@ -8,7 +8,8 @@
    that has one, read from the module sources (nothing is imported, so nothing runs).
 4. The official ``openai`` client embeds the corpus and some questions through the
    gateway; cosine similarity ranks modules for each question.
-5. The bill is read back, the cloud is stopped, and the last line printed is one JSON
+5. The bill is read back, the demo's admin token is revoked (the data folder stays for
+   a look at its logs), the cloud is stopped, and the last line printed is one JSON
    object with the figures.
 """
 
@@ -32,6 +33,7 @@ import numpy as np
 import psutil
 
 from neocloud import Client
+from neocloud.errors import NeocloudError
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES = [
@@ -118,6 +120,24 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -
     raise SystemExit("the control plane did not come up in time")
 
 
+def retire_token(cloud: Client, home: Path) -> str:
+    """Revoke the admin token ``cloud`` uses (the one ``neocloud up`` printed into
+    ``home/up.log`` and wrote into ``home/config.json``): the data folder is kept after
+    the demo, and nothing uses the token again. Returns the line to print; a token that
+    cannot be revoked (the cloud is gone) is named with the files that hold it.
+
+    Raises nothing: a failure to revoke is said in the returned line.
+    """
+    try:
+        name = cloud.whoami().token.name
+        cloud.tokens.delete(name)
+    except NeocloudError as e:
+        return (f"the demo's admin token could not be revoked ({e.message}); it is in "
+                f"{home / 'config.json'} and {home / 'up.log'}")
+    return (f"admin token {name} revoked: the token left in {home / 'config.json'} and "
+            f"{home / 'up.log'} is refused")
+
+
 def main() -> int:
     import argparse
 
@@ -138,6 +158,7 @@ def main() -> int:
         [sys.executable, "-m", "neocloud", "up", "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    cloud: Client | None = None
     try:
         wait_http(url, up)
         os.environ["NEOCLOUD_HOME"] = str(home)
@@ -189,6 +210,8 @@ def main() -> int:
         print(f"  total ${bill.total_usd:.6f}")
         replica_pids = [r.pid for r in cloud.deployments.get("minilm").replica_list if r.pid]
     finally:
+        if cloud is not None and up.poll() is None:
+            print(retire_token(cloud, home))
         up.send_signal(signal.SIGINT)
         try:
             up.wait(60)

@@ -24,20 +24,16 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[Cloud]:
         client.__exit__(None, None, None)
 
 
-@pytest.fixture
-def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
-    """The CLI against a live control plane on SQLite with the fake backend, logged in
-    as its admin: ``cli("invoice", "--json")`` returns the typer ``Result``;
-    ``cli.app`` is the control plane's app (its database for direct writes)."""
+def _live_cli(tmp_path: Path, db_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
     monkeypatch.setattr(output.out, "width", 200)
     monkeypatch.setattr(output.err, "width", 200)
-    app = create_app(make_settings(tmp_path / "home", sqlite_url),
+    app = create_app(make_settings(tmp_path / "home", db_url),
                      backends={"fake": FakeBackend()}, run_reconcilers=False)
     srv = live_server_factory(app)
     token = bootstrap(app.state.db).token
 
-    def run(*args: str) -> Result:
+    def run(*args: str, token: str = token) -> Result:
         state = CliState()
         state.url, state.token = srv.url, token
         return CliRunner().invoke(cli_app, list(args), obj=state, catch_exceptions=False,
@@ -45,3 +41,18 @@ def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # t
 
     run.app = app  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sqlite_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
+    """The CLI against a live control plane on SQLite with the fake backend, logged in
+    as its admin: ``cli("invoice", "--json")`` returns the typer ``Result``
+    (``token=`` runs it with another token); ``cli.app`` is the control plane's app (its
+    database for direct writes)."""
+    return _live_cli(tmp_path, sqlite_url, live_server_factory, monkeypatch)
+
+
+@pytest.fixture
+def cli_db(tmp_path: Path, db_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
+    """:func:`cli` on each database (SQLite, and PostgreSQL when configured)."""
+    return _live_cli(tmp_path, db_url, live_server_factory, monkeypatch)

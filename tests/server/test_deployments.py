@@ -144,6 +144,6 @@ def test_utilization_and_metrics_for_operators(cloud: Cloud) -> None:
     util = cloud.api("GET", "/utilization").json()
     assert util["gpus"] == 8 and util["allocated_gpus"] == 2.0
     assert util["gpu_allocation_pct"] == 25.0
-    text = cloud.client.get("/metrics").text
+    text = cloud.client.get("/metrics", headers=cloud.h()).text
     assert 'neocloud_gpus_allocated{gpu_type="H100",pool="-"} 2.0' in text
     assert 'neocloud_replicas{status="ready"} 2.0' in text

@@ -17,7 +17,7 @@ from tests.unit.autoscaling.metrics_server import MetricsServer, engine_text
 
 
 def _failures(cloud: Cloud) -> dict[tuple[str, str], float]:
-    r = cloud.client.get("/metrics")
+    r = cloud.client.get("/metrics", headers=cloud.h())  # an operator token
     assert r.status_code == 200, r.text
     out: dict[tuple[str, str], float] = {}
     for family in text_string_to_metric_families(r.text):
@@ -98,5 +98,5 @@ def test_control_plane_metrics_count_failed_scrapes_by_deployment(cloud: Cloud) 
         assert _failures(cloud)[ws, "deaf"] == counted
     finally:
         healthy.close()
-    text = cloud.client.get("/metrics").text
+    text = cloud.client.get("/metrics", headers=cloud.h()).text
     assert "# TYPE neocloud_engine_scrape_failures_total counter" in text

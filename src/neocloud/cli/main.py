@@ -30,6 +30,7 @@ from neocloud import __version__
 from neocloud.cli import admin as admin_cli
 from neocloud.cli import audit, deployments, inventory, local, quotas, usage, workspaces
 from neocloud.cli import budgets as budget_cli
+from neocloud.cli import events as event_cli
 from neocloud.cli import invoices as invoice_cli
 from neocloud.cli import jobs as job_cli
 from neocloud.cli import join as join_cli
@@ -184,6 +185,7 @@ price_cli.register(app)
 invoice_cli.register(app)
 budget_cli.register(app)
 audit.register(app)
+event_cli.register(app)
 admin_cli.register(app)
 simulate_cli.register(app)  # after local: puts its `simulate` under a group
 

@@ -5,7 +5,7 @@ Amounts are typed in USD (``2.50``) and sent as integer micro-dollars, converted
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 import typer
@@ -14,6 +14,7 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import print_json, table
 from neocloud.models.billing import PriceKind, PriceOut
+from neocloud.models.shapes import ShapeOut
 
 price_app = typer.Typer(help="Price lists: per shape, model, storage and node pool.",
                         invoke_without_command=True)
@@ -49,17 +50,27 @@ def _prices(ctx: typer.Context) -> None:
         ls(ctx, kind=None, json_out=False)
 
 
-@price_app.command("ls")
-def ls(
-    ctx: typer.Context,
-    kind: str | None = typer.Option(None, "--kind", help="shape, model, storage or pool."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """List every price version (a shape without one costs its own price per hour)."""
-    rows = client(ctx).prices.list(kind=kind)
-    if json_out:
-        print_json(rows)
-        return
+#: How a token price and a storage price are set, for the hints of ``price ls``.
+SET_MODEL_HINT = "neocloud price set model '*' --input-per-m USD --output-per-m USD"
+SET_STORAGE_HINT = "neocloud price set storage '*' --per-gib-hour USD"
+
+
+def _utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC time (a naive one is taken as UTC)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def list_price_micros(shape: ShapeOut) -> int:
+    """A shape's own hourly list price in micro-dollars, rounded as the server bills it
+    (``round(usd * 1e6)``) while no price version of the shape is in force."""
+    return max(0, round(shape.price_per_hour_usd * 1_000_000))
+
+
+def price_rows(versions: list[PriceOut], shapes: list[ShapeOut] | None,
+               now: datetime) -> list[tuple[str, str, str, str, str]]:
+    """Table rows (KIND, TARGET, PRICE, EFFECTIVE, BY): every version, then the list price
+    of each shape that has no version in force at ``now`` (it is billed at that price),
+    ordered by kind and target. ``shapes`` is ``None`` when shapes are not listed."""
 
     def amount(p: PriceOut) -> str:
         if p.kind in (PriceKind.shape, PriceKind.pool):
@@ -68,9 +79,65 @@ def ls(
             return f"in {usd6(p.input_per_m_micros)}/M, out {usd6(p.output_per_m_micros)}/M"
         return f"{usd6(p.per_gib_hour_micros)}/GiB-h"
 
-    output.out.print(table(("KIND", "TARGET", "PRICE", "EFFECTIVE", "BY"), [
-        (p.kind.value, p.target, amount(p), p.effective_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
-         p.created_by or "-") for p in rows]))
+    keyed = [((p.kind.value, p.target, 0), (p.kind.value, p.target, amount(p),
+              _utc(p.effective_at).strftime("%Y-%m-%d %H:%M:%S UTC"), p.created_by or "-"))
+             for p in versions]
+    in_force = {p.target for p in versions
+                if p.kind is PriceKind.shape and _utc(p.effective_at) <= now}
+    for sh in shapes or []:
+        if sh.name not in in_force:
+            keyed.append(((PriceKind.shape.value, sh.name, -1), (
+                PriceKind.shape.value, sh.name, f"{usd6(list_price_micros(sh))}/h",
+                "(list price)", "shape")))
+    order = {k.value: i for i, k in enumerate(PriceKind)}
+    keyed.sort(key=lambda kr: (order.get(kr[0][0], len(order)), kr[0][1], kr[0][2]))
+    return [row for _, row in keyed]
+
+
+def unset_hints(versions: list[PriceOut], kind: PriceKind | None, now: datetime) -> list[str]:
+    """What is billed nothing because no price is in force at ``now``: tokens (no model
+    price at all, or none for ``*``) and volume storage; only for ``kind`` when given."""
+    live = [p for p in versions if _utc(p.effective_at) <= now]
+    hints = []
+    if kind in (None, PriceKind.model):
+        models = {p.target for p in live if p.kind is PriceKind.model}
+        if not models:
+            hints.append("No token price is set: tokens through the gateway are billed "
+                         f"$0.00 (operators: {SET_MODEL_HINT}).")
+        elif "*" not in models:
+            hints.append("Tokens of a deployment that no model price names (by its name, "
+                         f"model or service) are billed $0.00 (a default: {SET_MODEL_HINT}).")
+    if kind in (None, PriceKind.storage):
+        if not any(p.kind is PriceKind.storage for p in live):
+            hints.append("No storage price is set: volumes are billed $0.00 (operators: "
+                         f"{SET_STORAGE_HINT}).")
+    return hints
+
+
+@price_app.command("ls")
+def ls(
+    ctx: typer.Context,
+    kind: PriceKind | None = typer.Option(None, "--kind", help="Only this kind of price."),
+    json_out: bool = typer.Option(
+        False, "--json",
+        help="Print the price versions as JSON (the API's GET /prices: shapes' list prices "
+             "are in `neocloud shape ls --json`)."),
+) -> None:
+    """What is billed, and at what price: every price version, and each shape's own hourly
+    list price while no version of it is in force. Running time is billed per second at
+    the hourly price, tokens per million; a meter without a price is billed $0 (said
+    below the table)."""
+    api = client(ctx)
+    versions = api.prices.list(kind=kind)
+    if json_out:
+        print_json(versions)
+        return
+    now = datetime.now(UTC)
+    shapes = api.shapes.list() if kind in (None, PriceKind.shape) else None
+    output.out.print(table(("KIND", "TARGET", "PRICE", "EFFECTIVE", "BY"),
+                           price_rows(versions, shapes, now)))
+    for hint in unset_hints(versions, kind, now):
+        output.note(hint)
 
 
 @price_app.command("set")

@@ -83,10 +83,14 @@ def token_ls(
 def token_rm(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Token name."),
+    workspace: str | None = typer.Option(
+        None, "--workspace", "-w", help="Revoke a token of another workspace (operators)."
+    ),
 ) -> None:
-    """Revoke a token."""
-    client(ctx).tokens.delete(name)
-    output.out.print(Text(f"Revoked token {name}."))
+    """Revoke a token of your workspace, or of another one."""
+    client(ctx).tokens.delete(name, workspace=workspace)
+    where = f" of workspace {workspace}" if workspace else ""
+    output.out.print(Text(f"Revoked token {name}{where}."))
 
 
 @workspace_app.command("create")

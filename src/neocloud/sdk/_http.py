@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -141,15 +142,18 @@ class HttpApi:
         return parse(model, self.request(method, path, json=payload))
 
 
-def parse(model: type[M], response: httpx.Response) -> M:
-    """Parse a 2xx JSON response body as ``model``.
+def parse(model: type[M], response: httpx.Response,
+          adapt: Callable[[Any], Any] | None = None) -> M:
+    """Parse a 2xx JSON response body as ``model``; ``adapt`` (if given) rewrites the
+    decoded JSON first (an answer of an older server into the current form).
 
     Raises:
         UpstreamError: the body is not JSON or does not match the model (a server of
             another version, or not a neocloud server at all).
     """
     try:
-        return model.model_validate(response.json())
+        body = response.json()
+        return model.model_validate(adapt(body) if adapt is not None else body)
     except (ValueError, ValidationError) as exc:
         request = response.request
         raise UpstreamError(

@@ -74,6 +74,13 @@ class Tokens:
         body = build(TokenCreate, name=name, role=role)
         return self._api.send_model("POST", TokenCreated, _tokens_path(workspace), body)
 
-    def delete(self, name: str) -> None:
-        """Revoke a token of the caller's workspace. Raises ``NotFound``."""
-        self._api.request("DELETE", "/tokens/" + quote(name, safe=""))
+    def delete(self, name: str, *, workspace: str | None = None) -> None:
+        """Revoke a token of the caller's workspace (admins), or of ``workspace``
+        (operators); the gateway refuses it at once.
+
+        Raises:
+            PermissionDenied: the caller is not an admin (or not an operator for
+                ``workspace``).
+            NotFound: no such token (or no such workspace).
+        """
+        self._api.request("DELETE", f"{_tokens_path(workspace)}/{quote(name, safe='')}")

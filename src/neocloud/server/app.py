@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import neocloud
 from neocloud.asgi import BodyLimit, Scope
-from neocloud.errors import Unavailable
+from neocloud.errors import PermissionDenied, Unavailable
 from neocloud.gateway import GatewaySettings, create_gateway
 from neocloud.server.audit_http import AuditLog
 from neocloud.server.backends import FakeBackend, LocalBackend
@@ -30,6 +30,7 @@ from neocloud.server.backends.discovery import discover_machine
 from neocloud.server.crypto import SecretBox
 from neocloud.server.datafolder import secure_data_folder
 from neocloud.server.db.engine import Database, migrate
+from neocloud.server.deps import get_caller
 from neocloud.server.errors_http import AllowedMethods, document_errors
 from neocloud.server.errors_http import install as install_errors
 from neocloud.server.gateway_host import (
@@ -226,7 +227,22 @@ def create_app(
         registry.register(collector)
 
     @api.get("/metrics", include_in_schema=False)
-    def metrics() -> PlainTextResponse:
+    def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text of the whole cloud. Its labels name every workspace and
+        deployment, so it needs a token of an operator workspace (any role: a viewer token
+        is enough for a scraper), unless ``settings.public_metrics`` opens it.
+
+        Raises:
+            Unauthenticated: no token, or an unknown one (401).
+            PermissionDenied: a token of a workspace that is not an operator's (403).
+        """
+        if not settings.public_metrics:
+            caller = get_caller(request, state)
+            if not caller.operator:
+                raise PermissionDenied(
+                    "/metrics is for operators: use a token of an operator workspace "
+                    "(a viewer token is enough), or start the control plane with "
+                    "NEOCLOUD_PUBLIC_METRICS=1")
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     allowed.add(api.router)  # /healthz, /metrics, /openapi.json, /docs

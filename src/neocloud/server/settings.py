@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     """Seconds a stopped job worker or pod gets between SIGTERM and SIGKILL."""
     volume_max_file_bytes: int = 1 << 40
     """Largest file one volume upload may store (bytes; default 1 TiB)."""
+    public_metrics: bool = False
+    """Serve the control plane's Prometheus ``/metrics`` without a token
+    (``NEOCLOUD_PUBLIC_METRICS=1``). By default it needs a token of an operator workspace:
+    its labels name every workspace and deployment."""
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,45 @@
+"""``neocloud token rm --workspace W``: an operator revokes another workspace's token, as
+``token ls --workspace W`` lists them (a live control plane, both databases)."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_operator_revokes_a_token_of_another_workspace(cli_db) -> None:  # type: ignore[no-untyped-def]
+    cli = cli_db
+    assert cli("workspace", "create", "team-a").exit_code == 0
+    r = cli("token", "create", "ci", "--workspace", "team-a", "--role", "admin", "--json")
+    assert r.exit_code == 0, r.output
+    secret = json.loads(r.output)["token"]
+    assert cli("whoami", token=secret).exit_code == 0
+
+    r = cli("token", "rm", "ci", "--workspace", "team-a")
+    assert r.exit_code == 0, r.output
+    assert "Revoked token ci of workspace team-a." in r.output
+    listed = json.loads(cli("token", "ls", "--workspace", "team-a", "--json").output)
+    assert [t["name"] for t in listed] == []
+    r = cli("whoami", token=secret)  # refused from now on
+    assert r.exit_code == 1 and "invalid API token" in r.output
+
+    r = cli("token", "rm", "ci", "--workspace", "team-a")  # gone already
+    assert r.exit_code == 1 and "token 'ci' not found" in r.output
+    r = cli("token", "rm", "x", "--workspace", "nope")
+    assert r.exit_code == 1 and "nope" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_tenant_admin_cannot_revoke_another_workspaces_token(cli_db) -> None:  # type: ignore[no-untyped-def]
+    cli = cli_db
+    assert cli("workspace", "create", "team-a").exit_code == 0
+    r = cli("token", "create", "boss", "--workspace", "team-a", "--role", "admin", "--json")
+    tenant = json.loads(r.output)["token"]
+    assert cli("token", "create", "ops", "--json").exit_code == 0  # in the operator's own
+
+    r = cli("token", "rm", "ops", "--workspace", "default", token=tenant)
+    assert r.exit_code == 1 and "for operators" in r.output and "Traceback" not in r.output
+    names = [t["name"] for t in json.loads(cli("token", "ls", "--json").output)]
+    assert "ops" in names
+    # without --workspace: the caller's own workspace, as before
+    r = cli("token", "rm", "ops")
+    assert r.exit_code == 0 and "Revoked token ops." in r.output
