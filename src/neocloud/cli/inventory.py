@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import typer
 from rich.table import Table
@@ -13,8 +14,10 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import age, print_json, status_text, table
 from neocloud.cli.params import check_fields, parse_gpu, parse_labels
-from neocloud.cli.prices import usd6
+from neocloud.cli.prices import list_price_micros, usd6
+from neocloud.errors import NotFound
 from neocloud.models import NodeCreate, NodeOut, ShapeCreate, ShapeOut
+from neocloud.models.billing import PriceKind, PriceOut
 
 JSON_HELP = "Print JSON to stdout instead of a table."
 
@@ -162,9 +165,39 @@ def _done(node: NodeOut, message: str, json_out: bool) -> None:
         output.out.print(Text(message))
 
 
-def shape_table(shapes: Sequence[ShapeOut]) -> Table:
-    """Shapes with CPU (cores), memory (GiB), GPUs and the price per hour, printed as
-    ``neocloud price ls`` prints amounts (at least 2 decimals: ``$1.10``, ``$20.00``)."""
+OVERRIDE_MARK = "*"
+"""Marks a USD/HOUR that a price version sets (not the shape's own list price)."""
+
+
+def _utc(when: datetime) -> datetime:
+    """``when`` as an aware UTC time (a naive one is taken as UTC)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def billed_prices(shapes: Sequence[ShapeOut], versions: Sequence[PriceOut],
+                  now: datetime) -> dict[str, PriceOut]:
+    """The shape price version in force at ``now`` of each of ``shapes`` that has one: its
+    latest version effective at or before ``now``, which bills the shape's running time
+    instead of its own list price (as the server prices it, and as ``neocloud price ls``
+    lists it). Shapes without one are left out (billed at their list price)."""
+    names = {s.name for s in shapes}
+    out: dict[str, PriceOut] = {}
+    for p in versions:
+        if p.kind is not PriceKind.shape or p.target not in names:
+            continue
+        at = _utc(p.effective_at)
+        if at <= now and (p.target not in out or at > _utc(out[p.target].effective_at)):
+            out[p.target] = p
+    return out
+
+
+def shape_table(shapes: Sequence[ShapeOut],
+                in_force: Mapping[str, PriceOut] | None = None) -> Table:
+    """Shapes with CPU (cores), memory (GiB), GPUs and the price per hour that is billed,
+    printed as ``neocloud price ls`` prints amounts (at least 2 decimals: ``$1.10``,
+    ``$20.00``): a shape's own list price, or where ``in_force`` holds a price version of
+    it (see :func:`billed_prices`) that version's price, marked ``*``."""
+    in_force = in_force or {}
     rows = []
     for s in shapes:
         if s.gpu_count:
@@ -173,6 +206,9 @@ def shape_table(shapes: Sequence[ShapeOut]) -> Table:
             gpu = f"{s.gpu_milli / 1000:g}"
         else:
             gpu = "-"
+        version = in_force.get(s.name)
+        price = (usd6(list_price_micros(s)) if version is None
+                 else usd6(version.per_hour_micros) + OVERRIDE_MARK)
         rows.append(
             (
                 s.name,
@@ -180,23 +216,46 @@ def shape_table(shapes: Sequence[ShapeOut]) -> Table:
                 f"{s.memory_mib / 1024:g}",
                 gpu,
                 s.gpu_type or ("any" if gpu != "-" else "-"),
-                usd6(round(s.price_per_hour_usd * 1_000_000)),
+                price,
             )
         )
     return table(("NAME", "CPUS", "MEM GiB", "GPUS", "GPU TYPE", "USD/HOUR"), rows)
 
 
+def override_note(shapes: Sequence[ShapeOut], in_force: Mapping[str, PriceOut]) -> str | None:
+    """The line under ``shape ls`` that explains :data:`OVERRIDE_MARK`: which list prices
+    the versions in force replace; ``None`` when no shape has one."""
+    replaced = [f"{s.name} {usd6(list_price_micros(s))}" for s in shapes if s.name in in_force]
+    if not replaced:
+        return None
+    return (f"{OVERRIDE_MARK} billed at the price version in force, not the shape's own list "
+            f"price ({', '.join(replaced)}); `neocloud price ls` lists every version.")
+
+
 @shape_app.command("ls")
 def shape_ls(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    json_out: bool = typer.Option(
+        False, "--json",
+        help="Print the shapes as JSON (price_per_hour_usd is each shape's own list price; "
+             "the versions that replace it are in `neocloud price ls --json`)."),
 ) -> None:
-    """List shapes and their prices."""
-    shapes = client(ctx).shapes.list()
+    """List shapes and the price per hour their running time is billed at now (billed per
+    second): the price version in force, marked *, or else the shape's own list price."""
+    api = client(ctx)
+    shapes = api.shapes.list()
     if json_out:
         print_json(shapes)
         return
-    output.out.print(shape_table(shapes))
+    try:
+        versions = api.prices.list(kind=PriceKind.shape)
+    except NotFound:  # a server older than price versions bills every shape's list price
+        versions = []
+    in_force = billed_prices(shapes, versions, datetime.now(UTC))
+    output.out.print(shape_table(shapes, in_force))
+    note = override_note(shapes, in_force)
+    if note:
+        output.out.print(Text(note))
 
 
 @shape_app.command("add")

@@ -4,6 +4,7 @@ what each node pool cost, split over workspaces."""
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 
 import typer
 from rich.text import Text
@@ -13,6 +14,8 @@ from neocloud.cli.context import client
 from neocloud.cli.output import print_json, table
 from neocloud.cli.prices import usd6
 from neocloud.formatting import quantity
+from neocloud.models.billing import InvoiceOut, InvoiceStatus
+from neocloud.models.usage import Bill
 
 _SHORT = {"GPU-hour": "GPU-h", "CPU-hour": "CPU-h", "million tokens": "M tokens",
           "GiB-hour": "GiB-h"}
@@ -27,7 +30,8 @@ def invoice(
     csv_out: bool = typer.Option(False, "--csv", help="Print CSV."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Show the invoice of a period: one line per workload and meter, then the total."""
+    """Show the invoice of a period: one line per workload and meter, then the total (the
+    usage recorded in the period: what is billed; a draft while the period is open)."""
     c = client(ctx)
     if csv_out:
         sys.stdout.write(c.invoices.csv(period, workspace=workspace))
@@ -50,6 +54,37 @@ def invoice(
     tbl.columns[0].footer = Text("TOTAL", style="bold")
     tbl.columns[-1].footer = Text(usd6(inv.total_micros), style="bold")
     output.out.print(tbl)
+    bill = None
+    if workspace is None and inv.status is InvoiceStatus.draft and _is_open(inv):
+        bill = c.usage.bill()  # the caller's own workspace: its running work
+    for line in invoice_notes(inv, bill):
+        output.out.print(Text(line))
+
+
+def _is_open(inv: InvoiceOut, now: datetime | None = None) -> bool:
+    """Whether ``now`` (default: the current time) falls inside the invoice's period."""
+    now = now or datetime.now(UTC)
+    start, end = (t.replace(tzinfo=UTC) if t.tzinfo is None else t
+                  for t in (inv.period_start, inv.period_end))
+    return start <= now < end
+
+
+def invoice_notes(inv: InvoiceOut, bill: Bill | None = None) -> list[str]:
+    """What the invoice's TOTAL is, under its table: a closed invoice is final; a draft
+    sums the usage recorded so far, and ``bill`` (the live ``/usage`` of the same
+    workspace, for a period still open) says how much running time it does not hold yet.
+    """
+    if inv.status is InvoiceStatus.closed:
+        return [f"Closed: the bill of {inv.period}, final; it never changes."]
+    notes = [f"Draft: the usage recorded in {inv.period} so far; it grows as usage is "
+             "recorded and closes after the period ends."]
+    if bill is not None and bill.running_workloads:
+        what = "workload" if bill.running_workloads == 1 else "workloads"
+        notes.append(f"Not in it yet: {usd6(bill.unrecorded_micros)} for "
+                     f"{bill.running_workloads} running {what} (replicas, job workers, pods) "
+                     "not yet recorded; it is added when it is recorded (`neocloud usage` "
+                     "shows the live estimate).")
+    return notes
 
 
 def chargeback(

@@ -14,7 +14,7 @@ from neocloud.cli import output
 from neocloud.cli.context import client
 from neocloud.cli.output import print_json, seconds, table
 from neocloud.cli.prices import usd6
-from neocloud.models.usage import BillLine
+from neocloud.models.usage import Bill, BillLine
 
 TOKENS_KIND = "tokens"
 """The ``BillLine.kind`` of per-token (model serving) usage."""
@@ -43,7 +43,8 @@ def usage(
     ctx: typer.Context,
     json_out: bool = typer.Option(False, "--json", help="Print the bill as JSON."),
 ) -> None:
-    """Show the workspace's bill: one line per workload, then the total."""
+    """Show the workspace's usage so far, live: one line per workload, then the total
+    (records plus running time not yet recorded; each month's invoice is what is billed)."""
     bill = client(ctx).usage.bill()
     if json_out:
         print_json(bill)
@@ -57,6 +58,28 @@ def usage(
     tbl.columns[-1].footer = Text(usd6(bill.total_micros), style="bold")
     output.out.print(tbl)
     output.out.print(Text(f"Replica time: {seconds(bill.replica_seconds)}"))
+    for line in figure_notes(bill):
+        output.out.print(Text(line))
+
+
+def running_note(workloads: int, micros: int) -> str:
+    """The line that says how much of a live figure is running time not yet recorded."""
+    what = "workload" if workloads == 1 else "workloads"
+    return (f"Includes {usd6(micros)} for {workloads} running {what} (replicas, job workers, "
+            "pods) not yet recorded; the invoice adds it when it is recorded.")
+
+
+def figure_notes(bill: Bill) -> list[str]:
+    """What ``neocloud usage``'s TOTAL is, under its table: a live estimate (usage records
+    plus running time not yet recorded, summed over every period since the first record),
+    and which figure is billed (each period's invoice, which sums records only)."""
+    notes = []
+    if bill.running_workloads:
+        notes.append(running_note(bill.running_workloads, bill.unrecorded_micros))
+    notes.append("A live estimate over every period so far; what is billed is each "
+                 "period's invoice, the usage recorded in it (`neocloud invoice`: this "
+                 "month's, a draft until the month closes).")
+    return notes
 
 
 def _utc(when: datetime) -> str:

@@ -1,8 +1,11 @@
 """Standalone gateway copies: a static route table and token.
 
 ``python -m neocloud.gateway --port 8080 --route NAME=http://127.0.0.1:9001[,http://...]``
-serves the gateway routes plus ``GET /metrics`` (Prometheus, no token) and ``GET /health``.
+serves the gateway routes plus ``GET /metrics`` (Prometheus) and ``GET /health`` (no token).
 Without ``--token`` a random token is generated and printed once on standard output.
+``/metrics`` needs that token, as the control plane's needs an operator's: its series are
+labelled by workspace and deployment; ``--public-metrics`` (or ``NEOCLOUD_PUBLIC_METRICS=1``,
+the control plane's setting) serves it to anyone.
 The HTTP server is :mod:`neocloud.gateway.server` on uvloop (``--server uvicorn`` for
 uvicorn with httptools); ``--workers N`` runs N processes sharing the port
 (``SO_REUSEPORT``), the kernel spreading connections across them.
@@ -12,34 +15,71 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import multiprocessing
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neocloud.asgi import Receive, Scope, Send
+from pydantic import TypeAdapter, ValidationError
+
+from neocloud.asgi import Receive, Scope, Send, send_error
+from neocloud.errors import Unauthenticated
 from neocloud.gateway.app import Gateway, create_gateway
 from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.static import StaticAuthenticator, StaticRouteTable, parse_route_spec
 from neocloud.gateway.types import Principal
 
 ENV_CONFIG = "NEOCLOUD_GATEWAY_RUNNER"
+ENV_PUBLIC_METRICS = "NEOCLOUD_PUBLIC_METRICS"
+"""The control plane's setting that serves ``/metrics`` without a token; read here too."""
+
+_METRICS_HINT = ("send this gateway's token ('Authorization: Bearer <token>'), or start it "
+                 f"with --public-metrics ({ENV_PUBLIC_METRICS}=1)")
 
 
 class RunnerApp:
-    """The gateway plus ``/metrics`` and ``/health``."""
+    """The gateway plus ``/metrics`` and ``/health``.
 
-    def __init__(self, gateway: Gateway) -> None:
+    Args:
+        gateway: the gateway every other request goes to.
+        metrics_token: the bearer token ``/metrics`` asks for (the gateway's own); ``None``
+            serves it to anyone.
+    """
+
+    def __init__(self, gateway: Gateway, metrics_token: str | None = None) -> None:
         self.gateway = gateway
+        self._metrics_token = None if metrics_token is None else metrics_token.encode()
+
+    def _check_metrics_token(self, scope: Scope) -> None:
+        """Let a ``/metrics`` request through only with the token (or when it is public).
+
+        Raises:
+            Unauthenticated: no bearer token (``missing_api_key``) or another one (401).
+        """
+        if self._metrics_token is None:
+            return
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+        if not token:
+            raise Unauthenticated(f"/metrics needs a token: {_METRICS_HINT}",
+                                  code="missing_api_key")
+        if not hmac.compare_digest(token, self._metrics_token):
+            raise Unauthenticated(f"invalid API token for /metrics: {_METRICS_HINT}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             path = scope["path"]
             if path == "/metrics":
+                try:
+                    self._check_metrics_token(scope)
+                except Unauthenticated as err:
+                    await send_error(send, err, [(b"www-authenticate", b"Bearer")])
+                    return
                 body = self.gateway.metrics_text()
                 ctype = b"text/plain; version=0.0.4; charset=utf-8"
                 await _send_plain(send, body, ctype)
@@ -57,12 +97,31 @@ async def _send_plain(send: Send, body: bytes, ctype: bytes) -> None:
 
 
 def build_app(config: dict[str, Any]) -> RunnerApp:
-    """The runner app from ``{"routes": [spec...], "token": str, "settings": {...}}``."""
+    """The runner app from ``{"routes": [spec...], "token": str, "settings": {...},
+    "public_metrics": bool}``: ``/metrics`` needs ``token`` unless ``public_metrics``."""
     routes = StaticRouteTable(parse_route_spec(spec) for spec in config["routes"])
     principal = Principal(token_id="static", workspace_id="default", role="admin")
     auth = StaticAuthenticator({config["token"]: principal})
     settings = GatewaySettings(**config.get("settings", {}))
-    return RunnerApp(create_gateway(routes, auth, None, settings))
+    metrics_token = None if config.get("public_metrics") else config["token"]
+    return RunnerApp(create_gateway(routes, auth, None, settings), metrics_token)
+
+
+def public_metrics_from_env(environ: Mapping[str, str] | None = None) -> bool:
+    """``NEOCLOUD_PUBLIC_METRICS`` read as the control plane reads it (a pydantic bool:
+    ``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off``); unset is ``False``.
+
+    Raises:
+        ValueError: the variable is set to anything else.
+    """
+    value = (os.environ if environ is None else environ).get(ENV_PUBLIC_METRICS)
+    if value is None:
+        return False
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        raise ValueError(f"{ENV_PUBLIC_METRICS}={value!r} is not a boolean (use 1 or 0)"
+                         ) from None
 
 
 def app_from_env() -> RunnerApp:
@@ -138,10 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate-limit", type=float, default=None,
                         help="requests per second per token (default: off)")
     parser.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    parser.add_argument("--public-metrics", action="store_true",
+                        help="serve /metrics without the token (its series name the "
+                             f"deployments; also {ENV_PUBLIC_METRICS}=1)")
     args = parser.parse_args(argv)
     try:
         for spec in args.route:
             parse_route_spec(spec)
+        public_metrics = args.public_metrics or public_metrics_from_env()
     except ValueError as exc:
         parser.error(str(exc))
     token = args.token
@@ -151,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings: dict[str, Any] = {"balancer": args.balancer, "max_body_bytes": args.max_body_bytes}
     if args.rate_limit is not None:
         settings["rate_limit_per_s"] = args.rate_limit
-    config = {"routes": args.route, "token": token, "settings": settings}
+    config = {"routes": args.route, "token": token, "settings": settings,
+              "public_metrics": public_metrics}
     os.environ[ENV_CONFIG] = json.dumps(config)
 
     if args.server == "uvicorn":

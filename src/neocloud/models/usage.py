@@ -47,6 +47,13 @@ class Bill(OutModel):
     replica_seconds: float
     total_micros: int
     """The sum of the lines' ``amount_micros`` (exact, an integer sum)."""
+    running_workloads: int = 0
+    """Replicas, job workers and pods running now: the lines include their running time
+    since their last usage record, which no invoice holds yet."""
+    unrecorded_micros: int = 0
+    """The µ$ of that running time (part of ``total_micros``), priced as its usage records
+    will be; an invoice adds it once it is recorded. The rest of ``total_micros`` is the
+    sum of the records, which the invoices of their periods add up to."""
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from rich.console import Console
 
-from neocloud.cli.inventory import shape_table
+from neocloud.cli.inventory import billed_prices, override_note, shape_table
 from neocloud.cli.usage import COLUMNS, bill_row
 from neocloud.models import ShapeOut
+from neocloud.models.billing import PriceKind, PriceOut
 from neocloud.models.usage import BillLine
 
 
@@ -39,3 +42,34 @@ def test_usage_row_prints_dash_where_column_does_not_apply() -> None:
     assert (cpu[time], cpu[gpu_hours]) == ("2m00s", "-")
     gpu = bill_row(_line("job", 3600.0, 1800.0))
     assert (gpu[time], gpu[gpu_hours], gpu[-1]) == ("1h00m", "0.5000", "$0.0015")
+
+
+def _version(target: str, micros: int, at: datetime, kind: PriceKind = PriceKind.shape
+             ) -> PriceOut:
+    return PriceOut(id=1, kind=kind, target=target, per_hour_micros=micros,
+                    input_per_m_micros=0, output_per_m_micros=0, per_gib_hour_micros=0,
+                    effective_at=at, created_at=at)
+
+
+def test_shape_price_is_the_version_in_force_marked() -> None:
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    shapes = [_shape("a", 1.1), _shape("b", 20.0), _shape("c", 0.5)]
+    versions = [
+        _version("a", 3_000_000, datetime(2026, 1, 1, tzinfo=UTC)),
+        _version("a", 3_250_000, datetime(2026, 5, 1)),  # naive: UTC; the latest in force
+        _version("a", 9_000_000, datetime(2026, 7, 1, tzinfo=UTC)),  # not yet in force
+        _version("b", 1_000_000, datetime(2026, 6, 2, tzinfo=UTC)),  # not yet in force
+        _version("c", 7_000_000, datetime(2026, 1, 1, tzinfo=UTC), PriceKind.pool),
+        _version("gone", 1, datetime(2026, 1, 1, tzinfo=UTC)),  # no such shape listed
+    ]
+    in_force = billed_prices(shapes, versions, now)
+    assert {k: v.per_hour_micros for k, v in in_force.items()} == {"a": 3_250_000}
+    console = Console(width=200, record=True)
+    console.print(shape_table(shapes, in_force))
+    prices = {line.split()[0]: line.split()[-1]
+              for line in console.export_text().splitlines()[1:] if line.strip()}
+    assert prices == {"a": "$3.25*", "b": "$20.00", "c": "$0.50"}
+    assert override_note(shapes, in_force) == (
+        "* billed at the price version in force, not the shape's own list price (a $1.10); "
+        "`neocloud price ls` lists every version.")
+    assert override_note(shapes, {}) is None

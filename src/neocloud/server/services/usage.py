@@ -14,6 +14,7 @@ invoices of the periods covering them add up to.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -54,34 +55,16 @@ def open_micros(s: Session, shape: Shape | None, start: datetime, end: datetime)
                for a, b in price_pieces(s, shape, start, end))
 
 
-def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
-    """Everything the workspace has used so far, one line per (kind, workload name).
+OpenWork = tuple[str, str, str | None, Shape | None, datetime]
+"""A workload running now: (kind, workload name, shape name, shape row, start of the
+running time not yet recorded)."""
 
-    Amounts are integer µ$ (``BillLine.amount_micros``, ``Bill.total_micros``); the USD
-    figures are derived from them."""
-    lines: dict[tuple[str, str], BillLine] = {}
-    first: datetime | None = None
 
-    def line(kind: str, name: str, shape: str | None) -> BillLine:
-        key = (kind, name)
-        if key not in lines:
-            lines[key] = BillLine(kind=kind, name=name, shape=shape, seconds=0.0,
-                                  gpu_seconds=0.0, amount_micros=0)
-        return lines[key]
-
-    for rec in s.scalars(select(UsageRecord).where(UsageRecord.workspace_id == workspace_id)):
-        first = rec.period_start if first is None else min(first, rec.period_start)
-        ln = line(rec.kind, rec.name, rec.shape)
-        ln.seconds += rec.seconds
-        ln.gpu_seconds += rec.gpu_seconds
-        ln.amount_micros += record_micros(rec)
-        ln.prompt_tokens += rec.prompt_tokens
-        ln.completion_tokens += rec.completion_tokens
-        ln.requests += rec.requests
-        if rec.shape:
-            ln.shape = rec.shape
-    now = datetime.now(UTC)
-    open_work = [
+def open_work(s: Session, *, workspace_id: str) -> list[OpenWork]:
+    """The workspace's replicas, job workers and pods running now, each with the start of
+    its running time not yet written to a usage record (its ``metered_until``, or its
+    start when it has no record yet)."""
+    rows = [
         ("replica", dep.name, dep.shape, shape, r.metered_until or r.started_at)
         for r, dep, shape in s.execute(
             select(Replica, Deployment, Shape)
@@ -110,15 +93,70 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
                    Pod.started_at.is_not(None), Pod.node_id.is_not(None))
         ).all()
     ]
-    for kind, name, shape_name, shape, start in open_work:
-        if start is None:
-            continue
+    return [w for w in rows if w[4] is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecorded:
+    """Running time not yet in any usage record (so in no invoice yet).
+
+    Attributes:
+        workloads: replicas, job workers and pods running now.
+        micros: µ$ of their running time since their last record, priced as the records
+            will be (:func:`open_micros`).
+    """
+
+    workloads: int
+    micros: int
+
+
+def unrecorded(s: Session, *, workspace_id: str, now: datetime) -> Unrecorded:
+    """What the workspace's running work has cost since its last usage records, up to
+    ``now``: the difference between the live bill and the records it sums."""
+    work = open_work(s, workspace_id=workspace_id)
+    return Unrecorded(workloads=len(work),
+                      micros=sum(open_micros(s, shape, start, now)
+                                 for _, _, _, shape, start in work))
+
+
+def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
+    """Everything the workspace has used so far, one line per (kind, workload name).
+
+    Amounts are integer µ$ (``BillLine.amount_micros``, ``Bill.total_micros``); the USD
+    figures are derived from them."""
+    lines: dict[tuple[str, str], BillLine] = {}
+    first: datetime | None = None
+
+    def line(kind: str, name: str, shape: str | None) -> BillLine:
+        key = (kind, name)
+        if key not in lines:
+            lines[key] = BillLine(kind=kind, name=name, shape=shape, seconds=0.0,
+                                  gpu_seconds=0.0, amount_micros=0)
+        return lines[key]
+
+    for rec in s.scalars(select(UsageRecord).where(UsageRecord.workspace_id == workspace_id)):
+        first = rec.period_start if first is None else min(first, rec.period_start)
+        ln = line(rec.kind, rec.name, rec.shape)
+        ln.seconds += rec.seconds
+        ln.gpu_seconds += rec.gpu_seconds
+        ln.amount_micros += record_micros(rec)
+        ln.prompt_tokens += rec.prompt_tokens
+        ln.completion_tokens += rec.completion_tokens
+        ln.requests += rec.requests
+        if rec.shape:
+            ln.shape = rec.shape
+    now = datetime.now(UTC)
+    running = open_work(s, workspace_id=workspace_id)
+    open_total = 0
+    for kind, name, shape_name, shape, start in running:
         secs = max(0.0, (now - start).total_seconds())
         first = start if first is None else min(first, start)
         ln = line(kind, name, shape_name)
         ln.seconds += secs
         ln.gpu_seconds += secs * gpus_of(shape)
-        ln.amount_micros += open_micros(s, shape, start, now)
+        amount = open_micros(s, shape, start, now)
+        ln.amount_micros += amount
+        open_total += amount
     for vol in s.scalars(select(Volume).where(Volume.workspace_id == workspace_id)):
         line("volume", vol.name, None).storage_bytes = vol.size_bytes
     out = sorted(lines.values(), key=lambda ln: (ln.kind, ln.name))
@@ -126,4 +164,5 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         workspace=workspace_name, period_start=first, period_end=now, lines=out,
         replica_seconds=sum(ln.seconds for ln in out if ln.kind == "replica"),
         total_micros=sum(ln.amount_micros for ln in out),
+        running_workloads=len(running), unrecorded_micros=open_total,
     )

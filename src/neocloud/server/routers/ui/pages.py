@@ -45,6 +45,7 @@ from neocloud.server.services import nodes as node_svc
 from neocloud.server.services import pods as pod_svc
 from neocloud.server.services import quotas as quota_svc
 from neocloud.server.services import secrets as secret_svc
+from neocloud.server.services import usage as usage_svc
 from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services import workspaces as ws_svc
 
@@ -256,7 +257,9 @@ def billing_page(request: Request, c: ConsoleCaller, state: StateDep,
             budget = budget_svc.budget_out(s, workspace_id=w.id)
         except NotFound:
             budget = None
-        return page(request, "billing.html", c, s, inv=inv, budget=budget, wsname=w.name)
+        running = usage_svc.unrecorded(s, workspace_id=w.id, now=datetime.now(UTC))
+        return page(request, "billing.html", c, s, inv=inv, budget=budget, wsname=w.name,
+                    running=running)
 
 
 @router.get("/workspace", response_class=HTMLResponse)
