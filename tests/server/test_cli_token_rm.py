@@ -43,3 +43,19 @@ def test_a_tenant_admin_cannot_revoke_another_workspaces_token(cli_db) -> None: 
     # without --workspace: the caller's own workspace, as before
     r = cli("token", "rm", "ops")
     assert r.exit_code == 0 and "Revoked token ops." in r.output
+
+
+def test_an_empty_name_is_named_as_such(cli_db) -> None:  # type: ignore[no-untyped-def]
+    """``token rm ''`` used to print ``Error: HTTP 307`` (the API's redirect of
+    ``/tokens/`` to ``/tokens``) and ``--workspace ''`` blamed the base URL (the 404 of
+    ``/workspaces//tokens/x``): both say which name is empty now, and nothing changes."""
+    cli = cli_db
+    assert cli("token", "create", "ci", "--json").exit_code == 0
+    for args in (("token", "rm", ""), ("token", "rm", "", "--workspace", "default"),
+                 ("token", "rm", "ci", "--workspace", "")):
+        r = cli(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert "empty name" in r.output and "HTTP 307" not in r.output, (args, r.output)
+        assert "base URL" not in r.output and "Traceback" not in r.output, (args, r.output)
+    names = [t["name"] for t in json.loads(cli("token", "ls", "--json").output)]
+    assert "ci" in names

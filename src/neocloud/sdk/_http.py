@@ -10,6 +10,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from neocloud.errors import (
+    InvalidRequest,
     NeocloudError,
     NotFound,
     Timeout,
@@ -110,8 +111,14 @@ class HttpApi:
         except ValueError:
             body = response.text.strip()[:500]
         error = from_wire(response.status_code, body)
-        if isinstance(error, NotFound) and (error.message == ROUTE_MISS
-                                            or error.code == ROUTE_MISS_CODE):
+        route_miss = isinstance(error, NotFound) and (error.message == ROUTE_MISS
+                                                      or error.code == ROUTE_MISS_CODE)
+        if (response.is_redirect or route_miss) and has_empty_segment(response.request):
+            request = response.request
+            return InvalidRequest(
+                f"{request.method} {request.url.path}: an empty name in the path (a name "
+                "given as '')", param="name", code="empty_name")
+        if route_miss:
             request = response.request
             error = NotFound(
                 f"{request.method} {request.url.path}: no such API route at {self.url} "
@@ -140,6 +147,16 @@ class HttpApi:
         """Send ``body`` (only the fields that were set) and parse the answer as ``model``."""
         payload = body.model_dump(mode="json", exclude_unset=True)
         return parse(model, self.request(method, path, json=payload))
+
+
+def has_empty_segment(request: httpx.Request) -> bool:
+    """Whether the path of ``request`` has an empty segment (``/tokens/``,
+    ``/workspaces//tokens/x``): a name given as ``''``, which the API answers with a
+    redirect to the path without the trailing ``/`` (the SDK follows none) or with the
+    404 of a path no route matches. Read on the encoded path after ``/api/v1`` (a ``/``
+    inside a name is ``%2F`` there; a base URL with ``//`` in it is not a name)."""
+    path = request.url.raw_path.split(b"?", 1)[0].rpartition(API_PREFIX.encode())[2]
+    return path.endswith(b"/") or b"//" in path
 
 
 def parse(model: type[M], response: httpx.Response,
