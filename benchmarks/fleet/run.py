@@ -21,7 +21,7 @@ then one JSON line.
 
 Usage: python benchmarks/fleet/run.py [--nodes 5000 --deployments 5000 --replicas-per 10]
        [--db both|postgresql|sqlite] [--quick] [--rate N] [--pg-url URL] [--profile DIR]
-       [--sqlite-writer-queue]
+       [--sqlite-no-writer-queue]
 """
 
 from __future__ import annotations
@@ -269,14 +269,16 @@ def setup(db: Database, size: Size) -> str:
 
 
 def start_server(url: str, home: Path, port: int, timings: Path,
-                 profile: Path | None, *, writer_queue: bool = False
-                 ) -> subprocess.Popen[bytes]:
+                 profile: Path | None, *, no_writer_queue: bool = False,
+                 switch_interval_s: float | None = None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, str(HERE / "server.py"), "--database-url", url, "--home",
            str(home), "--port", str(port), "--timings", str(timings)]
+    if switch_interval_s is not None:
+        cmd += ["--switch-interval-s", str(switch_interval_s)]
     if profile is not None:
         cmd += ["--profile", str(profile)]
-    if writer_queue:
-        cmd += ["--sqlite-writer-queue"]
+    if no_writer_queue:
+        cmd += ["--sqlite-no-writer-queue"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(cmd, env=env)
     deadline = time.monotonic() + 120
@@ -333,10 +335,11 @@ def pass_stats(timings: Sequence[Path], steady_from: float | None
 def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: float,
             readers: int, writers: int, profile_dir: Path | None,
             copies: int = 1, probes: int = 20, rate: float | None = None,
-            writer_queue: bool = False) -> dict[str, Any]:
+            no_writer_queue: bool = False, switch_interval_s: float | None = None
+            ) -> dict[str, Any]:
     """``copies`` control planes on one ``kind`` database (``postgresql``/``sqlite``) at
     ``size``; ``rate``: deployments submitted per second (``None``: a burst);
-    ``writer_queue``: the experiment ``server.py --sqlite-writer-queue`` (SQLite)."""
+    ``no_writer_queue``: the baseline ``server.py --sqlite-no-writer-queue`` (SQLite)."""
     tmp = Path(tempfile.mkdtemp(prefix="neocloud-fleet-"))
     pg = PgDatabase(pg_url, f"bench_fleet_{os.getpid()}") if kind == "postgresql" else None
     if pg is not None:
@@ -356,7 +359,8 @@ def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: f
             profile = (profile_dir / f"reconcilers-{kind}-{i}.prof" if profile_dir
                        else None)
             procs.append(start_server(url, tmp / f"home{i}", port, timings[i], profile,
-                                      writer_queue=writer_queue and pg is None))
+                                      no_writer_queue=no_writer_queue,
+                                      switch_interval_s=switch_interval_s))
         calls = Calls()
         load = Load(bases=[f"http://127.0.0.1:{p}" for p in ports], token=token,
                     node_names=[f"n{i:05d}" for i in range(size.nodes)], calls=calls,
@@ -542,11 +546,15 @@ def main() -> None:
                     help="submit the deployments at this many per second (default: as "
                          "fast as the API takes them, a burst)")
     ap.add_argument("--profile", type=Path, default=None,
-                    help="folder for cProfile stats of the reconciler thread")
-    ap.add_argument("--sqlite-writer-queue", action="store_true",
-                    help="experiment (SQLite): the control plane's writers queue for the "
-                         "write lock in its process instead of polling it "
-                         "(server.py queue_sqlite_writers)")
+                    help="folder for cProfile stats of the reconciler thread and the "
+                         "deployment worker threads (added together)")
+    ap.add_argument("--sqlite-no-writer-queue", action="store_true",
+                    help="baseline (SQLite): the control plane's writers poll SQLite's "
+                         "write lock (its busy handler) instead of queueing for it in "
+                         "the process (server/db/sqlite_writers.py)")
+    ap.add_argument("--switch-interval-s", type=float, default=None,
+                    help="experiment: the control plane's thread switch interval "
+                         "(sys.setswitchinterval, s; Python's default 0.005)")
     args = ap.parse_args()
     if args.copies > 1:
         # Each copy would run its own fake backend: the simulated processes one copy
@@ -569,7 +577,8 @@ def main() -> None:
                     steady_s=args.steady_s, readers=args.readers, writers=args.writers,
                     profile_dir=args.profile,
                     copies=args.copies if kind == "postgresql" else 1, probes=args.probes,
-                    rate=args.rate, writer_queue=args.sqlite_writer_queue)
+                    rate=args.rate, no_writer_queue=args.sqlite_no_writer_queue,
+                    switch_interval_s=args.switch_interval_s)
             for kind, sz in plan]
     print(table(runs))
     end = os.getloadavg()

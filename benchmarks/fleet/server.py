@@ -5,18 +5,21 @@ Started by ``run.py``. Each reconciler step of the reconciler thread is timed; e
 of a step appends one JSON line ``{"kind": ..., "start": ..., "s": ...}`` (seconds, wall
 clock) to ``--timings``. On SQLite, for each write transaction, the wait for the write
 lock and its hold are appended there too (:func:`time_write_lock`). With ``--profile
-FILE`` the reconciler thread runs under cProfile and the stats are written to FILE when
-the process ends (SIGTERM).
+FILE`` the reconciler thread runs under cProfile, and so does each deployment worker
+thread (one profiler per thread, :class:`WorkerProfiles`); the stats of all of them are
+written together to FILE when the process ends (SIGTERM).
 
 Usage: python benchmarks/fleet/server.py --database-url URL --home DIR --port N
-       --timings FILE [--profile FILE] [--interval-s S] [--sqlite-writer-queue]
+       --timings FILE [--profile FILE] [--interval-s S] [--sqlite-no-writer-queue]
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
+import pstats
 import signal
 import sys
 import threading
@@ -30,6 +33,8 @@ from sqlalchemy import Engine, event
 
 from neocloud.server.app import create_app
 from neocloud.server.backends import FakeBackend
+from neocloud.server.db import engine as engine_module
+from neocloud.server.db.engine import make_engine
 from neocloud.server.settings import Settings
 
 #: Name of each step of the reconciler thread, by the qualified name of its function.
@@ -73,6 +78,27 @@ class StepTimer:
         return timed
 
 
+class WorkerProfiles:
+    """One profiler per deployment worker thread (cProfile profiles only the thread that
+    enabled it): each deployment step runs under its thread's profiler."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self._mine = threading.local()
+        self._lock = threading.Lock()
+
+    def wrap(self, step: Callable[..., None]) -> Callable[..., None]:
+        def profiled(*args: Any, **kwargs: Any) -> None:
+            prof = getattr(self._mine, "profile", None)
+            if prof is None:
+                prof = self._mine.profile = cProfile.Profile()
+                with self._lock:
+                    self.profiles.append(prof)
+            prof.runcall(step, *args, **kwargs)
+
+        return profiled
+
+
 WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 """Statements that take SQLite's write lock (held from then to the transaction's end)."""
 
@@ -83,7 +109,8 @@ RECONCILER_THREAD = "neocloud-reconciler"
 def time_write_lock(engine: Engine, out: IO[str], lock: threading.Lock) -> None:
     """Append to ``out``, for each SQLite transaction of ``engine`` that wrote, how long
     its first write statement took (kind ``sqlite first write ...``: mostly the wait for
-    the write lock, SQLite's busy handler polling) and how long it then held the write
+    the write lock: in the control plane's queue of writers, ``db/sqlite_writers.py``,
+    then for SQLite's lock itself, against other processes) and how long it then held the write
     lock (kind ``sqlite write lock ...``: from the end of that statement to the
     connection's return to the pool, so the commit included), seconds; by the thread
     that ran it (the reconciler thread, or ``API``: every other thread)."""
@@ -120,35 +147,6 @@ def time_write_lock(engine: Engine, out: IO[str], lock: threading.Lock) -> None:
     event.listen(engine, "checkin", returned)
 
 
-def queue_sqlite_writers(engine: Engine) -> None:
-    """The experiment ``--sqlite-writer-queue``: one lock in this process, taken before a
-    transaction's first write statement and released when it commits or rolls back (or
-    its connection returns to the pool), so that the writers of this process wait for
-    SQLite's write lock in turn, woken as soon as it is free, instead of polling it with
-    SQLite's busy handler (which sleeps up to 100 ms between tries and can miss many
-    short free gaps in a row). The control plane has no such queue: this measures what
-    one in ``db/engine.py`` would give. A writer that waits more than the busy timeout
-    (30 s) goes on without it."""
-    gate = threading.Lock()
-
-    def before(conn: Any, _cursor: object, statement: str, *_args: object) -> None:
-        if "queued" not in conn.info and statement.lstrip()[:7].upper().startswith(WRITES):
-            conn.info["queued"] = gate.acquire(timeout=30)
-
-    def ended(conn: Any) -> None:
-        if conn.info.pop("queued", False):
-            gate.release()
-
-    def returned(_dbapi_conn: object, record: Any) -> None:
-        if record.info.pop("queued", False):
-            gate.release()
-
-    event.listen(engine, "before_cursor_execute", before)
-    event.listen(engine, "commit", ended)
-    event.listen(engine, "rollback", ended)
-    event.listen(engine, "checkin", returned)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--database-url", required=True)
@@ -158,15 +156,29 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None)
     ap.add_argument("--interval-s", type=float, default=1.0,
                     help="reconcile interval (the control plane's default: 1 s)")
-    ap.add_argument("--sqlite-writer-queue", action="store_true",
-                    help="experiment: queue this process's SQLite writers "
-                         "(queue_sqlite_writers)")
+    ap.add_argument("--sqlite-no-writer-queue", action="store_true",
+                    help="baseline (SQLite): no queue of the writers, SQLite's busy "
+                         "handler alone, as before db/sqlite_writers.py")
+    ap.add_argument("--switch-interval-s", type=float, default=None,
+                    help="experiment: the interpreter's thread switch interval "
+                         "(sys.setswitchinterval; Python's default 0.005 s)")
     args = ap.parse_args()
+    if args.switch_interval_s is not None:
+        sys.setswitchinterval(args.switch_interval_s)
     settings = Settings(home=args.home, database_url=args.database_url, backend="fake",
                         register_local_node=False, reconcile_interval_s=args.interval_s,
                         usage_period_s=3600.0)
+    if args.sqlite_no_writer_queue:
+        # create_app opens the database through db.engine.make_engine
+        engine_module.make_engine = functools.partial(  # type: ignore[method-assign]
+            make_engine, queue_writers=False)
     app = create_app(settings, backends={"fake": FakeBackend()})
     profile = cProfile.Profile() if args.profile else None
+    workers = WorkerProfiles() if args.profile else None
+    if workers is not None:
+        # the pass hands each deployment's step to a worker thread (OrderedWorkers)
+        deps = app.state.reconcilers.deployments
+        deps._reconcile = workers.wrap(deps._reconcile)
     with args.timings.open("a", encoding="utf-8") as out:
         timer = StepTimer(out, profile)
         thread = app.state.reconcilers.thread
@@ -174,21 +186,26 @@ def main() -> None:
         engine = app.state.db.engine
         if engine.dialect.name == "sqlite":
             time_write_lock(engine, out, timer.lock)
-            if args.sqlite_writer_queue:
-                queue_sqlite_writers(engine)
         config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning",
                                 lifespan="on", access_log=False)
         # uvicorn re-raises the SIGTERM it caught once the lifespan ended: this handler
         # then writes the profile and exits
-        signal.signal(signal.SIGTERM, lambda _sig, _frame: finish(profile, args.profile))
+        signal.signal(signal.SIGTERM,
+                      lambda _sig, _frame: finish(profile, workers, args.profile))
         uvicorn.Server(config).run()
-    finish(profile, args.profile)
+    finish(profile, workers, args.profile)
 
 
-def finish(profile: cProfile.Profile | None, path: Path | None) -> None:
-    """Write the profile (when one was taken) and exit."""
+def finish(profile: cProfile.Profile | None, workers: WorkerProfiles | None,
+           path: Path | None) -> None:
+    """Write the profiles (when taken: the reconciler thread's and the deployment
+    workers', added together) and exit."""
     if profile is not None and path is not None:
-        profile.dump_stats(str(path))
+        stats = pstats.Stats(profile)
+        for prof in workers.profiles if workers is not None else []:
+            prof.create_stats()
+            stats.add(prof)
+        stats.dump_stats(str(path))
     sys.exit(0)
 
 

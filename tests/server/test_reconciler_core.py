@@ -25,9 +25,11 @@ from neocloud.server.reconcilers.core import (
     StaleStatus,
     lock_row,
     set_status,
+    set_statuses,
     start_process,
 )
 from tests.server.helpers import Cloud
+from tests.server.test_fleet_scale import statements
 
 H100x2 = [{"type": "H100", "count": 2, "memory_mib": 81559}]
 
@@ -89,6 +91,71 @@ def test_set_status_is_a_compare_and_set(cloud: Cloud) -> None:
     with db.session() as s:
         row = s.get(Deployment, dep.id)
         assert row.status == "deleting" and row.pending_reason is None
+
+
+def _replica_rows(cloud: Cloud, n: int) -> list[str]:
+    """``n`` pending replica rows of a new deployment of ``n`` replicas (no pass run)."""
+    dep = _deployment(cloud, replicas=0)
+    db = cloud.app.state.db
+    with db.session() as s:
+        rows = [Replica(deployment_id=dep.id, workspace_id=dep.workspace_id,
+                        generation=dep.generation, status="pending") for _ in range(n)]
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows]
+
+
+def test_set_statuses_moves_many_rows_in_one_statement_with_their_events(
+        cloud: Cloud) -> None:
+    ids = _replica_rows(cloud, 4)
+    db = cloud.app.state.db
+    with db.session() as s:
+        rows = [s.get(Replica, rid) for rid in ids]
+        with statements(db) as seen:
+            n = set_statuses(s, rows, ReplicaStatus.starting, reason="Scheduled",
+                             messages=[f"placed {i}" for i in range(4)])
+        assert n == 4
+        assert len([q for q in seen if q.startswith("UPDATE replicas")]) == 1
+        assert set_statuses(s, rows, ReplicaStatus.starting) == 0  # no change, no event
+    with db.session() as s:
+        assert {s.get(Replica, rid).status for rid in ids} == {"starting"}
+        evs = {e.object_id: (e.reason, e.message, e.status) for e in s.scalars(
+            select(Event).where(Event.object_id.in_(ids)))}
+        assert evs == {rid: ("Scheduled", f"placed {i}", "starting")
+                       for i, rid in enumerate(ids)}
+
+
+def test_set_statuses_is_a_compare_and_set_for_every_row(cloud: Cloud) -> None:
+    """One row of the batch stopped by someone else after the read: nothing of the
+    batch is written, its transaction rolls back."""
+    ids = _replica_rows(cloud, 3)
+    db = cloud.app.state.db
+    with pytest.raises(StaleStatus):
+        with db.session() as s:
+            rows = [s.get(Replica, rid) for rid in ids]
+            with db.session() as other:  # a stop lands between the read and the write
+                set_status(other, other.get(Replica, ids[1]), ReplicaStatus.stopping)
+            set_statuses(s, rows, ReplicaStatus.starting)
+    with db.session() as s:
+        assert [s.get(Replica, rid).status for rid in ids] == ["pending", "stopping",
+                                                               "pending"]
+        assert not list(s.scalars(select(Event).where(Event.object_id.in_(ids),
+                                                      Event.status == "starting")))
+
+
+def test_set_statuses_refuses_a_transition_not_allowed_before_writing(cloud: Cloud) -> None:
+    ids = _replica_rows(cloud, 2)
+    db = cloud.app.state.db
+    with db.session() as s:
+        rows = [s.get(Replica, rid) for rid in ids]
+        set_status(s, rows[1], ReplicaStatus.stopping)
+    with db.session() as s:
+        rows = [s.get(Replica, rid) for rid in ids]
+        with statements(db) as seen, pytest.raises(IllegalTransition):
+            set_statuses(s, rows, ReplicaStatus.ready)  # pending -> ready is not allowed
+        assert not [q for q in seen if q.startswith("UPDATE")]
+        with pytest.raises(ValueError):
+            set_statuses(s, rows, ReplicaStatus.stopping, messages=["one"])
 
 
 def test_lock_row_reads_the_newest_row(cloud: Cloud) -> None:

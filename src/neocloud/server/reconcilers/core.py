@@ -17,6 +17,9 @@ The API (small, on purpose; the autoscaler, the Ray backend and the console buil
 ``set_status(s, row, Status.x, reason=..., message=...)``
     The one way to change a status: only along the allowed transitions, compare-and-set
     on the status read, and the event that names the new status in the same transaction.
+    ``set_statuses(s, rows, Status.x, reason=..., messages=...)`` does the same for
+    several rows of one table in one statement per status read (a batch's placements,
+    its replicas found ready).
 ``lock_for_placement(s, Model, id)`` then ``place(s, ...)``
     Admission, placement, preemption and the allocation writes of one workload, in the
     transaction that holds the placement lock and the workload's row lock.
@@ -52,8 +55,9 @@ Invariants kept (checked by :mod:`neocloud.server.invariants`, ``neocloud admin 
    instant, and those of a node within its capacity.** The quota and the free room are
    read and the allocations written inside one transaction holding the placement lock
    (a PostgreSQL advisory lock shared by every copy; SQLite's single writer lock).
-4. **The history is consistent.** Every status change goes through :func:`set_status`:
-   it follows the allowed transitions (nothing leaves a terminal status, nothing follows
+4. **The history is consistent.** Every status change goes through :func:`set_status`
+   (or :func:`set_statuses`, the same for several rows of one table): it follows the
+   allowed transitions (nothing leaves a terminal status, nothing follows
    ``deleting``), it applies only if the status is still the one read (a stop written
    meanwhile makes the reconciler's step roll back), and it records the event naming
    the new status, so the newest status event and the row always agree.
@@ -76,8 +80,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from neocloud.models.deployments import ReasonCode
 from neocloud.server.backends.base import Backend, WorkloadSpec, backend_for, start_or_adopt
@@ -85,12 +90,16 @@ from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, Base, Node, Shape
 from neocloud.server.metering.records import meter_running
 from neocloud.server.scheduler import Binding, ResourceRequest, Unschedulable
-from neocloud.server.services import placement
+from neocloud.server.services import events, placement
 from neocloud.server.services.lifecycle import (
+    DEFAULT_REASON,
+    ENUMS,
     IllegalTransition,
     StaleStatus,
+    allowed,
     lock_row,
     set_status,
+    subject,
 )
 
 __all__ = [
@@ -114,6 +123,7 @@ __all__ = [
     "reconcile_locked",
     "release_ended",
     "set_status",
+    "set_statuses",
     "start_process",
     "start_processes",
 ]
@@ -219,6 +229,71 @@ class ReconcilerThread:
                     log.exception("reconciler step failed")
             self._wake.wait(self.interval_s)
             self._wake.clear()
+
+
+# -- statuses -------------------------------------------------------------------------
+
+
+def set_statuses(
+    s: Session,
+    rows: Sequence[Any],
+    status: Any,
+    *,
+    reason: str | None = None,
+    messages: Sequence[str] | None = None,
+    warning: bool = False,
+) -> int:
+    """:func:`set_status` for several rows of one table: each row moves to ``status``
+    only along the allowed transitions and only if its status is still the one read,
+    with the event naming the new status (``messages[i]`` for ``rows[i]``, default
+    ``"<old> -> <new>"``), in one ``UPDATE ... WHERE id IN (...) AND status = <read>``
+    per status read instead of one per row. Rows already in ``status`` are left alone.
+    Returns how many changed.
+
+    Raises:
+        ValueError: rows of several tables, or ``messages`` of another length.
+        IllegalTransition: a change not in the transitions table (nothing written).
+        StaleStatus: a row's status in the database is no longer the one read; the
+            transaction must roll back (some rows of the batch may have been updated).
+    """
+    if messages is not None and len(messages) != len(rows):
+        raise ValueError(f"{len(messages)} messages for {len(rows)} rows")
+    if not rows:
+        return 0
+    model = type(rows[0])
+    if any(type(r) is not model for r in rows):
+        raise ValueError("set_statuses takes rows of one table")
+    enum = ENUMS[model]
+    new = enum(status)
+    by_old: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        old = r.status
+        if old == new:
+            continue
+        if not allowed(enum, old, new):
+            raise IllegalTransition(f"{model.__name__} {r.id}: {old} -> {new} is not allowed")
+        by_old.setdefault(str(old), []).append(i)
+    table: Any = model.__table__  # type: ignore[attr-defined]
+    for old, idx in by_old.items():
+        ids = [rows[i].id for i in idx]
+        if len(set(ids)) != len(ids):
+            raise ValueError("set_statuses takes each row once")
+        done = s.execute(update(table).where(table.c.id.in_(ids), table.c.status == old)
+                         .values(status=new.value))
+        if done.rowcount != len(ids):  # type: ignore[attr-defined]
+            raise StaleStatus(f"{len(ids) - done.rowcount} of {len(ids)} "  # type: ignore[attr-defined]
+                              f"{model.__name__} rows are no longer {old}")
+        for i in idx:
+            row = rows[i]
+            set_committed_value(row, "status", new.value)
+            kind, name, workspace_id = subject(s, row)
+            events.record(s, workspace_id=workspace_id, kind=kind, name=name,
+                          object_id=row.id,
+                          reason=reason or DEFAULT_REASON.get(new.value, new.value.title()),
+                          message=(messages[i] if messages is not None
+                                   else f"{old} -> {new.value}"),
+                          warning=warning, status=new.value)
+    return sum(len(idx) for idx in by_old.values())
 
 
 # -- placement ------------------------------------------------------------------------

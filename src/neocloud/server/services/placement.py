@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, text, union_all
 from sqlalchemy import literal as sa_literal
@@ -179,28 +180,56 @@ def snapshot(s: Session, *, nodes: Iterable[Node] | None = None) -> list[NodeSna
     return _snapshots(node_rows, s.scalars(select(Allocation)).all())
 
 
-def _snapshots(node_rows: Sequence[Node], allocs: Iterable[Allocation]) -> list[NodeSnapshot]:
-    """The snapshot of ``node_rows`` given every allocation held on them."""
-    by_node: dict[str, list[Allocation]] = {}
+@dataclass
+class _Used:
+    """What the allocations of one node hold: CPU millicores, memory MiB, and milli-GPU
+    per GPU device index."""
+
+    cpu_milli: int = 0
+    memory_mib: int = 0
+    gpu_milli: dict[int, int] = field(default_factory=dict)
+
+    def add_gpus(self, indices: Iterable[int], milli: int) -> None:
+        for i in indices:
+            self.gpu_milli[i] = self.gpu_milli.get(i, 0) + milli
+
+
+def _used_by_node(allocs: Iterable[Any]) -> dict[str, _Used]:
+    """What ``allocs`` (allocation rows, or rows of their ``node_id``, ``cpu_milli``,
+    ``memory_mib``, ``gpu_indices`` and ``gpu_milli`` columns) hold per node id."""
+    out: dict[str, _Used] = {}
     for a in allocs:
-        by_node.setdefault(a.node_id, []).append(a)
+        used = out.get(a.node_id)
+        if used is None:
+            used = out[a.node_id] = _Used()
+        used.cpu_milli += a.cpu_milli
+        used.memory_mib += a.memory_mib
+        used.add_gpus(a.gpu_indices, a.gpu_milli)
+    return out
+
+
+def _snapshots(node_rows: Sequence[Any], allocs: Iterable[Any]) -> list[NodeSnapshot]:
+    """The snapshot of ``node_rows`` given every allocation held on them."""
+    return _snapshots_of(node_rows, _used_by_node(allocs))
+
+
+def _snapshots_of(node_rows: Sequence[Any], used: dict[str, _Used]) -> list[NodeSnapshot]:
+    """The snapshot of ``node_rows`` (node rows, or rows of the columns of
+    :data:`_NODE_COLUMNS`) given what is held on each (node id -> :class:`_Used`)."""
     snaps = []
+    nothing = _Used()
     for n in node_rows:
-        mine = by_node.get(n.id, [])
-        used: dict[int, int] = {}
-        for a in mine:
-            for i in a.gpu_indices:
-                used[i] = used.get(i, 0) + a.gpu_milli
+        mine = used.get(n.id, nothing)
         snaps.append(
             NodeSnapshot(
                 id=n.name,  # names, so the scheduler's reasons read well
                 cpu_milli_total=n.cpu_milli,
-                cpu_milli_free=n.cpu_milli - sum(a.cpu_milli for a in mine),
+                cpu_milli_free=n.cpu_milli - mine.cpu_milli,
                 memory_mib_total=n.memory_mib,
-                memory_mib_free=n.memory_mib - sum(a.memory_mib for a in mine),
+                memory_mib_free=n.memory_mib - mine.memory_mib,
                 gpus=[
                     GpuSlot(index=g["index"], type=g["type"], memory_mib=g["memory_mib"],
-                            free_milli=max(0, 1000 - used.get(g["index"], 0)))
+                            free_milli=max(0, 1000 - mine.gpu_milli.get(g["index"], 0)))
                     for g in n.gpus
                 ],
                 labels=dict(n.labels or {}),
@@ -211,13 +240,45 @@ def _snapshots(node_rows: Sequence[Node], allocs: Iterable[Allocation]) -> list[
     return snaps
 
 
+_NODE_COLUMNS = (Node.id, Node.name, Node.cpu_milli, Node.memory_mib, Node.gpus, Node.labels,
+                 Node.pool, Node.status)
+"""What a snapshot needs of a node (the rebuild reads these, not whole rows)."""
+
+
+def _read_inventory(s: Session) -> tuple[list[Any], dict[str, _Used]]:
+    """Every node (its :data:`_NODE_COLUMNS`) and what is held on each, in three
+    statements whose size does not grow with the CPU-only allocations: the CPU and
+    memory held are summed per node by the database, and only the allocations that hold
+    GPU shares are read, their node, GPU indices and share."""
+    nodes = list(s.execute(select(*_NODE_COLUMNS)))
+    used: dict[str, _Used] = {}
+    for node_id, cpu, mem in s.execute(
+            select(Allocation.node_id, func.sum(Allocation.cpu_milli),
+                   func.sum(Allocation.memory_mib)).group_by(Allocation.node_id)):
+        used[node_id] = _Used(cpu_milli=int(cpu or 0), memory_mib=int(mem or 0))
+    for node_id, indices, milli in s.execute(
+            select(Allocation.node_id, Allocation.gpu_indices, Allocation.gpu_milli)
+            .where(Allocation.gpu_milli > 0)):
+        used.setdefault(node_id, _Used()).add_gpus(indices, milli)
+    return nodes, used
+
+
 # -- the inventory kept between placements ---------------------------------------------
 
-REBUILD_S = 10.0
+REBUILD_S = 60.0
 """Longest time a process places from its kept inventory before reading every node and
 allocation again (seconds). Between rebuilds, room freed outside this process (another
 control-plane copy, a cascade delete) is not seen yet: placement is then conservative,
-never wrong (see :class:`Inventory`)."""
+never wrong (see :class:`Inventory`), and any "no room" verdict rebuilds first. A
+rebuild reads and indexes every node (about 0.5 s at 5,000 nodes on a loaded machine,
+under the placement lock): every 10 s it took a tenth of a rollout's placement time."""
+
+FINGERPRINT_S = 1.0
+"""Longest time between two looks at the node count and newest node (seconds). Every
+placement transaction looked (one statement each, a tenth of a deployment's placement
+on a loaded machine); a node added meanwhile is seen at the next look or at once by a
+"no room" verdict (which rebuilds), a node removed when a choice names it (its re-read
+finds it gone)."""
 
 VERIFY_TRIES = 3
 """Choices checked against the database before the inventory is rebuilt."""
@@ -248,8 +309,12 @@ class Inventory:
     ids: dict[str, str] = field(default_factory=dict)
     """Node name -> node id (the index names nodes by name)."""
     names: dict[str, str] = field(default_factory=dict)
+    gpu_types: dict[str, dict[int, str]] = field(default_factory=dict)
+    """Node id -> GPU device index -> GPU type (what :func:`bind` writes)."""
     built_at: float = 0.0
     fingerprint: tuple[int, datetime | None] | None = None
+    checked_at: float = 0.0
+    """When the node fingerprint was last compared (``time.monotonic()``)."""
     dirty: set[str] = field(default_factory=set)
     """Ids of nodes to read again before the next choice."""
     rebuilds: int = 0
@@ -258,21 +323,24 @@ class Inventory:
     that saw another transaction read into the index trusts none of its own earlier
     re-reads (that read could not see what it had bound and not committed yet)."""
 
-    def rebuild(self, s: Session) -> tuple[list[Node], list[NodeSnapshot]]:
-        """Read every node and allocation; returns the rows and their snapshot."""
-        rows = list(s.scalars(select(Node).execution_options(populate_existing=True)))
-        snaps = _snapshots(rows, s.scalars(select(Allocation)).all())
+    def rebuild(self, s: Session) -> tuple[dict[str, str], list[NodeSnapshot]]:
+        """Read every node and what its allocations hold (:func:`_read_inventory`);
+        returns the node names by id and the snapshot."""
+        if s.new:
+            s.flush()  # allocations bound but not written yet are read with the rest
+        rows, used = _read_inventory(s)
+        snaps = _snapshots_of(rows, used)
         self.index = ClusterIndex(snaps)
         self.chooser = make_policy(self.policy)
         self.ids = {n.name: n.id for n in rows}
         self.names = {n.id: n.name for n in rows}
-        _held(s).nodes.update((n.id, n) for n in rows)
+        self.gpu_types = {n.id: {g["index"]: g["type"] for g in n.gpus} for n in rows}
         self.fingerprint = _node_fingerprint(s)
-        self.built_at = time.monotonic()
+        self.built_at = self.checked_at = time.monotonic()
         self.dirty.clear()
         self.rebuilds += 1
         self.version += 1
-        return rows, snaps
+        return dict(self.names), snaps
 
     def reread(self, s: Session, node_id: str) -> None:
         """Bring node ``node_id`` in line with the database (a node gone is made
@@ -291,14 +359,25 @@ class Inventory:
             return
         if name is not None and name != node.name:  # renamed: never, but stay exact
             self.index.set_status(name, "gone")
-        allocs = s.scalars(select(Allocation).where(Allocation.node_id == node_id)).all()
+        allocs = s.execute(select(Allocation.node_id, Allocation.cpu_milli,
+                                  Allocation.memory_mib, Allocation.gpu_indices,
+                                  Allocation.gpu_milli)
+                           .where(Allocation.node_id == node_id)).all()
         self.index.reset_node(_snapshots([node], allocs)[0])
         self.version += 1
         self.ids[node.name], self.names[node_id] = node_id, node.name
+        self.gpu_types[node_id] = {g["index"]: g["type"] for g in node.gpus}
 
     def stale(self, s: Session) -> bool:
-        return (self.index is None or time.monotonic() - self.built_at > REBUILD_S
-                or _node_fingerprint(s) != self.fingerprint)
+        """Whether to rebuild before the next choice: never built, older than
+        :data:`REBUILD_S`, or nodes added or removed (the node count or newest node
+        changed; looked at most every :data:`FINGERPRINT_S` seconds)."""
+        if self.index is None or time.monotonic() - self.built_at > REBUILD_S:
+            return True
+        if time.monotonic() - self.checked_at < FINGERPRINT_S:
+            return False
+        self.checked_at = time.monotonic()
+        return _node_fingerprint(s) != self.fingerprint
 
 
 @functools.cache
@@ -349,10 +428,11 @@ def node_changed(s: Session, node_id: str) -> None:
 
 
 def _place_one(s: Session, request: ResourceRequest, policy: str
-               ) -> Binding | tuple[Unschedulable, list[Node], list[NodeSnapshot]]:
+               ) -> Binding | tuple[Unschedulable, dict[str, str], list[NodeSnapshot]]:
     """Place one request on the kept inventory (see :class:`Inventory`); the binding
     names the node by id. Without room, the verdict on a rebuilt inventory, with the node
-    rows and snapshot read for it (for preemption). Call under the placement lock."""
+    names by id and the snapshot read for it (for preemption). Call under the placement
+    lock."""
     inv = inventory(s, policy)
     held = _held(s)
     verified = held.verified.setdefault(policy, set())
@@ -367,10 +447,10 @@ def _place_one(s: Session, request: ResourceRequest, policy: str
 
 def _choose(s: Session, inv: Inventory, held: _Held, verified: set[str],
             request: ResourceRequest, policy: str
-            ) -> Binding | tuple[Unschedulable, list[Node], list[NodeSnapshot]]:
+            ) -> Binding | tuple[Unschedulable, dict[str, str], list[NodeSnapshot]]:
     """:func:`_place_one` under the inventory's lock; ``verified``: the nodes this
     transaction read again and may trust."""
-    exact: tuple[list[Node], list[NodeSnapshot]] | None = None
+    exact: tuple[dict[str, str], list[NodeSnapshot]] | None = None
     if inv.index is None or time.monotonic() - inv.built_at > REBUILD_S or (
             policy not in held.checked and inv.stale(s)):
         exact = inv.rebuild(s)
@@ -497,9 +577,10 @@ def schedule(
         one = _place_one(s, reqs[0], policy)
         if isinstance(one, Binding):
             return [one]
-        result, node_rows, nodes = one
+        result, names, nodes = one
     else:
         node_rows = list(s.scalars(select(Node)))
+        names = {n.id: n.name for n in node_rows}
         nodes = snapshot(s, nodes=node_rows)
         if len(reqs) == 1:
             single = place(nodes, reqs[0], policy=policy)
@@ -509,7 +590,7 @@ def schedule(
         if not isinstance(result, Unschedulable):
             ids = {n.name: n.id for n in node_rows}
             return [replace(b, node_id=ids[b.node_id]) for b in result]
-    running = _running_work(s, {n.id: n.name for n in node_rows})
+    running = _running_work(s, names)
     victims = select_victims(nodes, running, reqs, priority, policy=policy)
     if isinstance(victims, list) and victims:
         pairs = tuple((v.split(":", 1)[0], v.split(":", 1)[1]) for v in victims)
@@ -555,8 +636,11 @@ def bind(
         raise ValueError(f"unknown allocation kind {kind!r}")
     held = _held(s)
     if gpu_type is None and binding.gpu_indices:
-        node = held.nodes.get(binding.node_id) or s.get(Node, binding.node_id)
-        types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
+        types = next((inv.gpu_types[binding.node_id] for inv in _kept(s)
+                      if binding.node_id in inv.gpu_types), None)
+        if types is None:
+            node = held.nodes.get(binding.node_id) or s.get(Node, binding.node_id)
+            types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
         gpu_type = types.get(binding.gpu_indices[0])
     alloc = Allocation(
         workspace_id=workspace_id, kind=kind, owner_id=owner_id, node_id=binding.node_id,
@@ -579,6 +663,14 @@ def bind(
             except ValueError:
                 inv.dirty.add(binding.node_id)
     return alloc
+
+
+def nodes_read(s: Session, ids: Iterable[str]) -> dict[str, Node]:
+    """The node rows among ``ids`` that the placement of ``s``'s transaction read under
+    the placement lock (the nodes it chose, read again before binding), by id; the
+    others are missing."""
+    held = _held(s)
+    return {i: held.nodes[i] for i in ids if i in held.nodes}
 
 
 def defer_binds(s: Session) -> None:

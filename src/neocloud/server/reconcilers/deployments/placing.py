@@ -14,7 +14,7 @@ from neocloud.server.reconcilers.core import (
     lock_row,
     now,
     place,
-    set_status,
+    set_statuses,
 )
 from neocloud.server.reconcilers.deployments.base import Known, lock_replicas, rows_in
 from neocloud.server.reconcilers.deployments.starting import Starting
@@ -99,12 +99,16 @@ class Placing(Starting):
                 bound.append((r, got[0]))
             if not bound:
                 return placed
-            nodes = {n.id: n for n in rows_in(s, Node, Node.id,
-                                              (b.node_id for _r, b in bound))}
+            # the nodes chosen were read again under the placement lock (most of them)
+            nodes = placement.nodes_read(s, (b.node_id for _r, b in bound))
+            nodes.update((n.id, n) for n in rows_in(
+                s, Node, Node.id, (b.node_id for _r, b in bound if b.node_id not in nodes)))
             at = now()
             dep.pending_reason = dep.pending_code = None
-            # the statuses in a row, the attributes and events written together at commit
+            # the statuses in one statement, the attributes and events written together
+            # at commit
             with s.no_autoflush:
+                messages: list[str] = []
                 for r, binding in bound:
                     node = nodes.get(binding.node_id)
                     r.node_id = binding.node_id
@@ -116,9 +120,10 @@ class Placing(Starting):
                     r.message = None
                     where = node.name if node else "?"
                     gpus = f" GPUs {list(binding.gpu_indices)}" if binding.gpu_indices else ""
-                    set_status(s, r, ReplicaStatus.starting, reason="Scheduled",
-                               message=f"replica {r.id[:8]} placed on node {where}{gpus}")
+                    messages.append(f"replica {r.id[:8]} placed on node {where}{gpus}")
                     placed.reps.append(r)
+                set_statuses(s, placed.reps, ReplicaStatus.starting, reason="Scheduled",
+                             messages=messages)
             placed.nodes, placed.deps = nodes, {dep.id: dep}
         return placed
 

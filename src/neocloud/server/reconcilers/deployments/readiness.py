@@ -3,7 +3,7 @@ answers, a crash recorded when the process ended, restarts after the back-off.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +13,13 @@ from sqlalchemy.orm import Session
 from neocloud.models.deployments import DeploymentStatus, Engine, ReasonCode, ReplicaStatus
 from neocloud.server.backends.base import Backend, backend_for
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica
-from neocloud.server.reconcilers.core import lock_row, now, release_ended, set_status
+from neocloud.server.reconcilers.core import (
+    lock_row,
+    now,
+    release_ended,
+    set_status,
+    set_statuses,
+)
 from neocloud.server.reconcilers.deployments.base import Known, lock_replicas, rows_in
 from neocloud.server.reconcilers.deployments.starting import Starting
 from neocloud.server.services import events
@@ -132,27 +138,35 @@ class Readiness(Starting):
             held = rows_in(s, Deployment, Deployment.id,
                            (r.deployment_id for r in rows.values()))
             at = now()
-            with s.no_autoflush:  # the ready rows and their events written together
+            # the statuses in one statement, the rows and their events written together
+            with s.no_autoflush:
+                ready: list[Replica] = []
+                messages: list[str] = []
                 for rid, started in answered.items():
                     row = rows.get(rid)
                     if row is None or row.status != ReplicaStatus.starting:
                         continue
                     row.ready_at, row.message = at, None
                     secs = (at - started).total_seconds()
-                    set_status(s, row, ReplicaStatus.ready, reason="Ready",
-                               message=f"replica {row.id[:8]} ready in {secs:.1f} s")
-                    self._cold_start_event(s, row)
+                    ready.append(row)
+                    messages.append(f"replica {row.id[:8]} ready in {secs:.1f} s")
+                set_statuses(s, ready, ReplicaStatus.ready, reason="Ready",
+                             messages=messages)
+                if ready:  # the first of the batch is the one that started from zero
+                    self._cold_start_event(s, ready[0], batch={r.id for r in ready})
             del held
 
-    def _cold_start_event(self, s: Session, r: Replica) -> None:
+    def _cold_start_event(self, s: Session, r: Replica,
+                          batch: Collection[str] = ()) -> None:
         """A deployment that scales to zero got its first ready replica: record the
-        measured cold start (replica row created -> ready, seconds)."""
+        measured cold start (replica row created -> ready, seconds). ``batch``: the ids
+        of replicas written ready together with ``r`` (not counted as ready before it)."""
         dep = s.get(Deployment, r.deployment_id)
         config = autoscaling_of(dep) if dep is not None else None
         if dep is None or config is None or config.min_replicas > 0 or r.ready_at is None:
             return
         others = s.scalars(select(Replica.id).where(
-            Replica.deployment_id == dep.id, Replica.id != r.id,
+            Replica.deployment_id == dep.id, Replica.id.not_in({r.id, *batch}),
             Replica.status == ReplicaStatus.ready)).first()
         if others is not None:
             return
