@@ -4,7 +4,9 @@ Starts (loopback only) a built-in ``chat`` replica (``python -m neocloud.serving
 the default dtype: bfloat16 on a CPU with native bfloat16, as vLLM's CPU backend runs this
 float32 checkpoint, float32 otherwise; see ``serving/textgen/loading.py``), a second one
 in float32 (``NEOCLOUD_DTYPE=float32``, the batch-invariant configuration; measured direct
-only; ``--no-f32`` skips it), a vLLM replica (``python -m neocloud.serving.engines.vllm``,
+only; ``--no-f32`` skips it), with ``--transformers-forward`` a third one on transformers'
+forward instead of the engine's own (``NEOCLOUD_FAST_FORWARD=0``, direct only), a vLLM
+replica (``python -m neocloud.serving.engines.vllm``,
 when ``make install-vllm`` was run; skipped otherwise) on the same converted SmolLM2-135M
 checkpoint, and one standalone gateway routing ``builtin`` and ``vllm`` to them
 (``--no-gateway`` skips the gateway targets). Then, interleaved per concurrency level
@@ -231,6 +233,9 @@ def main() -> None:
                     help="skip the built-in engine in float32 (its batch-invariant dtype)")
     ap.add_argument("--no-gateway", dest="gateway", action="store_false",
                     help="measure the engines direct only")
+    ap.add_argument("--transformers-forward", dest="tf", action="store_true",
+                    help="also the built-in engine on transformers' forward "
+                         "(NEOCLOUD_FAST_FORWARD=0: the engine before its own forward)")
     ap.add_argument("--levels", default=None,
                     help="concurrency levels, comma-separated (default 1,8,32; --quick 1,8)")
     ap.add_argument("--trace-requests", type=int, default=48, help="0 skips the replay")
@@ -265,6 +270,14 @@ def main() -> None:
             wait_http(hurl + "/ready", 300, procs[-1])
             engines["builtin-f32"] = procs[-1]
             targets["builtin-f32 direct"] = (hurl, "builtin-f32", {})
+        if a.tf:
+            tport = free_port()
+            procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(tport),
+                                "--name", "builtin-tf"], {"NEOCLOUD_FAST_FORWARD": "0"}))
+            turl = f"http://127.0.0.1:{tport}"
+            wait_http(turl + "/ready", 300, procs[-1])
+            engines["builtin-tf"] = procs[-1]
+            targets["builtin-tf direct"] = (turl, "builtin-tf", {})
         vurl = None
         if not a.no_vllm:
             from neocloud.errors import InvalidRequest
@@ -323,11 +336,14 @@ def main() -> None:
         ratios: dict[str, float] = {}
         for c in levels:
             v = results.get(f"vllm direct c={c}")
-            for eng in ("builtin", "builtin-f32"):
+            for eng in ("builtin", "builtin-f32", "builtin-tf"):
                 b = results.get(f"{eng} direct c={c}")
                 if b and v:
                     ratios[f"{eng}/vllm tok_s c={c}"] = b["tok_s"] / v["tok_s"]
                     ratios[f"{eng}/vllm ttft_p50 c={c}"] = b["ttft_p50"] / v["ttft_p50"]
+            b, t = results.get(f"builtin direct c={c}"), results.get(f"builtin-tf direct c={c}")
+            if b and t:
+                ratios[f"builtin/builtin-tf tok_s c={c}"] = b["tok_s"] / t["tok_s"]
             for eng in ("builtin", "vllm"):
                 d, g = results.get(f"{eng} direct c={c}"), results.get(f"{eng} gateway c={c}")
                 if d and g:
@@ -339,7 +355,8 @@ def main() -> None:
         from neocloud.serving.textgen.loading import pick_dtype
 
         dtypes = {"builtin": str(pick_dtype("cpu")).removeprefix("torch."),
-                  "builtin-f32": "float32"}
+                  "builtin-f32": "float32",
+                  "builtin-tf": str(pick_dtype("cpu")).removeprefix("torch.")}
         trace_note = {"requests": trace_n, "speedup": a.trace_speedup,
                       "prompt_div": a.trace_prompt_div, "output_div": a.trace_output_div}
         print(json.dumps({"results": results, "ratios": ratios, "trace": trace_note,

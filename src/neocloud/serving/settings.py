@@ -23,6 +23,10 @@ Variables (unset or empty: the default):
 ``NEOCLOUD_MAX_NUM_SEQS``        chat: sequences decoded together (the engine's default)
 ``NEOCLOUD_MAX_PREFILL_TOKENS``  chat: prompt tokens prefilled per step (the engine's default)
 ``NEOCLOUD_KV_BUDGET_TOKENS``    chat: KV-cache size in tokens (sized from free memory)
+``NEOCLOUD_FAST_FORWARD``        chat: ``0`` runs Llama models through transformers' forward
+                                 instead of the engine's own (``1``)
+``NEOCLOUD_COMPILE``             chat: ``1`` compiles the engine's own forward with
+                                 ``torch.compile`` at start (``0``)
 ``NEOCLOUD_VLLM_PYTHON``         vLLM engine: its interpreter
 ``NEOCLOUD_VLLM_VENV``           vLLM engine: its virtual environment (``bin/python`` in it)
 ===============================  =============================================================
@@ -63,6 +67,8 @@ class ServingSettings:
         max_prefill_tokens: chat engine prompt tokens per prefill step.
         kv_budget_tokens: chat engine KV-cache size, tokens.
         dtype: chat model dtype name (``float32``, ``bfloat16``).
+        fast_forward: chat engine runs Llama models through its own forward.
+        compile: chat engine compiles its own forward at start.
         vllm_python: interpreter of the vLLM environment.
         vllm_venv: virtual environment of vLLM.
     """
@@ -79,6 +85,8 @@ class ServingSettings:
     max_prefill_tokens: int | None = None
     kv_budget_tokens: int | None = None
     dtype: str | None = None
+    fast_forward: bool | None = None
+    compile: bool | None = None
     vllm_python: str | None = None
     vllm_venv: str | None = None
 
@@ -88,7 +96,8 @@ class ServingSettings:
         defaults.
 
         Raises:
-            ValueError: a numeric variable is not a number (the message names it).
+            ValueError: a numeric variable is not a number, or a switch not ``0``/``1``
+                (the message names it).
         """
         e = os.environ if env is None else env
 
@@ -108,6 +117,16 @@ class ServingSettings:
             value = number(name, int)
             return None if value is None else int(value)
 
+        def flag(name: str) -> bool | None:
+            raw = (e.get(name) or "").strip().lower()
+            if not raw:
+                return None
+            if raw in ("1", "true", "yes", "on"):
+                return True
+            if raw in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name}={raw!r} is not 0 or 1")
+
         body = integer("NEOCLOUD_MAX_BODY_BYTES")
         grace = number("NEOCLOUD_GRACE_PERIOD_S", float)
         wait = number("NEOCLOUD_MAX_WAIT_MS", float)
@@ -124,6 +143,8 @@ class ServingSettings:
             max_prefill_tokens=integer("NEOCLOUD_MAX_PREFILL_TOKENS"),
             kv_budget_tokens=integer("NEOCLOUD_KV_BUDGET_TOKENS"),
             dtype=text("NEOCLOUD_DTYPE"),
+            fast_forward=flag("NEOCLOUD_FAST_FORWARD"),
+            compile=flag("NEOCLOUD_COMPILE"),
             vllm_python=text("NEOCLOUD_VLLM_PYTHON"),
             vllm_venv=text("NEOCLOUD_VLLM_VENV"),
         )

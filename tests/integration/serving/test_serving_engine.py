@@ -212,9 +212,10 @@ def test_http_never_fits_is_400_and_usage_is_metered(serve, monkeypatch) -> None
 FILLER = "the quick brown fox jumps over the lazy dog and "
 
 
-def _prefill_logits(model: Any, histories: list[list[int]]) -> Any:
+def _prefill_logits(model: Any, histories: list[list[int]], forward: Any = None) -> Any:
     """Last-position logits of ``histories`` prefilled together, left-padded, as the
-    engine lays them out (a right-aligned :class:`SlotCache`, 4-D mask, position ids)."""
+    engine lays them out (a right-aligned :class:`SlotCache`, 4-D mask, position ids),
+    by the transformers model or by ``forward`` (the engine's fast forward)."""
     import torch
 
     from neocloud.serving.textgen.kvcache import SlotCache
@@ -228,10 +229,28 @@ def _prefill_logits(model: Any, histories: list[list[int]]) -> Any:
     cache.set_window(0, rows, cache.t - longest)
     ids = torch.tensor([[0] * (longest - len(h)) + h for h in histories])
     with torch.inference_mode():
+        if forward is not None:
+            return forward(ids, cache.mask(longest), cache.positions(longest), cache).float()
         out = model(input_ids=ids, attention_mask=cache.mask(longest),
                     position_ids=cache.positions(longest), cache=cache, use_cache=True,
                     logits_to_keep=1)
     return out.logits[:, -1].float()
+
+
+def test_the_fast_forward_gives_the_transformers_logits(smollm2) -> None:
+    """SmolLM2 (LlamaForCausalLM) in float32: the engine's fast forward, prompts prefilled
+    left-padded beside a longer one, agrees with the transformers forward within 1e-4."""
+    from neocloud.serving.textgen.llama import LlamaForward
+
+    model, tok = smollm2
+    fast = LlamaForward(model, 8192)
+    g = TextGenerator.__new__(TextGenerator)  # chat_prompt needs only the tokenizer
+    g.tokenizer = tok
+    prompts = [_prompt(g, q) for q in ("What is the capital of France?", "Name a color.",
+                                       FILLER * 3 + "\nSummarize the text above.")]
+    ref, got = _prefill_logits(model, prompts), _prefill_logits(model, prompts, fast)
+    assert float((ref - got).abs().max()) < 1e-4
+    assert ref.argmax(-1).tolist() == got.argmax(-1).tolist()
 
 
 @pytest.mark.slow
@@ -242,21 +261,28 @@ def test_bfloat16_padded_rows_stay_within_rounding_of_alone(smollm2, smollm2_bf1
     0.38-0.56), with the same greedy token. A NaN left in a padding slot (the bug of
     zero-times-NaN in attention) fails both: the logits are then not finite."""
     from neocloud.serving.textgen.linear import pack_linears
+    from neocloud.serving.textgen.llama import LlamaForward
 
     bf16_model, tok = smollm2_bf16
+    fast = LlamaForward(bf16_model, 8192)  # from the plain weights
     pack_linears(bf16_model, "cpu")
     g = TextGenerator.__new__(TextGenerator)  # chat_prompt needs only the tokenizer
     g.tokenizer = tok
     prompts = [_prompt(g, q) for q in ("What is the capital of France?", "Name a color.",
                                        "Write a haiku about the sea, please, in English.")]
     longer = _prompt(g, FILLER * 30 + "\nSummarize the text above.")
-    for model, bound in ((smollm2[0], 1e-3), (bf16_model, 1.0)):
+    for model, forward, bound in ((smollm2[0], None, 1e-3), (bf16_model, None, 1.0),
+                                  (bf16_model, fast, 1.0)):
         for p in prompts:
-            alone = _prefill_logits(model, [p])[0]
-            padded = _prefill_logits(model, [longer, p])[1]
+            alone = _prefill_logits(model, [p], forward)[0]
+            padded = _prefill_logits(model, [longer, p], forward)[1]
             assert bool(padded.isfinite().all())
             assert float((alone - padded).abs().max()) <= bound
             assert int(alone.argmax()) == int(padded.argmax())
+            if forward is not None:  # the fast forward within rounding of transformers'
+                tf = _prefill_logits(model, [longer, p])[1]
+                assert float((tf - padded).abs().max()) <= bound
+                assert int(tf.argmax()) == int(padded.argmax())
 
 
 @pytest.mark.slow
@@ -268,8 +294,9 @@ def test_bfloat16_streams_in_a_batch_start_as_alone_and_run_their_course(smollm2
     import torch
 
     g = TextGenerator(*smollm2_bf16, device="cpu", config=EngineConfig())
-    # the engine packed every linear layer (now, or an earlier engine on this model did)
-    assert not any(type(m) is torch.nn.Linear for m in g.model.modules())
+    # the engine runs its fast forward, every product packed (4 a layer and the head)
+    assert g.fast is not None and g.packed_linears == 4 * 30 + 1
+    assert g.fast.packed == g.packed_linears and torch.bfloat16 is g.fast.dtype
     prompts = [_prompt(g, q) for q in ("What is the capital of France?", "Name a color.",
                                        FILLER * 30 + "\nSummarize the text above.", "hi")]
     first = SamplingParams(max_tokens=1, temperature=0)

@@ -30,17 +30,20 @@ def test_every_variable_is_read() -> None:
         "NEOCLOUD_MAX_BATCH_SIZE": "7", "NEOCLOUD_MAX_WAIT_MS": "2.5",
         "NEOCLOUD_MAX_NUM_SEQS": "4", "NEOCLOUD_MAX_PREFILL_TOKENS": "64",
         "NEOCLOUD_KV_BUDGET_TOKENS": "2048", "NEOCLOUD_VLLM_PYTHON": "/p",
-        "NEOCLOUD_VLLM_VENV": "/v",
+        "NEOCLOUD_VLLM_VENV": "/v", "NEOCLOUD_FAST_FORWARD": "0", "NEOCLOUD_COMPILE": "1",
     })
     assert s == ServingSettings(
         served_model_name="m", max_body_bytes=123, grace_period_s=0.0, device="cuda:1",
         torch_threads=3, model_cache="/c", max_batch_size=7, max_wait_ms=2.5, max_num_seqs=4,
-        max_prefill_tokens=64, kv_budget_tokens=2048, vllm_python="/p", vllm_venv="/v")
+        max_prefill_tokens=64, kv_budget_tokens=2048, vllm_python="/p", vllm_venv="/v",
+        fast_forward=False, compile=True)
 
 
 def test_a_bad_number_names_the_variable() -> None:
     with pytest.raises(ValueError, match="NEOCLOUD_MAX_BATCH_SIZE"):
         ServingSettings.from_env({"NEOCLOUD_MAX_BATCH_SIZE": "lots"})
+    with pytest.raises(ValueError, match="NEOCLOUD_COMPILE"):
+        ServingSettings.from_env({"NEOCLOUD_COMPILE": "maybe"})
 
 
 class _Echo(Service):

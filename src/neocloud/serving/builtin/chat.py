@@ -123,8 +123,12 @@ class ChatService(Service):
             max_prefill_tokens=s.max_prefill_tokens or DEFAULT_MAX_PREFILL_TOKENS,
             kv_budget_tokens=s.kv_budget_tokens or None,
             torch_threads=s.torch_threads or None,
+            fast_forward=s.fast_forward is not False,
+            compile=bool(s.compile),
         )
         self.generator = TextGenerator(model, tokenizer, device, config=config)
+        # the engine's own forward holds (copies of) the layers' weights: keep one copy
+        self.generator.release_model_layers()
 
     def teardown(self) -> None:
         if self.generator is not None:

@@ -31,8 +31,11 @@ of the queue with its tokens, to be prefilled again (recomputation, as vLLM does
 it already streamed is not repeated. A request whose ``n`` choices could not fit even
 alone (:func:`slots_needed` > budget) is refused with a 400 before it starts.
 
-Speed: a bfloat16 model on CPU gets its linear layers' weights prepacked for oneDNN at
-start (:mod:`neocloud.serving.textgen.linear`, bit-identical products); without a
+Speed: a Llama-layout model runs through the engine's own forward
+(:mod:`neocloud.serving.textgen.llama`: q/k/v and gate/up fused into one product each,
+native RMSNorm, a rotary table, the LM head on the last positions only); other models run
+the transformers forward. On a bfloat16 CPU model every product's weights are prepacked
+for oneDNN at start (:mod:`neocloud.serving.textgen.linear`); without a
 ``torch_threads`` setting the engine thread's torch thread count is chosen from its own
 decode step times (:mod:`neocloud.serving.textgen.threads`).
 
@@ -134,12 +137,20 @@ class EngineConfig:
         torch_threads: torch intra-op threads of the engine thread; ``None`` chooses
             between 1 and one per usable CPU from the engine's own decode
             step times (:mod:`neocloud.serving.textgen.threads`).
+        fast_forward: run a Llama-layout model through the engine's own forward
+            (:mod:`neocloud.serving.textgen.llama`: fused products, native RMSNorm,
+            last-position LM head); other models, and ``False``, run the transformers
+            forward.
+        compile: compile that forward with ``torch.compile`` at start
+            (:mod:`neocloud.serving.textgen.compiled`; see the README for its costs).
     """
 
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
     kv_budget_tokens: int | None = None
     torch_threads: int | None = None
+    fast_forward: bool = True
+    compile: bool = False
 
 
 def slots_needed(n: int, prompt_tokens: int, max_tokens: int) -> int:
@@ -248,16 +259,26 @@ class TextGenerator:
         import torch
 
         from neocloud.serving.textgen.linear import pack_linears
+        from neocloud.serving.textgen.llama import build_fast_forward
 
         self.model = model
         self.tokenizer = tokenizer
-        #: linear layers whose weights were prepacked (bfloat16 on CPU; see .linear)
-        self.packed_linears = pack_linears(model, device)
         self.device = device
         self.config = config or EngineConfig()
         cfg = model.config
         self.context_length = context_length or int(
             getattr(cfg, "max_position_embeddings", 0) or 2048)
+        #: the engine's own forward of a Llama-layout model (None: transformers' forward)
+        self.fast: Any = (build_fast_forward(model, self.context_length)
+                          if self.config.fast_forward else None)
+        if self.fast is not None and self.config.compile:
+            from neocloud.serving.textgen.compiled import compile_forward
+
+            self.fast = compile_forward(self.fast)
+        #: matrix products whose weights were prepacked (bfloat16 on CPU; see .linear):
+        #: those of the fast forward, else the model's linear layers
+        self.packed_linears = (self.fast.packed if self.fast is not None
+                               else pack_linears(model, device))
         self.eos_ids = _eos_ids(model, tokenizer)
         try:
             names = set(inspect.signature(model.forward).parameters)
@@ -328,6 +349,24 @@ class TextGenerator:
             running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
             prompt_tokens=self.prompt_tokens, generation_tokens=self.generated_tokens,
             preemptions=self.preemptions, tokens_in_flight=self.tokens_in_flight)
+
+    def release_model_layers(self) -> int:
+        """Drop the transformers model's decoder layers once the engine's own forward
+        (:mod:`.llama`) holds their weights: fused q/k/v and gate/up products are copies,
+        and so is every packed weight of a bfloat16 CPU model, so without this a replica
+        keeps the layers' weights twice. Afterwards the model's own ``forward`` cannot
+        run; only this engine serves it. Returns the bytes of layer weights no longer
+        referenced by the model (freed unless the engine's forward shares them: a plain
+        float32 product keeps its weight's storage). Returns 0, and drops nothing, when the
+        transformers forward runs (it needs them)."""
+        import torch
+
+        if self.fast is None:
+            return 0
+        base = self.model.model
+        dropped = sum(p.numel() * p.element_size() for p in base.layers.parameters())
+        base.layers = torch.nn.ModuleList()
+        return dropped
 
     def close(self) -> None:
         """Stop the engine thread (pending requests end with an error)."""
@@ -701,6 +740,9 @@ class TextGenerator:
         import torch
 
         cache = cache or self.cache
+        if self.fast is not None:
+            with torch.inference_mode():
+                return self.fast(input_ids, cache.mask(q), cache.positions(q), cache)
         kwargs: dict[str, Any] = {self._cache_arg: cache}
         if self._keep_arg:
             kwargs[self._keep_arg] = 1

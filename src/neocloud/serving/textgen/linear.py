@@ -9,9 +9,11 @@ operator. Measured on a 2-core AVX512-BF16 CPU, one product of the decode step t
 (microseconds, plain → packed): 576→1536 at 32 rows 228 → 150, the LM head (576→49,152) at
 1 row 9,199 → 2,856 and at 32 rows 9,978 → 5,685.
 
-Numerics: the packed product is bit-identical to ``F.linear`` in bfloat16 and row-invariant
-(a row gives the same output whatever rows are beside it; checked for 1-512 rows, and by
-the engine's tests). float32 models are left alone: oneDNN's packed float32 product is
+Numerics: the packed product is bit-identical to ``F.linear`` in bfloat16, for the same rows.
+On an AVX512-BF16 CPU without AMX it is also row-invariant (a row gives the same output
+whatever rows are beside it; checked for 1-512 rows); on a CPU with AMX neither product is
+(a row of a 33-row product differed from the row alone by one rounding step, plain and
+packed alike). float32 models are left alone: oneDNN's packed float32 product is
 faster too but not row-invariant (a row of a 2-row product differs from the row alone by
 about 1e-4), and float32 is the configuration whose batched text equals its text alone.
 """
@@ -53,8 +55,35 @@ class PackedLinear(torch.nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None
+                    ) -> PackedLinear:
+        """A packed layer of a bfloat16 CPU ``weight`` ``(out_features, in_features)``
+        (e.g. the rows of several layers concatenated) and optional ``bias``."""
+        layer = torch.nn.Linear(1, 1, bias=False)
+        layer.in_features, layer.out_features = weight.shape[1], weight.shape[0]
+        layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=False)
+        layer.bias = None if bias is None else torch.nn.Parameter(bias.detach(),
+                                                                   requires_grad=False)
+        return cls(layer)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The plain weight ``(out_features, in_features)``, read back from the packed one
+        as the product of the identity: each output is one weight times 1.0 plus zeros,
+        accumulated in float32, so the bfloat16 values come back exactly."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            out = torch.ops.mkldnn._linear_pointwise(eye, self.packed, None, "none", [], "")
+        return out.t().contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def add_forward(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b + other`` in one oneDNN call (the sum is a post-op of the product;
+        ``other`` has the output's shape)."""
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, self.packed, self.bias,
+                                                         "add")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
