@@ -7,6 +7,8 @@ the server or model-runtime dependencies installed.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +18,11 @@ from rich.text import Text
 from neocloud.cli import output
 from neocloud.cli.output import print_json, table
 from neocloud.config import DEFAULT_HOST, DEFAULT_PORT
-from neocloud.errors import InvalidRequest, Unsupported
+from neocloud.errors import InvalidRequest, NeocloudError, Unsupported
+
+#: The code of the error a control-plane setting that does not parse raises
+#: (``neocloud.server.settings.InvalidSetting``; the CLI does not import the server).
+INVALID_SETTING = "invalid_setting"
 
 
 def _load(module: str, purpose: str) -> ModuleType:
@@ -28,6 +34,19 @@ def _load(module: str, purpose: str) -> ModuleType:
             f"{purpose} needs the module {exc.name!r}, which is not installed "
             "(install neocloud with its extras, e.g. pip install 'neocloud[models]')"
         ) from exc
+
+
+@contextmanager
+def settings_as_usage_errors() -> Iterator[None]:
+    """Turn a ``NEOCLOUD_*`` variable that does not parse into a usage error naming it
+    (exit code 2), like a bad option."""
+    try:
+        yield
+    except NeocloudError as exc:
+        if exc.code != INVALID_SETTING:
+            raise
+        name = exc.param or "environment"
+        raise typer.BadParameter(exc.message.removeprefix(f"{name}="), param_hint=name) from None
 
 
 def up(
@@ -79,8 +98,9 @@ def up(
             raise typer.BadParameter(f"must be HOST:PORT or auto, not {ray_address!r}",
                                      param_hint="'--ray-address'")
     launch = _load("neocloud.server.launch", "`neocloud up`")
-    launch.up(host, port, home.expanduser() if home else None, backend,
-              ray_address=ray_address)
+    with settings_as_usage_errors():
+        launch.up(host, port, home.expanduser() if home else None, backend,
+                  ray_address=ray_address)
 
 
 def _host_port(value: str) -> bool:
@@ -107,7 +127,8 @@ def server(
 ) -> None:
     """Run the control plane only (settings from NEOCLOUD_* environment variables)."""
     launch = _load("neocloud.server.launch", "`neocloud server`")
-    launch.serve(host, port)
+    with settings_as_usage_errors():
+        launch.serve(host, port)
 
 
 def serve(

@@ -8,7 +8,9 @@ command and the user, so no command prints a traceback:
 * bad command-line input (a usage error: wrong type, missing or empty value)
   is a usage message, exit code 2; a negative number where an option was expected
   (``neocloud scale web -1``: the parser reads ``-1`` as an option) says how to pass it
-  (after ``--``; an option's value may be negative as is: ``--priority -1``);
+  (after ``--``; an option's value may be negative as is: ``--priority -1``); so is a
+  control-plane setting that does not parse (``NEOCLOUD_PUBLIC_METRICS=2 neocloud up``:
+  the variable and the values it takes are named, see ``cli.local``);
 * an ``httpx`` error, an ``OSError`` (a path that cannot be created or read) or a
   ``UnicodeError`` becomes ``Error: <what failed>``, exit code 1;
 * any other exception is a bug: ``Error: internal error (<type>: <message>)``, exit code

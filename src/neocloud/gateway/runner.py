@@ -109,13 +109,14 @@ def build_app(config: dict[str, Any]) -> RunnerApp:
 
 def public_metrics_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """``NEOCLOUD_PUBLIC_METRICS`` read as the control plane reads it (a pydantic bool:
-    ``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off``); unset is ``False``.
+    ``1``/``0``, ``true``/``false``, ``yes``/``no``, ``on``/``off``); unset or empty is
+    ``False``.
 
     Raises:
         ValueError: the variable is set to anything else.
     """
     value = (os.environ if environ is None else environ).get(ENV_PUBLIC_METRICS)
-    if value is None:
+    if not value:
         return False
     try:
         return TypeAdapter(bool).validate_python(value)

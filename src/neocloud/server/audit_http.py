@@ -8,7 +8,13 @@ the operation from the route FastAPI matched, the error code from the OpenAI err
 object of an error response, and a created object's name from a ``201`` body (or, for a
 refused create, from the request's body).
 
-A dry run (``?dry_run=true``) changes nothing and is not recorded.
+Beside ``/api/v1`` it watches the control plane's ``/metrics``, which needs an operator
+token: its refusals (401, 403) are recorded like any denied attempt; its successes, a
+Prometheus scrape every few seconds, are reads and are not.
+
+A dry run (``?dry_run=true``) changes nothing and is not recorded, nor is a call refused
+with ``503 database_busy``: the database that could not take the call's write would make
+its entry wait the same busy timeout again before the answer goes out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/"
 
+#: Paths outside :data:`API_PREFIX` that are audited too (reads: only their refusals).
+AUDITED_PATHS = frozenset({"/metrics"})
+
+#: The error code of a call the database was too busy to take (not recorded).
+DATABASE_BUSY = "database_busy"
+
 #: Bytes of a body kept to read an error's ``code`` or a created object's ``name`` (both
 #: are small JSON objects).
 _ERROR_BODY_BYTES = 8192
@@ -40,7 +52,7 @@ class AuditLog:
         self.db = db
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or not scope["path"].startswith(API_PREFIX)
+        if (scope["type"] != "http" or not _is_audited(scope["path"])
                 or _is_dry_run(scope)):
             await self.app(scope, receive, send)
             return
@@ -59,6 +71,8 @@ class AuditLog:
 
         async def write_entry(status: int) -> None:
             call = _call_of(scope, method, status, bytes(body), bytes(request_body))
+            if call.code == DATABASE_BUSY:
+                return
             try:
                 await asyncio.to_thread(audit.record, self.db, call)
             except Exception:  # the answer still goes out; the failure is logged
@@ -102,6 +116,10 @@ class AuditLog:
             await send(m)
 
 
+def _is_audited(path: str) -> bool:
+    return path.startswith(API_PREFIX) or path in AUDITED_PATHS
+
+
 def _is_dry_run(scope: Scope) -> bool:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     return any(v.lower() in ("1", "true", "yes", "on") for v in query.get("dry_run", []))
@@ -123,7 +141,7 @@ def _json_of(raw: bytes) -> Any:
 def _call_of(scope: Scope, method: str, status: int, body: bytes,
              request_body: bytes = b"") -> audit.Call:
     path: str = scope["path"]
-    target = path[len(API_PREFIX):]
+    target = path[len(API_PREFIX):] if path.startswith(API_PREFIX) else path.lstrip("/")
     route = scope.get("route")
     name = getattr(route, "name", None)
     full_match = route is not None and scope.get("endpoint") is getattr(route, "endpoint", 1)

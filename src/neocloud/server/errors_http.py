@@ -16,6 +16,10 @@ as their schema) into the OpenAPI schema. The rule, from what the shared parts r
 - anything a route declares itself in ``responses`` (e.g. ``403`` on an admin-only read,
   ``402`` on the routes that admit new work: :data:`BUDGET_SPENT`).
 
+Any route may also answer ``503 database_busy`` with ``Retry-After`` (the database's write
+lock was not got in time: :func:`database_busy`) and ``507`` (the database is full:
+:func:`database_full`); neither is listed per route.
+
 Routes whose success answer is not JSON (logs, downloads) still answer errors as JSON; their
 error responses say so.
 """
@@ -40,6 +44,7 @@ from neocloud.errors import (
     InsufficientStorage,
     InvalidRequest,
     NeocloudError,
+    Unavailable,
     ValidationFailed,
 )
 from neocloud.models.errors import ErrorResponse
@@ -52,8 +57,8 @@ _HTTP_TYPES = {
 }
 
 
-def error_response(err: NeocloudError) -> JSONResponse:
-    return JSONResponse(err.to_wire(), status_code=err.status)
+def error_response(err: NeocloudError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.to_wire(), status_code=err.status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -128,6 +133,39 @@ def database_full(exc: OperationalError) -> InsufficientStorage | None:
         return InsufficientStorage(
             "the control plane's database has no room left (its disk is full); nothing "
             "was changed: retry once the operator has freed space")
+    return None
+
+
+#: PostgreSQL's SQLSTATEs for a transaction that lost a race for a lock or a snapshot:
+#: ``serialization_failure`` (a ``REPEATABLE READ``/``SERIALIZABLE`` transaction whose rows
+#: changed under it), ``deadlock_detected`` and ``lock_not_available`` (``NOWAIT``, or
+#: ``lock_timeout`` when one is set). Each rolled the transaction back whole.
+_PG_BUSY = frozenset({"40001", "40P01", "55P03"})
+
+#: SQLite's messages for a lock not got within the busy timeout (``SQLITE_BUSY``,
+#: ``SQLITE_LOCKED``), and the writer queue's (:mod:`neocloud.server.db.sqlite_writers`),
+#: which starts with the first.
+_SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
+
+DATABASE_BUSY_RETRY_AFTER_S = 2
+"""The ``Retry-After`` of a ``503 database_busy``, seconds."""
+
+
+def database_busy(exc: OperationalError) -> Unavailable | None:
+    """The 503 ``database_busy`` for a statement that did not get the database's lock in
+    time, or ``None``.
+
+    SQLite: another writer (often another process on the same file) held the write lock
+    for longer than the busy timeout (30 s). PostgreSQL: the SQLSTATEs of :data:`_PG_BUSY`.
+    The request's transaction was rolled back, so nothing of it was stored and the caller
+    may send it again (after ``Retry-After``); it used to be a 500 ``internal_error``.
+    """
+    orig = exc.orig
+    text = str(orig).lower()
+    if getattr(orig, "sqlstate", None) in _PG_BUSY or any(m in text for m in _SQLITE_BUSY):
+        return Unavailable(
+            "the control plane's database is busy (another writer holds its lock); "
+            "nothing was changed: retry in a moment", code="database_busy")
     return None
 
 
@@ -301,6 +339,11 @@ def install(app: FastAPI) -> None:
         if full is not None:
             log.error("the database cannot grow: %s", exc.orig)
             return error_response(full)
+        busy = database_busy(exc)
+        if busy is not None:
+            log.warning("a request found the database busy: %s", exc.orig)
+            return error_response(
+                busy, headers={"Retry-After": str(DATABASE_BUSY_RETRY_AFTER_S)})
         log.exception("database error")
         return error_response(NeocloudError("internal error; see the control-plane log"))
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shlex
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
@@ -13,10 +16,10 @@ import uvicorn
 
 from neocloud.errors import Unavailable
 from neocloud.server.app import create_app, prepare_database
-from neocloud.server.bootstrap import bootstrap
+from neocloud.server.bootstrap import Bootstrap, TokenChoice, bootstrap
 from neocloud.server.db.engine import Database
-from neocloud.server.homelock import hold_home
-from neocloud.server.settings import Settings
+from neocloud.server.homelock import hold_database, hold_home
+from neocloud.server.settings import Settings, load_settings
 
 
 def _check_port(host: str, port: int) -> None:
@@ -77,6 +80,7 @@ def up(
     Raises:
         Unavailable: the port is taken.
         HomeInUse: another control plane runs on this data folder.
+        DatabaseInUse: another control plane runs on this SQLite database.
     """
     from rich.console import Console
 
@@ -93,47 +97,71 @@ def up(
         overrides["backend"] = backend
     if ray_address:
         overrides["ray_address"] = ray_address
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings = load_settings(**overrides)
     url = f"http://{settings.host}:{settings.port}"
-    # One control plane per data folder (see neocloud.server.homelock); held until exit.
+    # One control plane per data folder and per SQLite database (see
+    # neocloud.server.homelock); held until exit.
     home_lock = hold_home(settings.home, url=url)
+    try:
+        db_lock = hold_database(settings.resolved_database_url(), url=url)
+    except BaseException:
+        home_lock.close()
+        raise
     _check_port(settings.host, settings.port)
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
     prepare_database(settings, db)
-    try:
-        saved = cli_config.load_config() if cli_config.home_dir() == settings.home else None
-    except Exception:
-        saved = None
+    with _cli_home(settings.home):  # the data folder's own config, not the shell's
+        try:
+            saved = cli_config.load_config()
+        except Exception:
+            saved = None
     boot = bootstrap(db, known_token=saved.token if saved else None)
     db.dispose()
     console = Console(stderr=True, soft_wrap=True)
     token = boot.token or (saved.token if saved else None)
+    path = None
     if token:
-        import os
-
-        old_home = os.environ.get("NEOCLOUD_HOME")
-        os.environ["NEOCLOUD_HOME"] = str(settings.home)
-        try:
+        with _cli_home(settings.home):
             path = cli_config.save_config(url, token)
-        finally:
-            if old_home is None:
-                os.environ.pop("NEOCLOUD_HOME", None)
-            else:
-                os.environ["NEOCLOUD_HOME"] = old_home
-    else:
-        path = None
     console.print(f"[bold green]neocloud is up[/] at {url}  (data: {settings.home})")
     console.print(f"workspace: [bold]{boot.workspace}[/]")
-    if boot.token:
-        console.print(f"admin token (shown once): [bold]{boot.token}[/]")
+    console.print(token_message(boot), markup=False, highlight=False)
     if path:
         console.print(login_message(path, settings.home, cli_config.home_dir()),
                       markup=False, highlight=False)
     try:
         _run(settings, stop_replicas_on_exit=True)
     finally:
+        if db_lock is not None:
+            db_lock.close()
         home_lock.close()
+
+
+@contextmanager
+def _cli_home(home: Path) -> Iterator[None]:
+    """``NEOCLOUD_HOME`` set to ``home`` for the block: the CLI config read and written is
+    that data folder's."""
+    old_home = os.environ.get("NEOCLOUD_HOME")
+    os.environ["NEOCLOUD_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old_home is None:
+            os.environ.pop("NEOCLOUD_HOME", None)
+        else:
+            os.environ["NEOCLOUD_HOME"] = old_home
+
+
+def token_message(boot: Bootstrap) -> str:
+    """What ``up`` says of the admin token: the new one (its secret, shown once) or the
+    one it reused from the data folder's CLI config."""
+    if boot.choice is TokenChoice.reused:
+        return (f"admin token: {boot.token_name}, reused from this data folder's config "
+                "(no new token)")
+    why = ("; the saved one no longer works: revoked?"
+           if boot.choice is TokenChoice.replaced else "")
+    return f"admin token {boot.token_name} (shown once{why}): {boot.token}"
 
 
 def login_message(config: Path, home: Path, shell_home: Path) -> str:
@@ -156,20 +184,28 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     Raises:
         Unavailable: the port is taken.
         HomeInUse: on SQLite, another control plane runs on this data folder.
+        DatabaseInUse: another control plane runs on this SQLite database.
     """
     overrides: dict[str, object] = {}
     if host:
         overrides["host"] = host
     if port:
         overrides["port"] = port
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    home_lock = None
+    settings = load_settings(**overrides)
+    home_lock = db_lock = None
     if settings.resolved_database_url().startswith("sqlite"):
         # SQLite: one control plane per database (PostgreSQL ones share theirs).
-        home_lock = hold_home(settings.home, url=f"http://{settings.host}:{settings.port}")
+        url = f"http://{settings.host}:{settings.port}"
+        home_lock = hold_home(settings.home, url=url)
+        try:
+            db_lock = hold_database(settings.resolved_database_url(), url=url)
+        except BaseException:
+            home_lock.close()
+            raise
     _check_port(settings.host, settings.port)
     try:
         _run(settings, stop_replicas_on_exit=False)
     finally:
-        if home_lock is not None:
-            home_lock.close()
+        for lock in (db_lock, home_lock):
+            if lock is not None:
+                lock.close()

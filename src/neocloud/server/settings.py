@@ -1,11 +1,37 @@
-"""Control-plane settings, read from the environment (prefix ``NEOCLOUD_``) once at start."""
+"""Control-plane settings, read from the environment (prefix ``NEOCLOUD_``) once at start.
+
+An empty variable counts as unset (``NEOCLOUD_PUBLIC_METRICS=`` is the default, ``False``),
+as ``NEOCLOUD_TOKEN=`` and ``NEOCLOUD_URL=`` do for the CLI. :func:`load_settings` turns a
+value that does not parse into :class:`InvalidSetting`, which names the variable and the
+values it accepts (the CLI prints it as a usage error, exit code 2).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from neocloud.errors import InvalidRequest
+
+ENV_PREFIX = "NEOCLOUD_"
+
+#: What a value of each kind of field may be, by pydantic's error type.
+_ACCEPTED = {
+    "bool_parsing": "1, 0, true, false, yes, no, on or off (or empty for the default)",
+    "bool_type": "1, 0, true, false, yes, no, on or off (or empty for the default)",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+}
+
+
+class InvalidSetting(InvalidRequest):
+    """A ``NEOCLOUD_*`` variable (named in ``param``) holds a value its setting refuses."""
+
+    default_code = "invalid_setting"
 
 
 def default_home() -> Path:
@@ -20,7 +46,8 @@ class Settings(BaseSettings):
     ``NEOCLOUD_PORT``, ``NEOCLOUD_BACKEND`` and the rest of the fields upper-cased.
     """
 
-    model_config = SettingsConfigDict(env_prefix="NEOCLOUD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      env_ignore_empty=True)
 
     home: Path = Field(default_factory=default_home)
     database_url: str | None = None
@@ -74,3 +101,29 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment, with ``overrides`` (field name -> value, e.g.
+    from command-line options) taking precedence.
+
+    Raises:
+        InvalidSetting: a value does not parse; the first problem, naming its variable
+            (``NEOCLOUD_<FIELD>``), the value given and the values accepted.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise invalid_setting(exc) from None
+
+
+def invalid_setting(exc: ValidationError) -> InvalidSetting:
+    """The first problem of ``exc`` (from :class:`Settings`) as :class:`InvalidSetting`."""
+    errors = exc.errors()
+    first: dict[str, Any] = dict(errors[0]) if errors else {}
+    loc = first.get("loc") or ("?",)
+    var = f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    accepted = _ACCEPTED.get(str(first.get("type")))
+    why = f"it must be {accepted}" if accepted else str(first.get("msg", "invalid value"))
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return InvalidSetting(f"{var}={first.get('input')!r} is not valid: {why}{more}", param=var)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from neocloud.errors import AlreadyExists, NotFound
 from neocloud.models import Role, TokenOut
+from neocloud.server.db import sqlite_writers
 from neocloud.server.db.tables import Token, Workspace
 from neocloud.server.security import hash_token, new_token
 from neocloud.server.services.principal import Caller
@@ -85,6 +87,44 @@ def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name
     s.delete(tok)
 
 
+TOUCH_EVERY_S = 60.0
+"""A token's ``last_used_at`` is written at most this often, seconds."""
+
+
+def touch_last_used(s: Session, tok: Token, now: datetime) -> None:
+    """Record that ``tok`` was used at ``now``, best effort on SQLite.
+
+    A read authenticates too, so this write must not make a read wait for (or fail on)
+    SQLite's write lock: when the session's connection has no write transaction open, the
+    touch is skipped if another writer of this process holds the writer queue
+    (:mod:`neocloud.server.db.sqlite_writers`), and tried without waiting (busy timeout
+    0) otherwise, so a lock held by another process skips it too. The time is then
+    written by a later call (the column is advisory: listings show it). A writer of this
+    process that takes the queue between that check and the write is waited for in line,
+    as by any writer. A session that already writes, and PostgreSQL (no database-wide
+    write lock), write it as before.
+    """
+    conn = s.connection()
+    raw = conn.connection.driver_connection
+    if conn.dialect.name != "sqlite" or raw is None or raw.in_transaction:
+        tok.last_used_at = now
+        return
+    queue = getattr(raw, "writer_queue", None)
+    if isinstance(queue, sqlite_writers.WriterQueue) and queue.holder is not None:
+        return
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        with s.begin_nested():
+            s.execute(update(Token).where(Token.id == tok.id).values(last_used_at=now)
+                      .execution_options(synchronize_session=False))
+        set_committed_value(tok, "last_used_at", now)
+    except OperationalError as exc:
+        if "locked" not in str(exc.orig).lower() and "busy" not in str(exc.orig).lower():
+            raise
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={int(sqlite_writers.BUSY_TIMEOUT_S * 1000)}")
+
+
 def authenticate(s: Session, *, secret: str) -> Caller | None:
     """The caller behind a token secret, or ``None`` for an unknown token."""
     row = s.execute(
@@ -96,8 +136,8 @@ def authenticate(s: Session, *, secret: str) -> Caller | None:
         return None
     tok, ws = row
     now = datetime.now(UTC)
-    if tok.last_used_at is None or (now - tok.last_used_at).total_seconds() > 60:
-        tok.last_used_at = now
+    if tok.last_used_at is None or (now - tok.last_used_at).total_seconds() > TOUCH_EVERY_S:
+        touch_last_used(s, tok, now)
     return Caller(
         token_id=tok.id,
         token_name=tok.name,
