@@ -86,10 +86,18 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None
     raise RuntimeError(f"{url} not ready within {timeout_s} s")
 
 
+LOGS = Path(os.environ.get("BENCH_LOG_DIR") or f"/tmp/neocloud-bench-generation-{os.getpid()}")
+"""Each started process's output goes to a file here (``BENCH_LOG_DIR``), printed at the
+end: a failed request names the file to read."""
+
+
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})})
+    LOGS.mkdir(parents=True, exist_ok=True)
+    name = "-".join(a for a in args[:4] if not a.startswith("-"))
+    with open(LOGS / f"{len(list(LOGS.iterdir()))}-{name}.log", "wb") as out:
+        return subprocess.Popen([sys.executable, *args], start_new_session=True,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -148,7 +156,10 @@ async def one(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_
     tokens = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body,
                              headers=headers) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            detail = (await r.aread()).decode(errors="replace")[:300]
+            raise RuntimeError(f"HTTP {r.status_code} from {url}: {detail} "
+                               f"(process logs: {LOGS})")
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
