@@ -45,8 +45,11 @@ def sample(logits: Any, params: list[SamplingParams], generators: list[Any]) -> 
 
     with torch.inference_mode():
         rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
-        if len(rows) < len(params):  # greedy rows: argmax in the model's dtype (exact)
-            out: list[int] = logits.argmax(dim=-1).tolist()
+        if len(rows) < len(params):
+            # greedy rows: argmax in float32, which holds every bfloat16/float16 value
+            # exactly (the same token, first of equal maxima), and runs about twice as
+            # fast on CPU as the bfloat16 argmax
+            out: list[int] = logits.float().argmax(dim=-1).tolist()
         else:
             out = [0] * len(params)
         if not rows:
