@@ -82,10 +82,6 @@ def up(
         HomeInUse: another control plane runs on this data folder.
         DatabaseInUse: another control plane runs on this SQLite database.
     """
-    from rich.console import Console
-
-    from neocloud import config as cli_config
-
     overrides: dict[str, object] = {}
     if host:
         overrides["host"] = host
@@ -99,14 +95,16 @@ def up(
         overrides["ray_address"] = ray_address
     settings = load_settings(**overrides)
     url = f"http://{settings.host}:{settings.port}"
-    # One control plane per data folder and per SQLite database (see
-    # neocloud.server.homelock); held until exit.
-    home_lock = hold_home(settings.home, url=url)
-    try:
-        db_lock = hold_database(settings.resolved_database_url(), url=url)
-    except BaseException:
-        home_lock.close()
-        raise
+    with _held(settings, url=url):
+        _up(settings, url)
+
+
+def _up(settings: Settings, url: str) -> None:
+    """:func:`up` once the locks are held."""
+    from rich.console import Console
+
+    from neocloud import config as cli_config
+
     _check_port(settings.host, settings.port)
     settings.home.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url())
@@ -130,8 +128,27 @@ def up(
     if path:
         console.print(login_message(path, settings.home, cli_config.home_dir()),
                       markup=False, highlight=False)
+    _run(settings, stop_replicas_on_exit=True)
+
+
+@contextmanager
+def _held(settings: Settings, *, url: str) -> Iterator[None]:
+    """Hold the data folder's lock and, on SQLite, the database's (see
+    :mod:`neocloud.server.homelock`) while the control plane runs: one control plane per
+    data folder and per SQLite database.
+
+    Raises:
+        HomeInUse: another control plane runs on this data folder.
+        DatabaseInUse: another control plane runs on this SQLite database.
+    """
+    home_lock = hold_home(settings.home, url=url)
     try:
-        _run(settings, stop_replicas_on_exit=True)
+        db_lock = hold_database(settings.resolved_database_url(), url=url)
+    except BaseException:
+        home_lock.close()
+        raise
+    try:
+        yield
     finally:
         if db_lock is not None:
             db_lock.close()
@@ -192,20 +209,11 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     if port:
         overrides["port"] = port
     settings = load_settings(**overrides)
-    home_lock = db_lock = None
-    if settings.resolved_database_url().startswith("sqlite"):
-        # SQLite: one control plane per database (PostgreSQL ones share theirs).
-        url = f"http://{settings.host}:{settings.port}"
-        home_lock = hold_home(settings.home, url=url)
-        try:
-            db_lock = hold_database(settings.resolved_database_url(), url=url)
-        except BaseException:
-            home_lock.close()
-            raise
-    _check_port(settings.host, settings.port)
-    try:
+    if not settings.resolved_database_url().startswith("sqlite"):
+        # PostgreSQL: several control planes share one database and data folder
+        _check_port(settings.host, settings.port)
         _run(settings, stop_replicas_on_exit=False)
-    finally:
-        for lock in (db_lock, home_lock):
-            if lock is not None:
-                lock.close()
+        return
+    with _held(settings, url=f"http://{settings.host}:{settings.port}"):
+        _check_port(settings.host, settings.port)
+        _run(settings, stop_replicas_on_exit=False)
