@@ -58,10 +58,7 @@ class FleetBackend(FakeBackend):
     def kill(self, name: str) -> None:
         nid = self.node_ids[name]
         self.alive.discard(nid)
-        with self._lock:  # its processes die with it
-            for fid, spec in list(self._running.items()):
-                if spec.node_name == name:
-                    del self._running[fid]
+        self.end_node(name)  # its processes die with it
 
     def alive_node_ids(self) -> frozenset[str]:
         return frozenset(self.alive)
@@ -216,10 +213,7 @@ def test_process_gone_before_the_node_is_declared_dead_is_node_lost(
     job = get(cloud, "/jobs/one")
     assert job["status"] == "running", job
     node = job["worker_list"][0]["node"]
-    with be._lock:  # the processes are gone; the backend still lists the node as alive
-        for fid, spec in list(be._running.items()):
-            if spec.node_name == node:
-                del be._running[fid]
+    be.end_node(node)  # the processes are gone; the backend still lists the node as alive
     run(cloud)
     job = get(cloud, "/jobs/one")
     assert job["failures"] == 0 and job["status"] == "running", job
@@ -363,10 +357,7 @@ def test_replica_gone_before_its_node_is_declared_dead_moves_without_a_crash(
     assert r.status_code == 201, r.text
     run(cloud, 3)
     rep = get(cloud, "/deployments/emb")["replica_list"][0]
-    with be._lock:  # its process is gone; the backend still lists the node as alive
-        for fid, spec in list(be._running.items()):
-            if spec.workload_id == rep["id"]:
-                del be._running[fid]
+    be.vanish(rep["id"])  # its process is gone; the backend still lists the node as alive
     run(cloud, 2)
     now = get(cloud, "/deployments/emb")["replica_list"][0]
     assert now["status"] == "ready" and now["restarts"] == 0, now

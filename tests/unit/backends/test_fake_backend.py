@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from neocloud.server.backends import FakeBackend
@@ -64,3 +65,18 @@ def test_many_processes_stay_indexed_after_stops() -> None:
     assert all(be.find(f"w{i}") is None for i in range(0, 200, 2))
     assert all(be.find(f"w{i}") == handles[f"w{i}"] for i in range(1, 200, 2))
     assert be._by_workload.keys() == {f"w{i}" for i in range(1, 200, 2)}
+
+
+def test_a_lost_nodes_processes_leave_the_index_too() -> None:
+    """A node's processes ended together (a node lost) are no longer found: the index by
+    workload id followed the running set (a test backend that edited the running set
+    directly left ``find`` answering with the dead process, and a replica moved off the
+    lost node was taken for its old, dead process)."""
+    be = FakeBackend()
+    on_a = be.start(replace(spec("w1"), node_name="a"))
+    be.start(replace(spec("w2"), node_name="b"))
+    assert be.end_node("a") == 1
+    assert be.find("w1") is None and be.find("w2") is not None
+    assert be.inspect(on_a).running is False
+    moved = be.start(replace(spec("w1"), node_name="b"))
+    assert be.find("w1") == moved

@@ -74,6 +74,27 @@ class FakeBackend:
                 self._end(fid)
                 self._exit[fid] = exit_code
 
+    def vanish(self, workload_id: str) -> None:
+        """Make the fake process of ``workload_id`` end with no exit code (as Ray reads a
+        process whose raylet died; tests)."""
+        with self._lock:
+            for fid in list(self._by_workload.get(workload_id, [])):
+                self._end(fid)
+
+    def end_node(self, node_name: str, exit_code: int | None = None) -> int:
+        """End every fake process on node ``node_name`` (a node lost, tests): with no exit
+        code by default, as a backend reads processes whose node died. Returns how many
+        ended. Subclasses end processes through this, :meth:`crash` or :meth:`vanish`,
+        never by editing the running set: the index by workload id must stay equal to
+        it."""
+        with self._lock:
+            fids = [fid for fid, spec in self._running.items() if spec.node_name == node_name]
+            for fid in fids:
+                self._end(fid)
+                if exit_code is not None:
+                    self._exit[fid] = exit_code
+        return len(fids)
+
     def workload_ids(self) -> list[str]:
         """Ids of the workloads whose fake process runs now (for the invariant checker)."""
         with self._lock:

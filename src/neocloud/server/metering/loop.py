@@ -1,11 +1,10 @@
-"""The metering pass, run by the metering thread (``neocloud-metering``, apart from the
-reconcilers' thread so that placement never waits for it) every reconcile interval.
+"""The metering pass, run by the reconciler thread after every reconcile pass.
 
 One copy at a time (a database-wide lock on PostgreSQL) it: writes storage records,
-samples node allocation into the metrics history (once per 10-second bucket), enforces
-budgets (threshold events, stopping running work of a workspace over a ``stop_running``
-budget), closes invoices whose period is closable, and prunes the metrics history. Each
-step commits on its own, so a failing step never undoes another.
+samples node allocation into the metrics history, enforces budgets (threshold events,
+stopping running work of a workspace over a ``stop_running`` budget), closes invoices
+whose period is closable, and prunes the metrics history. Each step commits on its own,
+so a failing step never undoes another.
 """
 
 from __future__ import annotations
@@ -65,22 +64,14 @@ class MeteringLoop:
         self.usage_period_s = usage_period_s
         self._last_slow = -SLOW_EVERY_S
         self._last_storage = float("-inf")
-        self._sampled_bucket = -1
-        """The 10-second bucket (``t // 10``) this loop last sampled the nodes for."""
 
     def run_once(self, now: datetime | None = None) -> None:
         now = now or datetime.now(UTC)
         with self.db.try_lock("neocloud-metering") as got:
             if not got:
                 return
-            steps = [("budgets", lambda s: budgets.enforce(s, now, stop_work))]
-            bucket = int(now.timestamp()) // metrics_history.FINE
-            if bucket != self._sampled_bucket:
-                # once per 10-second bucket: a look at a taken bucket still reads every
-                # node and allocation (seconds at 5,000 nodes)
-                self._sampled_bucket = bucket
-                steps.insert(0, ("node samples",
-                                 lambda s: metrics_history.sample_nodes(s, now)))
+            steps = [("node samples", lambda s: metrics_history.sample_nodes(s, now)),
+                     ("budgets", lambda s: budgets.enforce(s, now, stop_work))]
             if time.monotonic() - self._last_storage >= self.usage_period_s:
                 self._last_storage = time.monotonic()
                 steps.insert(0, ("storage", lambda s: meter_storage(

@@ -23,12 +23,7 @@ The parts, one module each: ``reconciler`` (the pass), ``scaling`` (rows to crea
 to stop), ``placing`` (pending replicas placed), ``starting`` (processes started),
 ``readiness`` (ready, crashed, restarted), ``stopping`` (drain, delete, preemption),
 ``node_loss`` (replicas of lost nodes moved), ``autoscale``, ``settled`` (health checks
-only), ``changes`` (what changed first) and ``status``; ``base`` holds what they share.
-
-Woken by an API write, a pass runs first the deployments that changed since it last
-looked (:mod:`.changes`), at its start and between its parts, then the rest: **every
-change is acted on within one pass of its commit**, and a new deployment on a settled
-fleet does not wait for the health checks of every settled one.
+only) and ``status``; ``base`` holds what they share.
 """
 
 from __future__ import annotations
