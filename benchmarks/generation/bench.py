@@ -264,31 +264,25 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     engines: dict[str, subprocess.Popen[bytes]] = {}
     targets: dict[str, tuple[str, str, dict[str, str]]] = {}
+    def builtin(name: str, env: dict[str, str] | None = None) -> str:
+        """Start a built-in chat replica named ``name`` (``env``: its settings), wait for
+        it to be ready, add it as the target ``<name> direct``; its URL."""
+        port = free_port()
+        procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(port),
+                            "--name", name], env))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/ready", 300, procs[-1])
+        engines[name] = procs[-1]
+        targets[f"{name} direct"] = (url, name, {})
+        return url
+
     try:
-        bport = free_port()
-        procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(bport),
-                            "--name", "builtin"]))
-        burl = f"http://127.0.0.1:{bport}"
-        wait_http(burl + "/ready", 300, procs[-1])
-        engines["builtin"] = procs[-1]
+        burl = builtin("builtin")
         routes = [f"builtin={burl}"]
-        targets["builtin direct"] = (burl, "builtin", {})
         if a.f32:
-            hport = free_port()
-            procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(hport),
-                                "--name", "builtin-f32"], {"NEOCLOUD_DTYPE": "float32"}))
-            hurl = f"http://127.0.0.1:{hport}"
-            wait_http(hurl + "/ready", 300, procs[-1])
-            engines["builtin-f32"] = procs[-1]
-            targets["builtin-f32 direct"] = (hurl, "builtin-f32", {})
+            builtin("builtin-f32", {"NEOCLOUD_DTYPE": "float32"})
         if a.tf:
-            tport = free_port()
-            procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(tport),
-                                "--name", "builtin-tf"], {"NEOCLOUD_FAST_FORWARD": "0"}))
-            turl = f"http://127.0.0.1:{tport}"
-            wait_http(turl + "/ready", 300, procs[-1])
-            engines["builtin-tf"] = procs[-1]
-            targets["builtin-tf direct"] = (turl, "builtin-tf", {})
+            builtin("builtin-tf", {"NEOCLOUD_FAST_FORWARD": "0"})
         vurl = None
         if not a.no_vllm:
             from neocloud.errors import InvalidRequest
