@@ -1,13 +1,14 @@
 """The control plane under test: the real app (API, gateway, reconcilers) on the fake
 backend, served over HTTP on a loopback port by uvicorn, one process.
 
-Started by ``run.py``. Each reconciler step of the reconciler thread is timed; every pass
-of a step appends one JSON line ``{"kind": ..., "start": ..., "s": ...}`` (seconds, wall
-clock) to ``--timings``. On SQLite, for each write transaction, the wait for the write
-lock and its hold are appended there too (:func:`time_write_lock`). With ``--profile
-FILE`` the reconciler thread runs under cProfile, and so does each deployment worker
-thread (one profiler per thread, :class:`WorkerProfiles`); the stats of all of them are
-written together to FILE when the process ends (SIGTERM).
+Started by ``run.py``. Each step of the reconciler thread and of the metering thread is
+timed; every pass of a step appends one JSON line ``{"kind": ..., "start": ..., "s":
+...}`` (seconds, wall clock) to ``--timings``. On SQLite, for each write transaction,
+the wait for the write lock and its hold are appended there too
+(:func:`time_write_lock`). With ``--profile FILE`` the reconciler thread runs under
+cProfile, and so does each deployment worker thread (one profiler per thread,
+:class:`WorkerProfiles`); the stats of all of them are written together to FILE when the
+process ends (SIGTERM).
 
 Usage: python benchmarks/fleet/server.py --database-url URL --home DIR --port N
        --timings FILE [--profile FILE] [--interval-s S] [--sqlite-no-writer-queue]
@@ -57,15 +58,17 @@ class StepTimer:
         self.profile = profile
         self.lock = threading.Lock()
 
-    def wrap(self, step: Callable[[], None]) -> Callable[[], None]:
+    def wrap(self, step: Callable[[], object], *, profiled: bool = True
+             ) -> Callable[[], object]:
         kind = STEP_KINDS.get(getattr(step, "__qualname__", ""), step.__name__)
+        profile = self.profile if profiled else None
 
         def timed() -> None:
             start = time.time()
             t0 = time.perf_counter()
             try:
-                if self.profile is not None:
-                    self.profile.runcall(step)
+                if profile is not None:
+                    profile.runcall(step)
                 else:
                     step()
             finally:
@@ -104,6 +107,8 @@ WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 RECONCILER_THREAD = "neocloud-reconciler"
 """Name of the reconciler thread (``ReconcilerThread``)."""
+METERING_THREAD = "neocloud-metering"
+"""Name of the thread of the usage flush and metering (a second ``ReconcilerThread``)."""
 
 
 def time_write_lock(engine: Engine, out: IO[str], lock: threading.Lock) -> None:
@@ -116,8 +121,9 @@ def time_write_lock(engine: Engine, out: IO[str], lock: threading.Lock) -> None:
     that ran it (the reconciler thread, or ``API``: every other thread)."""
 
     def who() -> str:
-        return ("reconciler thread" if threading.current_thread().name == RECONCILER_THREAD
-                else "API")
+        name = threading.current_thread().name
+        return ("reconciler thread" if name == RECONCILER_THREAD
+                else "metering thread" if name == METERING_THREAD else "API")
 
     def write(kind: str, start: float, s: float) -> None:
         line = json.dumps({"kind": f"{kind}, {who()}", "start": start, "s": s})
@@ -183,6 +189,9 @@ def main() -> None:
         timer = StepTimer(out, profile)
         thread = app.state.reconcilers.thread
         thread.steps = [timer.wrap(step) for step in thread.steps]
+        metering = app.state.reconcilers.metering
+        if metering is not None:  # timed, not profiled (a profiler is one thread's)
+            metering.steps = [timer.wrap(step, profiled=False) for step in metering.steps]
         engine = app.state.db.engine
         if engine.dialect.name == "sqlite":
             time_write_lock(engine, out, timer.lock)

@@ -3,14 +3,18 @@ downsampled, pruned to a bounded size, served under ``/api/v1/metrics``."""
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from neocloud.gateway.types import RequestRecord
 from neocloud.server.db.tables import MetricPoint, Workspace
+from neocloud.server.routers import metrics as metrics_router
 from neocloud.server.services import metrics_history as mh
 from tests.server.helpers import Cloud
 
@@ -67,13 +71,22 @@ def test_deployment_series_through_the_gateway_sink_and_api(cloud: Cloud) -> Non
     assert cloud.api("GET", "/metrics/deployments/emb", token=tok).status_code == 404
 
 
-def test_node_samples_once_per_bucket_and_prune_bounds_the_size(cloud: Cloud) -> None:
+@pytest.mark.parametrize("past_boundary_s", [2, 150])
+def test_node_samples_once_per_bucket_and_prune_bounds_the_size(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch, past_boundary_s: int) -> None:
+    """Two samples in one 5-minute bucket, read back at any time of day: the API's clock
+    is set ``past_boundary_s`` seconds after a 5-minute boundary (2 s: the samples were
+    once taken in the bucket of that boundary, the second one 10 s ahead of the clock,
+    outside the window the API reads, so the test failed in the first 10 s of every five
+    minutes)."""
+    clock = time.time() // 300 * 300 + past_boundary_s
+    monkeypatch.setattr(metrics_router, "time", SimpleNamespace(time=lambda: clock))
     cloud.add_fake_node("g1", gpus=[{"type": "H100", "count": 8, "memory_mib": 81559}])
     cloud.api("POST", "/deployments", json={"name": "m", "service": "chat",
                                              "shape": "gpu.h100", "replicas": 3})
     cloud.reconcile(2)
-    base = datetime.now(UTC).replace(microsecond=0)
-    base = base - timedelta(seconds=base.timestamp() % 300)
+    # the start of the last closed 5-minute bucket: both samples lie in the past
+    base = datetime.fromtimestamp(clock // 300 * 300 - 300, UTC)
     with cloud.app.state.db.session() as s:
         assert mh.sample_nodes(s, base) == 1
         assert mh.sample_nodes(s, base + timedelta(seconds=3)) == 0  # same 10-s bucket
@@ -97,6 +110,47 @@ def test_node_samples_once_per_bucket_and_prune_bounds_the_size(cloud: Cloud) ->
         assert fine == 8641  # [now - 1 day, now], both ends included
     size = cloud.api("GET", "/metrics/size").json()["rows"]
     assert size["node/10s"] >= 8641
+
+
+def test_two_threads_sampling_one_bucket_sample_each_node_once(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two samplers (the metering thread and another copy) that both read the bucket as
+    free before either writes: each node still has one sample in its 10-second and its
+    5-minute bucket, and the two report one sample per node between them."""
+    for k in range(5):
+        cloud.add_fake_node(f"n{k}")
+    both_read = threading.Barrier(2, timeout=30)
+    waited: set[int] = set()
+    make = mh._node_sample
+
+    def after_both_read(*args: Any) -> dict[str, Any]:
+        if threading.get_ident() not in waited:  # both past their read of the bucket
+            waited.add(threading.get_ident())
+            both_read.wait()
+        return make(*args)
+
+    monkeypatch.setattr(mh, "_node_sample", after_both_read)
+    now = datetime.fromtimestamp(time.time() // 300 * 300 - 300, UTC)
+    written: list[int] = []
+    errors: list[BaseException] = []
+
+    def sample() -> None:
+        try:
+            with cloud.app.state.db.session() as s:
+                written.append(mh.sample_nodes(s, now))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=sample) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(written) == [0, 5]
+    with cloud.app.state.db.session() as s:
+        rows = s.execute(select(MetricPoint.resolution_s, MetricPoint.samples).where(
+            MetricPoint.series == "node")).all()
+    assert sorted(rows) == [(10, 1)] * 5 + [(300, 1)] * 5
 
 
 def _series(cloud: Cloud, query: str) -> dict[str, Any]:

@@ -120,8 +120,9 @@ def create_app(
     Args:
         settings: settings (default: read from the environment).
         backends: backend per node kind (default: ``local`` and ``fake``).
-        run_reconcilers: start the reconciler thread with the app (tests may drive
-            ``app.state.reconcilers.run_once()`` by hand instead).
+        run_reconcilers: start the reconciler threads with the app (tests may drive
+            ``app.state.reconcilers.run_once()`` by hand instead): the reconcilers in
+            ``neocloud-reconciler``, the usage flush and metering in ``neocloud-metering``.
         stop_replicas_on_exit: at shutdown, stop every replica this process's local
             backend runs (``neocloud up``); a plain server leaves them running for the next
             start to adopt.
@@ -155,10 +156,16 @@ def create_app(
     pod_reconciler = PodReconciler(db, backends, settings, box=box, store=store)
     metering = MeteringLoop(db, usage_period_s=settings.usage_period_s)
     node_reconciler = NodeReconciler(db, backends)  # first: the others act on its statuses
+    # Placement never waits for metering: the usage flush and the metering loop (the
+    # node sample, storage, budgets, invoices) have a thread of their own.
     thread = ReconcilerThread(
         [node_reconciler.run_once, reconciler.run_once, job_reconciler.run_once,
-         pod_reconciler.run_once, usage.flush, metering.run_once],
-        settings.reconcile_interval_s)
+         pod_reconciler.run_once],
+        settings.reconcile_interval_s, name="neocloud-reconciler",
+        on_wake=[reconciler.wake])
+    metering_thread = ReconcilerThread(
+        [usage.flush, metering.run_once], settings.reconcile_interval_s,
+        name="neocloud-metering")
     gateway = create_gateway(
         routes, DbAuthenticator(db), usage,
         GatewaySettings(max_body_bytes=settings.max_body_bytes,
@@ -171,7 +178,8 @@ def create_app(
         settings=settings, db=db, backends=backends, secret_box=box, volume_store=store,
         routes=routes, usage=usage, gateway=gateway,
         reconcilers=Reconcilers(deployments=reconciler, jobs=job_reconciler,
-                                pods=pod_reconciler, thread=thread, nodes=node_reconciler),
+                                pods=pod_reconciler, thread=thread, nodes=node_reconciler,
+                                metering=metering_thread),
     )
 
     @asynccontextmanager
@@ -181,11 +189,13 @@ def create_app(
         await gateway.startup()
         if run_reconcilers:
             thread.start()
+            metering_thread.start()
         try:
             yield
         finally:
             if run_reconcilers:
                 await asyncio.to_thread(thread.stop)
+                await asyncio.to_thread(metering_thread.stop)
             # the gateway's replica usage look-ups finish while the replicas still run, and
             # before the last write of usage records (after it, their records were lost)
             await gateway.shutdown()

@@ -3,9 +3,10 @@ database.
 
 - :class:`DbAuthenticator` looks tokens up by hash (the gateway caches the answers).
 - :class:`DbRefusalLog` writes the gateway's 401 and 402 refusals to the audit log.
-- :class:`DbRouteTable` keeps the route table in memory; the reconciler thread rebuilds it
-  from the database after every pass (:meth:`DbRouteTable.refresh`), so a request never
-  waits on the database to find its replicas.
+- :class:`DbRouteTable` keeps the route table in memory; the reconciler thread rebuilds the
+  routes of the deployments a pass touched or saw change after every pass, and the whole
+  table every 30 s (:meth:`DbRouteTable.refresh`), so a request never waits on the
+  database to find its replicas.
 - :class:`UsageBuffer` (now in ``server.metering.tokens``, re-exported here until callers
   import it from there) collects request records and writes the ``tokens`` usage records.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import httpx
 from sqlalchemy import select
@@ -45,6 +46,11 @@ class DbAuthenticator:
         return await asyncio.to_thread(self._lookup, token)
 
 
+#: Seconds between whole rebuilds of the route table when the reconciler asks for some
+#: deployments' routes only (:meth:`DbRouteTable.refresh`).
+FULL_REFRESH_S = 30.0
+#: Most deployments one partial rebuild reads (more: the whole table, in fewer statements).
+PARTIAL_MAX = 2000
 #: Seconds between probes of a waking deployment's starting replica.
 READY_WATCH_S = 0.05
 #: Longest watch (seconds) of a deployment without a cold-start timeout of its own.
@@ -76,17 +82,85 @@ class DbRouteTable:
         self._wake = wake
         self._kick = kick
         self._routes: dict[str, dict[str, Route]] = {}
+        self._where: dict[str, tuple[str, str]] = {}
+        """Deployment id -> (workspace id, name) of its route."""
+        self._refused: dict[str, str] | None = None
+        self._last_full = float("-inf")
+        self.refreshes: list[int | None] = []
+        """Each rebuild, the newest last (the last 100): ``None`` for the whole table,
+        else how many deployments were asked for (what tests read)."""
         self._lock = threading.Lock()
+        self._serial = threading.Lock()
         self._watches: dict[str, asyncio.Task[None]] = {}
 
-    def refresh(self) -> None:
-        """Rebuild the table: each deployment with the URLs of its ready replicas."""
+    def refresh(self, deployment_ids: Collection[str] | None = None) -> None:
+        """Rebuild the table: each deployment with the URLs of its ready replicas.
+
+        With ``deployment_ids``, only the routes of those deployments are rebuilt (read
+        again; one gone or ``deleting`` is removed), unless the budget refusals changed
+        or the last whole rebuild is :data:`FULL_REFRESH_S` old: then the whole table.
+        The reconciler passes the deployments it touched or saw change; the whole
+        rebuild every :data:`FULL_REFRESH_S` catches what changes no deployment (a
+        node's address)."""
+        if deployment_ids is not None and not deployment_ids:
+            return
+        with self._serial:  # one at a time: an older read never overwrites a newer one
+            self._refresh(deployment_ids)
+
+    def _refresh(self, deployment_ids: Collection[str] | None) -> None:
+        ids = sorted(set(deployment_ids or ()))
         with self.db.session() as s:
-            nodes = {n.id: n for n in s.scalars(select(Node))}
-            deps = s.scalars(select(Deployment).where(Deployment.status != "deleting")).all()
-            reps = s.scalars(select(Replica).where(
-                Replica.status.in_(("ready", "starting", "failed")))).all()
             refused = budgets.refusals(s)  # budget hard stops: the gateway refuses these
+            full = (deployment_ids is None or refused != self._refused
+                    or len(ids) > PARTIAL_MAX
+                    or time.monotonic() - self._last_full >= FULL_REFRESH_S)
+            if full:
+                self._last_full = time.monotonic()
+                deps = s.scalars(select(Deployment).where(
+                    Deployment.status != "deleting")).all()
+                reps = s.scalars(select(Replica).where(
+                    Replica.status.in_(("ready", "starting", "failed")))).all()
+                nodes = {n.id: n for n in s.scalars(select(Node))}
+            else:
+                deps = s.scalars(select(Deployment).where(
+                    Deployment.id.in_(ids), Deployment.status != "deleting")).all()
+                reps = s.scalars(select(Replica).where(
+                    Replica.deployment_id.in_(ids),
+                    Replica.status.in_(("ready", "starting", "failed")))).all()
+                node_ids = sorted({r.node_id for r in reps if r.node_id})
+                nodes = {n.id: n for n in s.scalars(select(Node).where(
+                    Node.id.in_(node_ids)))} if node_ids else {}
+        routes = self._routes_of(deps, reps, nodes, refused)
+        with self._lock:
+            if full:
+                table: dict[str, dict[str, Route]] = {}
+                where: dict[str, tuple[str, str]] = {}
+            else:  # copy on write: resolve() reads the table without the lock
+                table = dict(self._routes)
+                where = dict(self._where)
+                for dep_id in ids:
+                    old = where.pop(dep_id, None)
+                    if old is not None and old[1] in table.get(old[0], {}):
+                        table[old[0]] = {n: r for n, r in table[old[0]].items()
+                                         if n != old[1]}
+            copied: set[str] = set()
+            for route in routes:
+                if not full and route.workspace_id not in copied:
+                    copied.add(route.workspace_id)
+                    table[route.workspace_id] = dict(table.get(route.workspace_id, {}))
+                table.setdefault(route.workspace_id, {})[route.name] = route
+                where[route.deployment_id] = (route.workspace_id, route.name)
+            self._routes = table
+            self._where = where
+            self._refused = refused
+            self.refreshes.append(None if full else len(ids))
+            del self.refreshes[:-100]
+
+    @staticmethod
+    def _routes_of(deps: Sequence[Deployment], reps: Sequence[Replica],
+                   nodes: dict[str, Node], refused: dict[str, str]) -> list[Route]:
+        """The route of each deployment of ``deps``, from its replicas in ``reps`` (live
+        ones of those deployments) and their ``nodes``."""
         ready = [r for r in reps if r.status == "ready"]
         generation = {d.id: d.generation for d in deps}
         crashed: dict[str, str] = {}
@@ -102,10 +176,10 @@ class DbRouteTable:
             ups.setdefault(r.deployment_id, []).append(
                 Upstream(replica_id=r.id, url=f"http://{node.address}:{r.port}")
             )
-        table: dict[str, dict[str, Route]] = {}
+        out: list[Route] = []
         for d in deps:
             failed = crashed.get(d.id)
-            table.setdefault(d.workspace_id, {})[d.name] = Route(
+            out.append(Route(
                 deployment_id=d.id, workspace_id=d.workspace_id, name=d.name,
                 upstreams=tuple(ups.get(d.id, ())), can_wake=can_wake(d),
                 refusal=refused.get(d.workspace_id),
@@ -114,25 +188,26 @@ class DbRouteTable:
                             if failed is not None and d.id not in ups else None),
                 scaled_to_zero=d.replicas == 0 and not can_wake(d),
                 serves=openai_paths_of(d.service, d.engine),
-            )
-        with self._lock:
-            self._routes = table
+            ))
+        return out
 
     async def resolve(self, workspace_id: str, name: str) -> Route | None:
         route = self._routes.get(workspace_id, {}).get(name)
-        if route is None and await asyncio.to_thread(self._exists, workspace_id, name):
-            # created since the last rebuild (a request sent right after the create):
-            # rebuild now rather than answer 404 for a deployment that exists
-            await asyncio.to_thread(self.refresh)
-            route = self._routes.get(workspace_id, {}).get(name)
+        if route is None:
+            dep_id = await asyncio.to_thread(self._exists, workspace_id, name)
+            if dep_id is not None:
+                # created since the last rebuild (a request sent right after the create):
+                # rebuild its route now rather than answer 404 for a deployment that exists
+                await asyncio.to_thread(self.refresh, [dep_id])
+                route = self._routes.get(workspace_id, {}).get(name)
         return route
 
-    def _exists(self, workspace_id: str, name: str) -> bool:
-        """Whether the database has a live deployment ``name`` in ``workspace_id``."""
+    def _exists(self, workspace_id: str, name: str) -> str | None:
+        """The id of the live deployment ``name`` in ``workspace_id`` (``None``: none)."""
         with self.db.session() as s:
             return s.scalars(select(Deployment.id).where(
                 Deployment.workspace_id == workspace_id, Deployment.name == name,
-                Deployment.status != "deleting")).first() is not None
+                Deployment.status != "deleting")).first()
 
     async def list_routes(self, workspace_id: str) -> list[Route]:
         return list(self._routes.get(workspace_id, {}).values())

@@ -34,6 +34,9 @@ class Reconcilers:
     thread: ReconcilerThread
     nodes: NodeReconciler | None = None
     """Node health and drains (runs first: the others act on the node statuses)."""
+    metering: ReconcilerThread | None = None
+    """The thread of the usage flush and the metering loop (apart, so that placement
+    never waits for them)."""
 
     def run_once(self) -> None:
         """One pass of every reconciler, in this thread (tests drive them this way)."""

@@ -197,26 +197,42 @@ def reconcile_each(
 
 
 class ReconcilerThread:
-    """Runs reconcilers every ``interval_s`` seconds in one daemon thread, or at once when
-    :meth:`wake` is called (after an API write)."""
+    """Runs ``steps`` one after the other every ``interval_s`` seconds in one daemon
+    thread named ``name``, or at once when :meth:`wake` is called (after an API write);
+    ``on_wake`` callbacks are called by :meth:`wake` too (the deployment reconciler's
+    changed-first path: it acts on a change in the middle of a long pass).
 
-    def __init__(self, steps: list[Callable[[], None]], interval_s: float):
+    The control plane runs two: ``neocloud-reconciler`` (nodes, deployments, jobs, pods:
+    placement never waits for anything else) and ``neocloud-metering`` (the gateway's
+    usage flush and the metering loop, on their own period). A step's exception is
+    logged and the loop goes on; :attr:`passes` counts the finished passes."""
+
+    def __init__(self, steps: list[Callable[[], object]], interval_s: float, *,
+                 name: str = "neocloud-reconciler",
+                 on_wake: Sequence[Callable[[], None]] = ()):
         self.steps = steps
         self.interval_s = interval_s
+        self.name = name
+        self.on_wake = list(on_wake)
+        self.passes = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="neocloud-reconciler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def wake(self) -> None:
+        for callback in self.on_wake:
+            callback()
         self._wake.set()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the step running now (waits up to ``timeout_s`` seconds)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -226,7 +242,8 @@ class ReconcilerThread:
                 try:
                     step()
                 except Exception:
-                    log.exception("reconciler step failed")
+                    log.exception("%s: step failed", self.name)
+            self.passes += 1
             self._wake.wait(self.interval_s)
             self._wake.clear()
 

@@ -23,7 +23,13 @@ The parts, one module each: ``reconciler`` (the pass), ``scaling`` (rows to crea
 to stop), ``placing`` (pending replicas placed), ``starting`` (processes started),
 ``readiness`` (ready, crashed, restarted), ``stopping`` (drain, delete, preemption),
 ``node_loss`` (replicas of lost nodes moved), ``autoscale``, ``settled`` (health checks
-only) and ``status``; ``base`` holds what they share.
+only), ``changes`` (what changed first) and ``status``; ``base`` holds what they share.
+
+Woken by an API write, a pass runs first, between its parts, the deployments that
+changed since it last looked (:mod:`.changes`: what a request asked for, not the pass's
+own status writes), then the rest: **every change is acted on within one pass of its
+commit**, and a new deployment on a settled fleet does not wait for the health checks of
+every settled one.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -76,7 +76,8 @@ class ReconcilerBase:
         db: the database.
         backends: backend per node ``backend`` name (``local``, ``fake``).
         settings: control-plane settings (timeouts, back-off, metering period).
-        on_change: called after a pass that may have changed which replicas are ready.
+        on_change: called with the ids of the deployments a pass (or a step) touched or
+            saw change, whose routes may have changed (``DbRouteTable.refresh``).
         box: decrypts the secrets a deployment references.
     """
 
@@ -86,7 +87,7 @@ class ReconcilerBase:
         backends: dict[str, Backend],
         settings: Settings,
         *,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[Collection[str]], None] | None = None,
         box: SecretBox | None = None,
     ):
         self.db = db

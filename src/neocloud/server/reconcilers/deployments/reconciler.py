@@ -24,6 +24,7 @@ from neocloud.server.reconcilers.core import (
 )
 from neocloud.server.reconcilers.deployments.autoscale import Autoscaling
 from neocloud.server.reconcilers.deployments.base import LIVE, STOP_WAIT_S, Known, rows_in
+from neocloud.server.reconcilers.deployments.changes import KEY_COLUMNS, Changes
 from neocloud.server.reconcilers.deployments.node_loss import NodeLoss
 from neocloud.server.reconcilers.deployments.placing import Placing
 from neocloud.server.reconcilers.deployments.readiness import Readiness
@@ -43,15 +44,16 @@ holds two connections: its deployment's lock and its transaction)."""
 T = TypeVar("T")
 
 
-class DeploymentReconciler(Placing, Readiness, Stopping, Scaling, Autoscaling, NodeLoss,
-                           Settled, Status):
+class DeploymentReconciler(Changes, Placing, Readiness, Stopping, Scaling, Autoscaling,
+                           NodeLoss, Settled, Status):
     """Drives every deployment towards its desired replicas. Call :meth:`run_once` in a loop.
 
     Args:
         db: the database.
         backends: backend per node ``backend`` name (``local``, ``fake``).
         settings: control-plane settings (timeouts, back-off, metering period).
-        on_change: called after a pass that may have changed which replicas are ready.
+        on_change: called with the ids of the deployments a pass (or a step) touched or
+            saw change, whose routes may have changed (``DbRouteTable.refresh``).
         box: decrypts the secrets a deployment references.
     """
 
@@ -65,33 +67,47 @@ class DeploymentReconciler(Placing, Readiness, Stopping, Scaling, Autoscaling, N
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> None:
+        """One full pass over every deployment (see :mod:`.changes` for the changed-first
+        looks it makes when woken: between priority groups and between the health checks
+        of settled deployments). Every change is acted on within one pass
+        of its commit. At the end the routes of every deployment the pass touched or saw
+        change are rebuilt (``on_change``)."""
         self._release_lost_nodes()
         with self.db.session() as s:
-            rows = s.execute(
-                select(Deployment.id, Deployment.autoscaling, Deployment.priority)
-                .order_by(Deployment.priority.desc(), Deployment.created_at)).all()
+            rows = s.execute(select(*KEY_COLUMNS).order_by(
+                Deployment.priority.desc(), Deployment.created_at)).all()
             settled = self._settled(s)
-        fixed = {row[0] for row in rows if not row[1]}
+        touched = self._observe(rows)
+        fixed = {row.id for row in rows if not row.autoscaling}
         # one priority after the other, each fully (its placements and preemptions
         # before any work of lower priority), the deployments of one priority at once
         by_priority: dict[int, list[str]] = {}
         for row in rows:
-            if row[0] not in settled:
-                by_priority.setdefault(int(row[2]), []).append(row[0])
+            if row.id not in settled:
+                by_priority.setdefault(int(row.priority), []).append(row.id)
         self.workers.workers = self.parallel if self.db.is_postgres else 1
-        for group in by_priority.values():
+        handled: set[str] = set()  # run by a changed-first look after the read above
+        groups = list(by_priority.values())
+        for k, group in enumerate(groups):
+            if k:  # not before the first: the pass reads right before it
+                self._changed_first(skip=handled, coming={i for g in groups[k:] for i in g})
             self.workers.run(group, lambda dep_id: reconcile_each(
                 self.db, "deployment", [dep_id],
                 functools.partial(self._reconcile, fixed=dep_id in fixed)))
+            touched.update(group)
         for dep_id, checks in settled.items():
+            self._changed_first(skip=handled)
+            if dep_id in handled:  # its full step ran, health checks included
+                continue
             # every replica ready and nothing to decide: only the health checks, and the
             # deployment's status at once if one of them found a process gone (as the
             # full step does after its checks)
             self._scalers.pop(dep_id, None)
             if not all([self._check_ready(rid, known=known) for rid, known in checks]):
                 reconcile_locked(self.db, "deployment", dep_id, self._update_status)
+                touched.add(dep_id)
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(touched | handled)
 
     def reconcile(self, dep_id: str) -> None:
         """One pass over one deployment (several short transactions), under the lock on the
@@ -136,7 +152,7 @@ class DeploymentReconciler(Placing, Readiness, Stopping, Scaling, Autoscaling, N
         # Act outside the deciding transaction: first take the stopping replicas out of
         # the route table (no new request reaches them), then tell them to stop.
         if newly and self.on_change is not None:
-            self.on_change()
+            self.on_change([dep_id])
         started = [f for f in (self._request_stop(rid) for rid in to_stop) if f is not None]
         if started:
             wait_futures(started, timeout=STOP_WAIT_S)

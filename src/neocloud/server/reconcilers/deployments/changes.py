@@ -1,0 +1,177 @@
+"""Changed deployments first: what an API write asked for is acted on before, or in the
+middle of, the pass over the whole fleet.
+
+A full pass (``reconciler.run_once``) reads every live replica to find the settled
+deployments and checks each of their processes; on a large settled fleet that takes
+seconds, and a deployment created meanwhile would wait for it. So the reconciler keeps,
+per deployment, the *observed* key read at the start of the last pass or look
+(:data:`Key`), and when woken (:meth:`Changes.wake`, called with the reconciler thread's
+wake after an API write) the pass looks, between its priority groups and between the
+health checks of settled deployments (at most every :data:`CHANGED_EVERY_S`), for the
+deployments whose *asked-for* part of the key (:func:`asked_of`: ``revision``,
+``replicas``, ``generation``, deleting or not) differs from the observed one, or that it
+has never seen, and runs their full step there, before the rest of the pass. Those the
+pass is about to run anyway (the priority groups still to come) are left to it: in a
+burst, where every deployment is new, the pass's own order and workers place them.
+
+A look compares only what a write asks for, not the whole key: the reconciler's own
+writes (a status ``pending`` -> ``starting`` -> ``ready``, with its ``updated_at``) are
+not changes to act on (with the whole key compared, every deployment a pass had just
+moved read as changed at its next look and ran a second full step there, outside the
+pass's order; only the autoscaler's own change of ``replicas`` still reads so). The whole
+key still tells the pass which routes to rebuild (``_observe``: a status another
+control-plane copy wrote changes the routes this copy serves).
+
+Invariant: **every change is acted on within one pass of its commit.** A write commits
+either before the read of a pass's start (the full pass acts on it) or after it: then
+its asked-for key differs from the one observed (a create is a new id; an update raises
+``revision``, a scale ``replicas`` too, a rollout ``generation``; a wake from zero
+raises ``replicas``; a delete sets ``deleting``), so the next look of the changed-first
+path acts on it, and the next full pass does in any case (the full pass stays the
+resync, this path is only an accelerator). A change the look leaves (a higher priority
+waits, or the deployment's lock is held elsewhere) is acted on by that next pass: the
+same wake woke the reconciler thread, which starts it at once.
+
+Priorities are kept: a changed deployment is run here only if no unchanged deployment of
+higher priority is waiting (status not ``ready``/``scaled_to_zero``, or a pending
+reason); otherwise it is left to the full pass, which runs the priorities in order.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from neocloud.models.deployments import DeploymentStatus
+from neocloud.server.db.tables import Deployment
+from neocloud.server.reconcilers.core import reconcile_each
+from neocloud.server.reconcilers.deployments.base import ReconcilerBase
+
+CHANGED_EVERY_S = 0.25
+"""Shortest time (seconds) between two looks for changed deployments inside one pass (each
+look reads a few columns of every deployment)."""
+
+Key = tuple[datetime | None, int, int, str, int]
+"""What the reconciler observed of a deployment: ``(updated_at, replicas, generation,
+status, revision)``."""
+
+Asked = tuple[int, int, int, bool]
+"""The part of a :data:`Key` that only a request changes: ``(revision, replicas,
+generation, deleting)`` (the reconciler's own status writes leave it as it is)."""
+
+SETTLED_STATUSES = (DeploymentStatus.ready.value, DeploymentStatus.scaled_to_zero.value)
+"""Deployment statuses that wait for nothing (with no pending reason)."""
+
+
+def key_of(row: Any) -> Key:
+    """The observed key of a row with the columns of :data:`KEY_COLUMNS`."""
+    return (row.updated_at, int(row.replicas), int(row.generation), str(row.status),
+            int(row.revision))
+
+
+def asked_of(key: Key) -> Asked:
+    """What a request asked for, of an observed key (see :data:`Asked`)."""
+    _updated_at, replicas, generation, status, revision = key
+    return (revision, replicas, generation, status == DeploymentStatus.deleting.value)
+
+
+KEY_COLUMNS = (Deployment.id, Deployment.updated_at, Deployment.replicas,
+               Deployment.generation, Deployment.status, Deployment.revision,
+               Deployment.priority, Deployment.pending_reason, Deployment.autoscaling,
+               Deployment.created_at)
+"""The columns one look reads per deployment."""
+
+
+class Changes(ReconcilerBase):
+    """The changed-first path of the deployment reconciler (see the module)."""
+
+    @functools.cached_property
+    def _changes(self) -> threading.Event:
+        """Set by :meth:`wake`: something may have changed since the last look."""
+        return threading.Event()
+
+    @functools.cached_property
+    def _observed(self) -> dict[str, Key]:
+        """Deployment id -> key observed at the last look (empty before the first pass)."""
+        return {}
+
+    @functools.cached_property
+    def changed_first_runs(self) -> list[list[str]]:
+        """The deployments each look ran, in order (the newest last, the last 100 looks
+        kept): what tests and the benchmark read."""
+        return []
+
+    _full_passes = 0
+    _last_look = float("-inf")
+
+    def wake(self) -> None:
+        """An API write committed: the next look (at once if the thread sleeps, else at
+        the pass's next check point) runs what changed first."""
+        self._changes.set()
+
+    def _observe(self, rows: Sequence[Any]) -> set[str]:
+        """Record the keys read at the start of a full pass (every deployment); returns
+        the ids whose key differs from the one observed before, new and gone ones
+        included."""
+        keys = {row.id: key_of(row) for row in rows}
+        changed = {i for i, k in keys.items() if self._observed.get(i) != k}
+        changed |= self._observed.keys() - keys.keys()
+        self._observed.clear()
+        self._observed.update(keys)
+        self._full_passes += 1
+        return changed
+
+    def _asked(self, dep_id: str) -> Asked | None:
+        """The asked-for part of the key observed for ``dep_id`` (``None``: never seen)."""
+        key = self._observed.get(dep_id)
+        return None if key is None else asked_of(key)
+
+    def _changed_first(self, *, skip: set[str], coming: Collection[str] = ()) -> set[str]:
+        """When woken since the last look, and the last look is :data:`CHANGED_EVERY_S`
+        old: run the full step of every changed deployment, by priority then age (on
+        the pass's workers, placements in that order), and return their ids (those also
+        added to ``skip``, which the caller then leaves out of the rest of its pass).
+        Those in ``coming`` (the pass runs them next anyway) are left to the pass.
+        Nothing before the first full pass (every deployment would read as new)."""
+        if not self._changes.is_set() or not self._full_passes:
+            return set()
+        if time.monotonic() - self._last_look < CHANGED_EVERY_S:
+            return set()
+        self._changes.clear()
+        self._last_look = time.monotonic()
+        with self.db.session() as s:
+            rows = s.execute(select(*KEY_COLUMNS).order_by(
+                Deployment.priority.desc(), Deployment.created_at)).all()
+        changed = [row for row in rows if row.id not in coming
+                   and self._asked(row.id) != asked_of(key_of(row))]
+        if not changed:
+            return set()
+        ids = {row.id for row in changed}
+        waiting = [int(row.priority) for row in rows if row.id not in ids and (
+            row.status not in SETTLED_STATUSES or row.pending_reason is not None)]
+        floor = max(waiting, default=None)
+        run = [row for row in changed if floor is None or int(row.priority) >= floor]
+        if not run:
+            return set()
+        fixed = {row.id for row in run if not row.autoscaling}
+        by_priority: dict[int, list[str]] = {}
+        for row in run:
+            self._observed[row.id] = key_of(row)
+            by_priority.setdefault(int(row.priority), []).append(row.id)
+        for group in by_priority.values():
+            self.workers.run(group, lambda dep_id: reconcile_each(  # type: ignore[attr-defined]
+                self.db, "deployment", [dep_id], functools.partial(
+                    self._reconcile, fixed=dep_id in fixed)))  # type: ignore[attr-defined]
+        done = {row.id for row in run}
+        self.changed_first_runs.append([row.id for row in run])
+        del self.changed_first_runs[:-100]
+        skip |= done
+        if done and self.on_change is not None:
+            self.on_change(done)
+        return done

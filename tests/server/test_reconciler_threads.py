@@ -1,0 +1,314 @@
+"""Placement never waits for metering (two reconciler threads), and what an API write asks
+for is acted on first, in the middle of a pass over a settled fleet (the changed-first
+path of the deployment reconciler), with the routes of what changed rebuilt alone.
+Both databases."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from neocloud.server.app import create_app
+from neocloud.server.backends import FakeBackend
+from neocloud.server.bootstrap import bootstrap
+from neocloud.server.db.tables import Deployment, Replica
+from neocloud.server.metering.loop import MeteringLoop
+from neocloud.server.reconcilers.deployments import changes
+from tests.server.helpers import Cloud, make_settings
+
+WAIT_S = 30.0
+"""Longest wait for the threads (a deadline, not a timing assertion)."""
+
+
+def _ids(cloud: Cloud, *names: str) -> list[str]:
+    with cloud.app.state.db.session() as s:
+        by_name = {row.name: row.id for row in s.execute(select(Deployment.name, Deployment.id))}
+    return [by_name[n] for n in names]
+
+
+def _ready(cloud: Cloud, name: str) -> int:
+    return int(cloud.api("GET", f"/deployments/{name}").json()["ready_replicas"])
+
+
+@pytest.fixture
+def blocked_metering(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The metering loop's step blocks until ``release`` is set; ``entered`` is set when
+    it first runs, ``threads`` names the threads it ran in."""
+    state: dict[str, Any] = {"entered": threading.Event(), "release": threading.Event(),
+                             "threads": [], "calls": 0}
+
+    def slow(_self: MeteringLoop, now: Any = None) -> None:
+        state["calls"] += 1
+        state["threads"].append(threading.current_thread().name)
+        state["entered"].set()
+        state["release"].wait(60)
+
+    monkeypatch.setattr(MeteringLoop, "run_once", slow)
+    yield state
+    state["release"].set()
+
+
+def test_a_blocked_metering_step_does_not_delay_placement(
+        tmp_path: Path, db_url: str, blocked_metering: dict[str, Any]) -> None:
+    fake = FakeBackend()
+    app = create_app(make_settings(tmp_path / "home", db_url), backends={"fake": fake})
+    with TestClient(app, raise_server_exceptions=False) as client:
+        try:
+            h = {"Authorization": f"Bearer {bootstrap(app.state.db).token}"}
+            assert blocked_metering["entered"].wait(WAIT_S), "the metering step never ran"
+            r = client.post("/api/v1/nodes", headers=h, json={
+                "name": "n1", "cpu_milli": 64000, "memory_mib": 262144, "gpus": [],
+                "backend": "fake"})
+            assert r.status_code == 201, r.text
+            r = client.post("/api/v1/deployments", headers=h, json={
+                "name": "emb", "service": "embeddings", "shape": "cpu.small", "replicas": 2})
+            assert r.status_code == 201, r.text
+            thread = app.state.reconcilers.thread
+            passes = thread.passes
+            deadline = time.monotonic() + WAIT_S
+            ready = 0
+            while time.monotonic() < deadline and ready < 2:
+                ready = client.get("/api/v1/deployments/emb",
+                                   headers=h).json()["ready_replicas"]
+                time.sleep(0.05)
+            while time.monotonic() < deadline and thread.passes <= passes + 1:
+                time.sleep(0.05)
+            # placed and ready, pass after pass, while the metering step is still blocked in
+            # its own thread
+            assert ready == 2
+            assert not blocked_metering["release"].is_set() and blocked_metering["calls"] == 1
+            assert blocked_metering["threads"] == ["neocloud-metering"]
+            assert thread.name == "neocloud-reconciler" and thread.passes > passes + 1
+        finally:  # a failed assertion's shutdown must not wait for the blocked step
+            blocked_metering["release"].set()
+    # shutdown: both threads stopped before the last usage flush and the database's close
+    thread = app.state.reconcilers.thread
+    assert not thread._thread.is_alive()
+    metering = app.state.reconcilers.metering
+    assert metering is not None and not metering._thread.is_alive()
+
+
+def test_a_change_mid_pass_is_acted_on_before_the_rest_of_the_pass(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create and a scale that land during the health checks of a settled fleet are
+    run by the changed-first path before the next settled deployment's checks, in the
+    same pass; the settled check of the scaled deployment is left to its full step."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    for name in ("a1", "a2", "a3"):
+        r = cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small", "replicas": 1})
+        assert r.status_code == 201, r.text
+    cloud.reconcile(2)
+    assert [_ready(cloud, n) for n in ("a1", "a2", "a3")] == [1, 1, 1]
+    rec = cloud.app.state.reconcilers.deployments
+    a1, a2, a3 = _ids(cloud, "a1", "a2", "a3")
+    with cloud.app.state.db.session() as s:
+        rep_of = {r.id: r.deployment_id for r in s.scalars(select(Replica))}
+    order: list[str] = []
+    check_ready = rec._check_ready
+    reconcile = rec._reconcile
+
+    in_step: list[str] = []
+
+    def checked(rid: str, known: Any = None) -> bool:
+        if in_step:  # a full step's own health checks
+            return check_ready(rid, known=known)
+        order.append(f"check {rep_of.get(rid, '?')}")
+        if len(order) == 1:  # the writes land while the pass checks the settled fleet
+            assert cloud.api("POST", "/deployments", json={
+                "name": "new", "service": "embeddings", "shape": "cpu.small",
+                "replicas": 1}).status_code == 201
+            assert cloud.api("PATCH", "/deployments/a2",
+                             json={"replicas": 2}).status_code == 200
+        return check_ready(rid, known=known)
+
+    def step(dep_id: str, **kw: Any) -> None:
+        order.append(f"step {dep_id}")
+        in_step.append(dep_id)
+        try:
+            reconcile(dep_id, **kw)
+        finally:
+            in_step.pop()
+
+    monkeypatch.setattr(rec, "_check_ready", checked)
+    monkeypatch.setattr(rec, "_reconcile", step)
+    cloud.reconcile()
+    (new,) = _ids(cloud, "new")
+    # one pass: the new deployment and the scale-up are done
+    assert _ready(cloud, "new") == 1 and _ready(cloud, "a2") == 2
+    assert rec.changed_first_runs[-1] == [a2, new]  # by priority, then age
+    # right after the first settled deployment's check, before the other ones'; a2's
+    # settled check left out when not done yet (its full step checked it)
+    first = order[0]
+    # (their steps run on the pass's workers, at once on PostgreSQL: in either order)
+    assert sorted(order[1:3]) == sorted([f"step {a2}", f"step {new}"])
+    rest = {f"check {d}" for d in (a1, a2, a3)} - {first, f"check {a2}"}
+    assert set(order[3:]) == rest and len(order) == 3 + len(rest)
+    # the routes rebuilt after it: the changed deployments' alone
+    routes = cloud.app.state.routes
+    assert 2 in routes.refreshes
+    with cloud.app.state.db.session() as s:
+        row = s.get(Deployment, new)
+        assert row is not None
+        ws_id = row.workspace_id
+    assert asyncio.run(routes.list_routes(ws_id))
+    assert routes._routes[ws_id]["new"].deployment_id == new
+
+
+def test_the_changed_first_path_misses_no_kind_of_change(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kind of write to a settled deployment reads as changed: a spec field that
+    starts no rollout, a scale, an update (a new generation), a delete, a priority; an
+    unchanged one does not, and nothing runs before the first full pass."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    rec = cloud.app.state.reconcilers.deployments
+    assert rec._changed_first(skip=set()) == set()  # no full pass yet
+    names = ("d", "s", "u", "x", "quiet")
+    for name in names:
+        assert cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small",
+            "replicas": 1}).status_code == 201
+    cloud.reconcile(2)
+    rec.wake()
+    assert rec._changed_first(skip=set()) == set()  # the passes' own status writes: none
+    ids = dict(zip(names, _ids(cloud, *names), strict=True))
+    assert cloud.api("PATCH", "/deployments/d", json={"drain_timeout_s": 77.0}
+                     ).status_code == 200
+    assert cloud.api("PATCH", "/deployments/s", json={"replicas": 2}).status_code == 200
+    assert cloud.api("PATCH", "/deployments/u", json={"env": {"A": "1"}}
+                     ).status_code == 200
+    assert cloud.api("DELETE", "/deployments/x").status_code in (200, 202, 204)
+    assert cloud.api("PATCH", "/deployments/quiet", json={"priority": 5}).status_code == 200
+    ran = rec._changed_first(skip=set())
+    assert ran == {ids["d"], ids["s"], ids["u"], ids["x"], ids["quiet"]}
+    assert rec._changed_first(skip=set()) == set()  # not woken since: no look
+    rec.wake()
+    assert ids["quiet"] not in rec._changed_first(skip=set())  # unchanged since
+
+
+def test_the_metering_loop_samples_the_nodes_once_per_bucket(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node sample reads every node and allocation even for a bucket already taken,
+    so the loop, now on its own thread and period, asks once per 10-second bucket."""
+    from datetime import UTC, datetime, timedelta
+
+    from neocloud.server.services import metrics_history
+
+    calls: list[datetime] = []
+    sample = metrics_history.sample_nodes
+
+    def counted(s: Any, now: datetime) -> int:
+        calls.append(now)
+        return sample(s, now)
+
+    monkeypatch.setattr(metrics_history, "sample_nodes", counted)
+    cloud.add_fake_node("n1")
+    loop = MeteringLoop(cloud.app.state.db, usage_period_s=3600.0)
+    t0 = datetime.fromtimestamp(int(time.time()) // 10 * 10, UTC)
+    loop.run_once(t0)
+    loop.run_once(t0 + timedelta(seconds=9))
+    assert calls == [t0]
+    loop.run_once(t0 + timedelta(seconds=10))
+    assert calls == [t0, t0 + timedelta(seconds=10)]
+
+
+def test_a_failed_node_sample_is_asked_for_again_in_its_bucket(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop marks a bucket sampled only once its sample committed: a sample that
+    failed is taken by the next run of the same bucket (it was skipped until the next
+    bucket, a gap in every node's history), then not asked for again."""
+    from datetime import UTC, datetime, timedelta
+
+    from neocloud.server.db.tables import MetricPoint
+    from neocloud.server.services import metrics_history
+
+    calls: list[datetime] = []
+    sample = metrics_history.sample_nodes
+
+    def fails_once(s: Any, now: datetime) -> int:
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return sample(s, now)
+
+    monkeypatch.setattr(metrics_history, "sample_nodes", fails_once)
+    cloud.add_fake_node("n1")
+    loop = MeteringLoop(cloud.app.state.db, usage_period_s=3600.0)
+    t0 = datetime.fromtimestamp(int(time.time()) // 10 * 10, UTC)
+    loop.run_once(t0)
+    loop.run_once(t0 + timedelta(seconds=3))
+    loop.run_once(t0 + timedelta(seconds=6))
+    assert calls == [t0, t0 + timedelta(seconds=3)]
+    with cloud.app.state.db.session() as s:
+        fine = s.scalars(select(MetricPoint.samples).where(
+            MetricPoint.series == "node", MetricPoint.resolution_s == 10)).all()
+    assert fine == [1]
+
+
+def test_a_look_leaves_what_the_pass_itself_moved(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statuses a pass writes (pending -> starting -> ready) are not changes to act
+    on: a woken look right after the pass runs nothing (it ran every deployment the pass
+    had just moved a second time), and then only what a request changed."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    for name in ("p", "q"):
+        assert cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small",
+            "replicas": 1}).status_code == 201
+    rec = cloud.app.state.reconcilers.deployments
+    cloud.reconcile()  # reads both pending, leaves them starting or ready
+    with cloud.app.state.db.session() as s:
+        statuses = set(s.scalars(select(Deployment.status)))
+    assert statuses and "pending" not in statuses
+    rec.wake()
+    assert rec._changed_first(skip=set()) == set()
+    (q,) = _ids(cloud, "q")
+    assert cloud.api("PATCH", "/deployments/q", json={"replicas": 2}).status_code == 200
+    assert rec._changed_first(skip=set()) == {q}
+
+
+def test_a_deployment_gone_before_its_look_runs_it_is_passed_over(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment deleted after a look read it as changed (another control-plane copy
+    finished its delete) is skipped by its step; the look goes on with the others and
+    the route table drops it."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    for name in ("gone", "kept"):
+        assert cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small",
+            "replicas": 1}).status_code == 201
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    gone, kept = _ids(cloud, "gone", "kept")
+    for name in ("gone", "kept"):
+        assert cloud.api("PATCH", f"/deployments/{name}",
+                         json={"replicas": 2}).status_code == 200
+    reconcile = rec._reconcile
+
+    def vanish_first(dep_id: str, **kw: Any) -> None:
+        if dep_id == gone:
+            with cloud.app.state.db.session() as s:
+                for r in s.scalars(select(Replica).where(Replica.deployment_id == gone)):
+                    s.delete(r)
+                row = s.get(Deployment, gone)
+                assert row is not None
+                s.delete(row)
+        reconcile(dep_id, **kw)
+
+    monkeypatch.setattr(rec, "_reconcile", vanish_first)
+    assert rec._changed_first(skip=set()) == {gone, kept}
+    assert _ready(cloud, "kept") == 2
+    routes = cloud.app.state.routes
+    assert {r.deployment_id for ws in routes._routes.values() for r in ws.values()} == {kept}
