@@ -312,3 +312,48 @@ def test_a_deployment_gone_before_its_look_runs_it_is_passed_over(
     assert _ready(cloud, "kept") == 2
     routes = cloud.app.state.routes
     assert {r.deployment_id for ws in routes._routes.values() for r in ws.values()} == {kept}
+
+
+def test_a_deployment_asked_for_during_a_long_group_runs_before_the_group_ends(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's priority group (here six new deployments; at full size thousands, all due
+    for metering) is run in chunks of ``LOOK_EVERY`` with a look between them: a
+    deployment created while the first chunk runs is run by the next look, before the
+    group's last chunk, and one of lower priority than the group's waiting deployments is
+    left to the pass."""
+    from neocloud.server.reconcilers.deployments import reconciler
+
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    monkeypatch.setattr(reconciler, "LOOK_EVERY", 2)
+    cloud.add_fake_node("n1")
+    rec = cloud.app.state.reconcilers.deployments
+    rec.run_once()  # a first pass (looks start after one)
+    names = [f"g{i}" for i in range(6)]
+    for name in names:  # six waiting deployments of priority 0: the next pass's group
+        assert cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small",
+            "replicas": 1}).status_code == 201
+    ids = _ids(cloud, *names)
+    order: list[str] = []
+    reconcile = rec._reconcile
+
+    def step(dep_id: str, **kw: Any) -> None:
+        order.append(dep_id)
+        if len(order) == 1:  # asked for while the group's first chunk runs
+            for name, prio in (("late", 0), ("low", -5)):
+                assert cloud.api("POST", "/deployments", json={
+                    "name": name, "service": "embeddings", "shape": "cpu.small",
+                    "replicas": 1, "priority": prio}).status_code == 201
+        reconcile(dep_id, **kw)
+
+    monkeypatch.setattr(rec, "_reconcile", step)
+    rec.wake()
+    rec.run_once()
+    late, low = _ids(cloud, "late", "low")
+    assert late in order and low not in order  # low waits for the next pass
+    assert rec.changed_first_runs[-1] == [late]
+    # after the first chunk's steps, before the last chunk's
+    assert order.index(late) < min(order.index(d) for d in ids[4:])
+    assert sorted(d for d in order if d != late) == sorted(ids)  # each once
+    rec.run_once()
+    assert _ready(cloud, "late") == 1 and _ready(cloud, "low") == 1

@@ -6,7 +6,8 @@ deployments and checks each of their processes; on a large settled fleet that ta
 seconds, and a deployment created meanwhile would wait for it. So the reconciler keeps,
 per deployment, the *observed* key read at the start of the last pass or look
 (:data:`Key`), and when woken (:meth:`Changes.wake`, called with the reconciler thread's
-wake after an API write) the pass looks, between its priority groups and between the
+wake after an API write) the pass looks, between its priority groups, every
+``LOOK_EVERY`` deployments inside a group (``reconciler.py``) and between the
 health checks of settled deployments (at most every :data:`CHANGED_EVERY_S`), for the
 deployments whose *asked-for* part of the key (:func:`asked_of`: ``revision``,
 ``replicas``, ``generation``, deleting or not) differs from the observed one, or that it
