@@ -25,6 +25,11 @@ the prompt is filler text of about that many tokens) and output sizes divided by
 ``--trace-output-div`` (1..128). Replayed open-loop (requests start at their scaled
 arrival times whatever the server does), per engine, direct.
 
+Prefix caching: vLLM caches the KV blocks of the prompts it prefilled by default, and so does
+the built-in engine (``serving/textgen/prefix.py``); the benchmark's prompts repeat (4 chat
+prompts), so later requests skip most of their prefill on both. ``--no-prefix-cache``
+measures both engines without it.
+
 Engines take turns: while one is measured the other's processes are stopped (SIGSTOP),
 since an idle vLLM server keeps polling and the machine has 2 cores.
 
@@ -247,6 +252,10 @@ def main() -> None:
     ap.add_argument("--transformers-forward", dest="tf", action="store_true",
                     help="also the built-in engine on transformers' forward "
                          "(NEOCLOUD_FAST_FORWARD=0: the engine before its own forward)")
+    ap.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                    help="both engines without their prefix cache (built-in: "
+                    "NEOCLOUD_PREFIX_CACHE_TOKENS=0; vLLM: --no-enable-prefix-caching); "
+                    "by default both keep theirs, vLLM's default")
     ap.add_argument("--levels", default=None,
                     help="concurrency levels, comma-separated (default 1,8,32; --quick 1,8)")
     ap.add_argument("--trace-requests", type=int, default=48, help="0 skips the replay")
@@ -268,8 +277,9 @@ def main() -> None:
         """Start a built-in chat replica named ``name`` (``env``: its settings), wait for
         it to be ready, add it as the target ``<name> direct``; its URL."""
         port = free_port()
+        settings = {} if a.prefix_cache else {"NEOCLOUD_PREFIX_CACHE_TOKENS": "0"}
         procs.append(start(["-m", "neocloud.serving", "chat", "--port", str(port),
-                            "--name", name], env))
+                            "--name", name], {**settings, **(env or {})}))
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/ready", 300, procs[-1])
         engines[name] = procs[-1]
@@ -292,7 +302,8 @@ def main() -> None:
                 engine_python()
                 vport = free_port()
                 procs.append(start(["-m", "neocloud.serving.engines.vllm", "--port", str(vport),
-                                    "--name", "vllm", "--max-model-len", "2048"]))
+                                    "--name", "vllm", "--max-model-len", "2048",
+                                    *([] if a.prefix_cache else ["--no-enable-prefix-caching"])]))
                 vurl = f"http://127.0.0.1:{vport}"
                 wait_http(vurl + "/health", 900, procs[-1])
                 engines["vllm"] = procs[-1]
@@ -365,7 +376,7 @@ def main() -> None:
         trace_note = {"requests": trace_n, "speedup": a.trace_speedup,
                       "prompt_div": a.trace_prompt_div, "output_div": a.trace_output_div}
         print(json.dumps({"results": results, "ratios": ratios, "trace": trace_note,
-                          "dtypes": dtypes},
+                          "dtypes": dtypes, "prefix_cache": a.prefix_cache},
                          sort_keys=True))
     finally:
         for p in reversed(procs):

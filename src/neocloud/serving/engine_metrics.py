@@ -15,6 +15,10 @@ name                                                      type       meaning
 ``neocloud_engine_prompt_tokens_total``                   counter    prompt tokens admitted
 ``neocloud_engine_generation_tokens_total``               counter    tokens generated
 ``neocloud_engine_preemptions_total``                     counter    sequences preempted
+``neocloud_engine_prefix_cache_queries_total``            counter    prompt tokens looked up
+                                                                     in the prefix cache
+``neocloud_engine_prefix_cache_hits_total``               counter    of those, tokens found
+                                                                     (not computed again)
 ``neocloud_engine_time_to_first_token_seconds``           histogram  request start to its
                                                                      first token
 ``neocloud_engine_time_per_output_token_seconds``         histogram  mean gap between the
@@ -47,6 +51,8 @@ TOKENS_IN_FLIGHT = PREFIX + "tokens_in_flight"
 PROMPT_TOKENS = PREFIX + "prompt_tokens_total"
 GENERATION_TOKENS = PREFIX + "generation_tokens_total"
 PREEMPTIONS = PREFIX + "preemptions_total"
+PREFIX_QUERIES = PREFIX + "prefix_cache_queries_total"
+PREFIX_HITS = PREFIX + "prefix_cache_hits_total"
 TTFT = PREFIX + "time_to_first_token_seconds"
 TPOT = PREFIX + "time_per_output_token_seconds"
 
@@ -61,6 +67,8 @@ VLLM_NAMES: dict[str, str] = {
     "vllm:prompt_tokens_total": PROMPT_TOKENS,
     "vllm:generation_tokens_total": GENERATION_TOKENS,
     "vllm:num_preemptions_total": PREEMPTIONS,
+    "vllm:prefix_cache_queries_total": PREFIX_QUERIES,
+    "vllm:prefix_cache_hits_total": PREFIX_HITS,
     "vllm:time_to_first_token_seconds": TTFT,
     "vllm:inter_token_latency_seconds": TPOT,
     "vllm:time_per_output_token_seconds": TPOT,
@@ -68,7 +76,8 @@ VLLM_NAMES: dict[str, str] = {
 
 _TYPES = {RUNNING: "gauge", WAITING: "gauge", KV_USAGE: "gauge", TOKENS_IN_FLIGHT: "gauge",
           PROMPT_TOKENS: "counter",
-          GENERATION_TOKENS: "counter", PREEMPTIONS: "counter", TTFT: "histogram",
+          GENERATION_TOKENS: "counter", PREEMPTIONS: "counter", PREFIX_QUERIES: "counter",
+          PREFIX_HITS: "counter", TTFT: "histogram",
           TPOT: "histogram"}
 
 
@@ -84,7 +93,8 @@ class EngineMetrics:
 
     def render(self, *, running: int, waiting: int, kv_usage: float, prompt_tokens: int,
                generation_tokens: int, preemptions: int,
-               tokens_in_flight: int | None = None) -> bytes:
+               tokens_in_flight: int | None = None, prefix_cache_queries: int = 0,
+               prefix_cache_hits: int = 0) -> bytes:
         """Exposition text of every series (``tokens_in_flight`` only when given)."""
         lines: list[str] = []
         for name, kind, doc, value in (
@@ -97,6 +107,10 @@ class EngineMetrics:
             (GENERATION_TOKENS, "counter", "Tokens generated.", str(generation_tokens)),
             (PREEMPTIONS, "counter", "Sequences preempted (recomputed later).",
              str(preemptions)),
+            (PREFIX_QUERIES, "counter", "Prompt tokens looked up in the prefix cache.",
+             str(prefix_cache_queries)),
+            (PREFIX_HITS, "counter", "Prompt tokens found in the prefix cache.",
+             str(prefix_cache_hits)),
         ):
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines.extend(self.ttft.render())

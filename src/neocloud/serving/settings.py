@@ -66,6 +66,7 @@ class ServingSettings:
         max_num_seqs: chat engine sequences per decode step.
         max_prefill_tokens: chat engine prompt tokens per prefill step.
         kv_budget_tokens: chat engine KV-cache size, tokens.
+        prefix_cache_tokens: chat engine prefix cache size, tokens (0: off).
         dtype: chat model dtype name (``float32``, ``bfloat16``).
         fast_forward: chat engine runs Llama models through its own forward.
         compile: chat engine compiles its own forward at start.
@@ -84,6 +85,7 @@ class ServingSettings:
     max_num_seqs: int | None = None
     max_prefill_tokens: int | None = None
     kv_budget_tokens: int | None = None
+    prefix_cache_tokens: int | None = None
     dtype: str | None = None
     fast_forward: bool | None = None
     compile: bool | None = None
@@ -142,6 +144,7 @@ class ServingSettings:
             max_num_seqs=integer("NEOCLOUD_MAX_NUM_SEQS"),
             max_prefill_tokens=integer("NEOCLOUD_MAX_PREFILL_TOKENS"),
             kv_budget_tokens=integer("NEOCLOUD_KV_BUDGET_TOKENS"),
+            prefix_cache_tokens=integer("NEOCLOUD_PREFIX_CACHE_TOKENS"),
             dtype=text("NEOCLOUD_DTYPE"),
             fast_forward=flag("NEOCLOUD_FAST_FORWARD"),
             compile=flag("NEOCLOUD_COMPILE"),

@@ -23,6 +23,8 @@ GATE = threading.Event()  # a gated stream waits for it after its first chunk
 VLLM_METRICS = (
     'vllm:num_requests_running{engine="0",model_name="m"} 1.0\n'
     'vllm:generation_tokens_total{engine="0",model_name="m"} 42.0\n'
+    'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 96.0\n'
+    'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 64.0\n'
 )
 
 
@@ -109,6 +111,8 @@ def test_usage_shown_only_as_asked_and_counted_always(adapter) -> None:
     metrics = httpx.get(url + "/metrics").text
     assert "neocloud_engine_generation_tokens_total 42" in metrics
     assert "neocloud_engine_requests_running 1" in metrics
+    assert "neocloud_engine_prefix_cache_queries_total 96" in metrics
+    assert "neocloud_engine_prefix_cache_hits_total 64" in metrics
     assert httpx.get(url + "/health").status_code == 200
 
 

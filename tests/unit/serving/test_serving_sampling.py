@@ -1,6 +1,6 @@
 """The batched sampler (greedy, nucleus, per-row seeds), the right-aligned KV cache
-layout, the engine's request checks and chunked prefill (a 2-layer random Llama with a
-character tokenizer)."""
+layout, the engine's request checks, chunked prefill and the prefix cache (a 2-layer
+random Llama with a character tokenizer)."""
 
 from __future__ import annotations
 
@@ -485,3 +485,101 @@ def test_an_engine_without_a_thread_setting_measures_one_and_all_threads() -> No
         g.close()
     # each count is tried (a one-CPU machine keeps torch's own setting)
     assert set(seen) == {1, cores} if cores > 1 else len(set(seen)) == 1
+
+
+# --------------------------------------------------------------------------- prefix cache
+SHARED = [(i * 5 + 1) % 25 for i in range(40)]  # 2 whole blocks of 16 and 8 more tokens
+
+
+def _engines(reports: list[StepReport] | None = None, **cfg: Any
+             ) -> tuple[TextGenerator, TextGenerator]:
+    """An engine with the prefix cache and one without it, on the same model."""
+    model = tiny_llama()
+    on = TextGenerator(model, CharTokenizer(), on_step=reports.append if reports is not None
+                       else None, config=EngineConfig(kv_budget_tokens=8 * 256, **cfg))
+    off = TextGenerator(model, CharTokenizer(),
+                        config=EngineConfig(kv_budget_tokens=8 * 256, prefix_cache_tokens=0))
+    return on, off
+
+
+def test_a_repeated_prompt_computes_only_its_tail_and_gives_the_same_text() -> None:
+    reports: list[StepReport] = []
+    on, off = _engines(reports)
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+
+    async def main() -> None:
+        reference = await run_to_end(off, SHARED, greedy)
+        assert await run_to_end(on, SHARED, greedy, "first") == reference
+        assert await run_to_end(on, SHARED, greedy, "again") == reference
+        # a prompt that shares only the first blocks, then differs
+        other = SHARED[:20] + [3, 1, 4, 1, 5, 9, 2, 6]
+        assert await run_to_end(on, other, greedy, "other") == await run_to_end(
+            off, other, greedy)
+
+    try:
+        asyncio.run(main())
+    finally:
+        on.close()
+        off.close()
+    prefill = {rid: r.prefill_tokens for r in reports for rid in r.started}
+    assert prefill["first"] == 40            # nothing cached yet: the whole prompt
+    assert prefill["again"] == 40 - 32       # two cached blocks, the last 8 computed
+    assert prefill["other"] == 28 - 16       # one shared block (the second differs)
+    assert on.prefix.hits == 32 + 16 and on.prefix.queries == 40 + 40 + 28
+    shown = on.render_metrics().decode()
+    assert "neocloud_engine_prefix_cache_hits_total 48" in shown
+    assert "neocloud_engine_prefix_cache_queries_total 108" in shown
+    assert off.prefix.hits == 0 and len(off.prefix) == 0
+
+
+def test_cached_and_uncached_rows_in_one_prefill_each_match_alone_and_n_choices_share() -> None:
+    on, off = _engines()
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+    prompts = [SHARED, SHARED[:33] + [7, 7], [2, 4, 6, 8], list(range(1, 24))]
+
+    async def main() -> None:
+        alone = [await run_to_end(off, p, greedy) for p in prompts]
+        await run_to_end(on, SHARED, greedy)  # caches SHARED's two blocks
+        together = await asyncio.gather(*[run_to_end(on, p, greedy) for p in prompts])
+        assert list(together) == alone
+        n3 = SamplingParams(max_tokens=6, temperature=0, n=3)
+        assert await run_to_end(on, SHARED, n3) == await run_to_end(off, SHARED, n3)
+        assert on.prefix.hits >= 32 * 3  # each choice's row got the cached blocks
+
+    try:
+        asyncio.run(main())
+    finally:
+        on.close()
+        off.close()
+
+
+def test_the_prefix_cache_stays_within_its_capacity_and_checks_tokens_on_a_hit() -> None:
+    from neocloud.serving.textgen.prefix import BLOCK_TOKENS, PrefixCache, block_hashes
+
+    cache = SlotCache(2, 1, 4, torch.float32, "cpu")
+    cache.reserve(1, 64, 1)
+    cache.add_rows([cache.t - 64])
+    for i in range(2):
+        cache.keys[i].normal_()
+        cache.values[i].normal_()
+    store = PrefixCache(capacity_tokens=3 * BLOCK_TOKENS)
+    a, b = list(range(40)), list(range(100, 140))
+    assert store.store(a, cache, 0, cache.t - 64)       # 2 blocks kept (32 tokens)
+    assert not store.store(a, cache, 0, cache.t - 64)   # already held
+    hit = store.peek(a + [1])
+    assert hit is not None and hit.tokens == 32
+    got = SlotCache(2, 1, 4, torch.float32, "cpu")
+    got.reserve(1, 64, 1)
+    got.add_rows([got.t - 64])
+    hit.copy_into(got, 0, got.t - 64, 32)
+    s = cache.t - 64
+    assert torch.equal(got.keys[1][0, :, s:s + 32], cache.keys[1][0, :, s:s + 32])
+    assert store.peek(a[:16]) is None                    # the last token is always computed
+    assert store.store(b, cache, 0, cache.t - 64)        # 32 more: the oldest goes
+    assert store.tokens <= 3 * BLOCK_TOKENS and store.peek(a + [1]) is None
+    assert store.peek(b + [1]) is not None
+    # a hash that names other tokens (a collision) is a miss, never another prompt's keys
+    fake = list(range(200, 217))
+    store._index[block_hashes(fake, 1)[0]] = store.peek(b + [1]).entry
+    assert store.peek(fake) is None
+    assert PrefixCache(0).peek(a) is None and not PrefixCache(0).store(a, cache, 0, 0)

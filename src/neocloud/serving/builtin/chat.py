@@ -7,7 +7,9 @@ Generation: :mod:`neocloud.serving.textgen.engine` (continuous batching). Engine
 come from the replica's settings (:mod:`neocloud.serving.settings`):
 ``NEOCLOUD_KV_BUDGET_TOKENS`` (KV-cache slots; default derived from free memory),
 ``NEOCLOUD_MAX_NUM_SEQS`` (64), ``NEOCLOUD_MAX_PREFILL_TOKENS`` (512; longer prompts are
-prefilled in chunks of that size), ``NEOCLOUD_DTYPE`` and ``NEOCLOUD_TORCH_THREADS``.
+prefilled in chunks of that size), ``NEOCLOUD_PREFIX_CACHE_TOKENS`` (prompt prefixes kept
+for reuse; default an eighth of the KV budget, 0 turns it off), ``NEOCLOUD_DTYPE`` and
+``NEOCLOUD_TORCH_THREADS``.
 
 Metering: every generation is counted by the engine under the request's meter id
 (``X-Neocloud-Meter-Id``, set by the gateway; else ``X-Request-Id``), readable at
@@ -122,6 +124,7 @@ class ChatService(Service):
             max_num_seqs=s.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
             max_prefill_tokens=s.max_prefill_tokens or DEFAULT_MAX_PREFILL_TOKENS,
             kv_budget_tokens=s.kv_budget_tokens or None,
+            prefix_cache_tokens=s.prefix_cache_tokens,
             torch_threads=s.torch_threads or None,
             fast_forward=s.fast_forward is not False,
             compile=bool(s.compile),

@@ -20,6 +20,12 @@ the running batch at every step:
 3. one decode step for every running sequence (one token each), then detokenization,
    stop strings, EOS and ``max_tokens``; finished sequences free their rows.
 
+Prefix caching (:mod:`neocloud.serving.textgen.prefix`): the keys and values of every
+prompt prefilled are kept, in whole blocks, in a store beside the batch
+(``prefix_cache_tokens``); a newcomer whose prompt begins with cached blocks gets them
+copied into its row and computes only the rest (at least its last token), and the
+prefill allowance counts only the tokens computed.
+
 An optional ``on_step`` callback gets a :class:`StepReport` after every step (prompt
 tokens run, request ids decoded and started), from the engine thread.
 
@@ -61,6 +67,7 @@ from neocloud.errors import InvalidRequest
 from neocloud.serving.engine_metrics import EngineMetrics
 from neocloud.serving.textgen.detok import IncrementalDecoder, StopFilter
 from neocloud.serving.textgen.kvcache import COL_BLOCK, ROW_BLOCK, SlotCache
+from neocloud.serving.textgen.prefix import PrefixCache, PrefixHit
 from neocloud.serving.textgen.sampling import SamplingParams, make_generator, sample
 from neocloud.serving.textgen.threads import ThreadChooser, usable_cpus
 
@@ -73,6 +80,9 @@ DEFAULT_MAX_NUM_SEQS = 64
 DEFAULT_MAX_PREFILL_TOKENS = 512
 #: Share of the memory available at start given to the KV cache by default.
 DEFAULT_KV_MEMORY_FRACTION = 0.3
+#: Default size of the prefix cache (:mod:`.prefix`): this fraction of the KV budget's
+#: token slots (memory beside the budget, of the same size per token).
+DEFAULT_PREFIX_CACHE_FRACTION = 0.125
 #: Finished requests remembered for usage look-ups (:meth:`TextGenerator.usage`).
 LEDGER_SIZE = 4096
 
@@ -143,6 +153,9 @@ class EngineConfig:
             forward.
         compile: compile that forward with ``torch.compile`` at start
             (:mod:`neocloud.serving.textgen.compiled`; see the README for its costs).
+        prefix_cache_tokens: tokens of prompt prefixes kept for reuse
+            (:mod:`neocloud.serving.textgen.prefix`); ``None``:
+            :data:`DEFAULT_PREFIX_CACHE_FRACTION` of the KV budget; 0 turns it off.
     """
 
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
@@ -151,6 +164,7 @@ class EngineConfig:
     torch_threads: int | None = None
     fast_forward: bool = True
     compile: bool = False
+    prefix_cache_tokens: int | None = None
 
 
 def slots_needed(n: int, prompt_tokens: int, max_tokens: int) -> int:
@@ -189,7 +203,7 @@ class _Seq:
     """One choice of a request: one row of the batch while it runs."""
 
     __slots__ = ("req", "index", "tokens", "decoder", "stops", "gen", "finish", "row", "order",
-                 "prefilling")
+                 "prefilling", "hit")
 
     def __init__(self, req: _Request, index: int, decoder: IncrementalDecoder,
                  stops: StopFilter, gen: Any) -> None:
@@ -203,6 +217,7 @@ class _Seq:
         self.row: int | None = None
         self.order = 0  # admission order (preemption takes the latest)
         self.prefilling = False  # its prompt is being prefilled in chunks (_Chunked)
+        self.hit: PrefixHit | None = None  # cached prefix found at admission (prefix.py)
 
 
 class _Chunked:
@@ -298,6 +313,11 @@ class TextGenerator:
             budget = int(_available_memory_bytes(device) * DEFAULT_KV_MEMORY_FRACTION
                          ) // self.bytes_per_token
         self.kv_budget_tokens = int(budget)
+        prefix = self.config.prefix_cache_tokens
+        if prefix is None:
+            prefix = int(self.kv_budget_tokens * DEFAULT_PREFIX_CACHE_FRACTION)
+        #: prompt prefixes already prefilled (engine thread only; see .prefix)
+        self.prefix = PrefixCache(prefix)
         self.cache = SlotCache(layers, kv_heads, head_dim, dtype, device)
         self._cache_shape = (layers, kv_heads, head_dim, dtype, device)
         self.on_step = on_step
@@ -348,7 +368,8 @@ class TextGenerator:
         return self.metrics.render(
             running=self.running, waiting=self.waiting, kv_usage=self.kv_usage,
             prompt_tokens=self.prompt_tokens, generation_tokens=self.generated_tokens,
-            preemptions=self.preemptions, tokens_in_flight=self.tokens_in_flight)
+            preemptions=self.preemptions, tokens_in_flight=self.tokens_in_flight,
+            prefix_cache_queries=self.prefix.queries, prefix_cache_hits=self.prefix.hits)
 
     def release_model_layers(self) -> int:
         """Drop the transformers model's decoder layers once the engine's own forward
@@ -610,7 +631,7 @@ class TextGenerator:
 
     def _step(self) -> None:
         """One engine step: admission, chunks and prefill, one decode (module doc)."""
-        chunks, picked, longest = self._admit()
+        chunks, picked, longest, compute = self._admit()
         if chunks or picked:
             self._set_step_threads(len(self._rows) + len(picked))
         started: list[str] = []
@@ -621,8 +642,8 @@ class TextGenerator:
                 started.append(group.seqs[0].req.rid)
             prefilled += q
         if picked:
-            self._prefill(picked, longest)
-            prefilled += longest * len(picked)
+            self._prefill(picked, longest, compute)
+            prefilled += compute * len(picked)
             if report:
                 started.extend(dict.fromkeys(s.req.rid for s in picked))
         decoded: tuple[str, ...] = ()
@@ -662,9 +683,12 @@ class TextGenerator:
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
 
-    def _admit(self) -> tuple[list[tuple[_Chunked, int]], list[_Seq], int]:
+    def _admit(self) -> tuple[list[tuple[_Chunked, int]], list[_Seq], int, int]:
         """Plan the step's prefill: ``(chunks to run as (prompt, tokens), sequences to
-        prefill whole, their longest history)``; admitted requests leave the queue."""
+        prefill whole, their longest history, the tokens per row to compute)``; admitted
+        requests leave the queue. A sequence whose history begins with a cached prefix
+        (:mod:`.prefix`, kept in ``_Seq.hit``) computes only the rest, so the allowance
+        and the choice of chunks count the tokens to compute, not the whole history."""
         cfg, budget = self.config, self.kv_budget_tokens
         allowance = cfg.max_prefill_tokens
         chunks: list[tuple[_Chunked, int]] = []
@@ -680,6 +704,7 @@ class TextGenerator:
         base_h = max((g.horizon for g in self._chunked), default=0)
         picked: list[_Seq] = []
         longest = 0   # longest history to prefill whole
+        compute = 0   # most tokens a row of the prefill computes (its history less its hit)
         horizon = 0   # most tokens any newcomer may still generate
         while self._waiting and allowance > 0:
             req = self._waiting[0]
@@ -696,7 +721,10 @@ class TextGenerator:
             if busy and self.cache.tokens_after(
                     rows, max(p, base_p), max(h, base_h), budget, shrink=True) > budget:
                 break
-            if max(hist, default=0) > cfg.max_prefill_tokens:  # too long: in chunks
+            hits = [self.prefix.peek(self._history(s)) for s in seqs]
+            todo = [n - (hit.tokens if hit is not None else 0)
+                    for n, hit in zip(hist, hits, strict=True)]
+            if max(todo, default=0) > cfg.max_prefill_tokens:  # too long: in chunks
                 self._take(req)
                 for group in self._chunk_groups(seqs):
                     self._chunked.append(group)
@@ -710,12 +738,15 @@ class TextGenerator:
             # the first request of a step enters whole even when its choices' prompts
             # together pass the allowance (each fits it, or it went to chunks above):
             # otherwise a request with n choices could never enter
-            if picked and p * (len(picked) + len(seqs)) > allowance:
+            q = max([compute] + todo)
+            if picked and q * (len(picked) + len(seqs)) > allowance:
                 break
             self._take(req)
+            for s, hit in zip(seqs, hits, strict=True):
+                s.hit = hit
             picked.extend(seqs)
-            longest, horizon = p, h
-        return chunks, picked, longest
+            longest, compute, horizon = p, q, h
+        return chunks, picked, longest, compute
 
     def _take(self, req: _Request) -> None:
         self._waiting.popleft()
@@ -775,6 +806,8 @@ class TextGenerator:
         cache.reserve(rows, p, 1, budget, shrink)
         first = cache.add_rows([cache.t - p] * len(seqs))
         cache.load_rows(first, len(seqs), side, p)
+        if not seqs[0].tokens:  # a fresh prompt (not a preempted choice's history)
+            self.prefix.store(group.history, side, 0, side.start[0])
         side.release()
         for i, s in enumerate(seqs):
             self._order += 1
@@ -787,7 +820,14 @@ class TextGenerator:
         self._advance(seqs, tokens)
         return True
 
-    def _prefill(self, seqs: list[_Seq], longest: int) -> None:
+    def _prefill(self, seqs: list[_Seq], longest: int, q: int) -> None:
+        """Prefill ``seqs`` together: each row holds its whole history (the longest has
+        ``longest`` tokens) ending at ``t``, and the forward computes the last ``q``
+        columns of every row (left padding where a history is shorter). The columns
+        left of those come from the row's cached prefix (``_Seq.hit``: ``q`` is at least
+        each history less its hit); a computed column that was also cached is written
+        again with the same keys and values. Afterwards each fresh prompt is offered to
+        the prefix cache."""
         import torch
 
         cache = self.cache
@@ -797,15 +837,26 @@ class TextGenerator:
         t = cache.t
         hist = [self._history(s) for s in seqs]
         first = cache.add_rows([t - len(h) for h in hist])
-        for i, s in enumerate(seqs):
+        for i, (s, h) in enumerate(zip(seqs, hist, strict=True)):
             self._order += 1
             s.order = self._order
             s.row = first + i
             self._rows.append(s)
-        ids = torch.tensor([[self.pad_id] * (longest - len(h)) + h for h in hist],
-                           dtype=torch.long, device=self.device)
-        cache.set_window(first, first + len(seqs), t - longest)
-        logits = self._forward(ids, longest)
+            reused = max(0, len(h) - q)
+            if reused:
+                assert s.hit is not None and s.hit.tokens >= reused
+                s.hit.copy_into(cache, first + i, t - len(h), reused)
+            self.prefix.count(len(h), reused, s.hit)
+            s.hit = None
+        ids = torch.tensor([[self.pad_id] * (q - len(h)) + h[max(0, len(h) - q):]
+                            for h in hist], dtype=torch.long, device=self.device)
+        cache.set_window(first, first + len(seqs), t - q)
+        logits = self._forward(ids, q)
+        stored: set[int] = set()
+        for i, (s, h) in enumerate(zip(seqs, hist, strict=True)):
+            if not s.tokens and id(s.req) not in stored:  # a fresh prompt, once a request
+                stored.add(id(s.req))
+                self.prefix.store(h, cache, first + i, t - len(h))
         tokens = sample(logits, [s.req.params for s in seqs], [s.gen for s in seqs])
         self._advance(seqs, tokens)
 
