@@ -123,13 +123,17 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -
 def retire_token(cloud: Client, home: Path) -> str:
     """Revoke the admin token ``cloud`` uses (the one ``neocloud up`` printed into
     ``home/up.log`` and wrote into ``home/config.json``): the data folder is kept after
-    the demo, and nothing uses the token again. Returns the line to print; a token that
-    cannot be revoked (the cloud is gone) is named with the files that hold it.
+    the demo, and nothing uses the token again. The cloud keeps one operator admin token
+    (it refuses to revoke the last), so a successor is created first and its secret is
+    dropped unseen; ``neocloud up`` on the data folder prints a fresh token again. Returns
+    the line to print; a token that cannot be revoked (the cloud is gone) is named with
+    the files that hold it.
 
     Raises nothing: a failure to revoke is said in the returned line.
     """
     try:
         name = cloud.whoami().token.name
+        cloud.tokens.create(f"{name}-successor", role="admin")
         cloud.tokens.delete(name)
     except NeocloudError as e:
         return (f"the demo's admin token could not be revoked ({e.message}); it is in "

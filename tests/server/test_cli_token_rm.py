@@ -59,3 +59,19 @@ def test_an_empty_name_is_named_as_such(cli_db) -> None:  # type: ignore[no-unty
         assert "base URL" not in r.output and "Traceback" not in r.output, (args, r.output)
     names = [t["name"] for t in json.loads(cli("token", "ls", "--json").output)]
     assert "ci" in names
+
+
+def test_the_last_operator_admin_token_is_kept(cli_db) -> None:  # type: ignore[no-untyped-def]
+    """``token rm admin-1`` (the only operator admin token) used to succeed and lock every
+    operator out; now it is refused with a message that says what to do, no traceback."""
+    cli = cli_db
+    for args in (("token", "rm", "admin-1"), ("token", "rm", "admin-1", "--workspace", "default")):
+        r = cli(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert "last admin token" in r.output and "--role admin" in r.output, r.output
+        assert "Traceback" not in r.output and "Revoked" not in r.output, r.output
+    assert cli("whoami").exit_code == 0
+    r = cli("token", "create", "ops2", "--role", "admin", "--json")
+    assert r.exit_code == 0, r.output
+    r = cli("token", "rm", "admin-1")
+    assert r.exit_code == 0 and "Revoked token admin-1." in r.output, r.output

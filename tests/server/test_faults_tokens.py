@@ -10,6 +10,10 @@ refused by the API and the gateway at once.
 
 from __future__ import annotations
 
+import threading
+import time
+
+from neocloud.server.services import workspaces as svc
 from tests.server.helpers import Cloud
 from tests.server.workload_helpers import error_of
 
@@ -54,3 +58,85 @@ def test_unknown_workspace_or_token_names_the_field(cloud: Cloud) -> None:
     assert r.status_code == 404 and error_of(r)["param"] == "token"
     r = cloud.api("GET", "/workspaces/nope/tokens")
     assert r.status_code == 404 and error_of(r)["param"] == "name"
+
+
+def _admin_names(cloud: Cloud, token: str | None = None) -> list[str]:
+    rows = cloud.api("GET", "/workspaces/default/tokens", token).json()["data"]
+    return sorted(t["name"] for t in rows if t["role"] == "admin")
+
+
+def test_the_last_operator_admin_token_cannot_be_revoked(cloud: Cloud) -> None:
+    """Found: ``DELETE /tokens/admin-1`` (the bootstrap token, the only operator admin)
+    answered 204 and locked every operator out for good; a member token of the operator
+    workspace is no operator. Now 409 ``last_operator_admin_token`` on both routes, and
+    nothing changes."""
+    assert cloud.api("POST", "/tokens", json={"name": "m", "role": "member"}).status_code == 201
+    for path, param in (("/tokens/admin-1", "name"),
+                        ("/workspaces/default/tokens/admin-1", "token")):
+        r = cloud.api("DELETE", path)
+        assert r.status_code == 409, (path, r.text)
+        err = error_of(r)
+        assert err["type"] == "conflict_error", err
+        assert err["code"] == "last_operator_admin_token" and err["param"] == param, err
+        assert "last admin token" in err["message"], err
+        assert cloud.api("GET", "/whoami").status_code == 200  # still works
+        assert _admin_names(cloud) == ["admin-1"]
+
+
+def test_an_operator_admin_token_is_revoked_while_another_remains(cloud: Cloud) -> None:
+    r = cloud.api("POST", "/tokens", json={"name": "ops2", "role": "admin"})
+    assert r.status_code == 201, r.text
+    ops2 = r.json()["token"]
+    r = cloud.api("DELETE", "/tokens/admin-1")  # revokes itself: ops2 remains
+    assert r.status_code == 204, r.text
+    assert cloud.api("GET", "/whoami").status_code == 401
+    assert _admin_names(cloud, ops2) == ["ops2"]
+    r = cloud.api("DELETE", "/workspaces/default/tokens/ops2", ops2)  # now the last one
+    assert r.status_code == 409 and error_of(r)["code"] == "last_operator_admin_token"
+    assert cloud.api("GET", "/whoami", ops2).status_code == 200
+
+
+def test_concurrent_revocations_of_the_last_two_admin_tokens_leave_one(cloud: Cloud) -> None:
+    """Two transactions revoke ``admin-1`` and ``ops2`` at once. The first has deleted its
+    token but not committed when the second starts: without the lock the second counts
+    the first's token as still there and both succeed. Exactly one must."""
+    assert cloud.api("POST", "/tokens", json={"name": "ops2", "role": "admin"}).status_code == 201
+    db = cloud.app.state.db
+    with db.session() as s:
+        ws_id = svc.get_workspace(s, name="default").id
+    first_deleted, second_started = threading.Event(), threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+
+    def first() -> None:
+        try:
+            with db.session() as s:
+                svc.delete_token(s, workspace_id=ws_id, name="admin-1")
+                s.flush()
+                first_deleted.set()
+                assert second_started.wait(30)
+                time.sleep(0.5)  # let the second reach its lock (or, unlocked, its count)
+            outcome["admin-1"] = None
+        except BaseException as e:
+            first_deleted.set()
+            outcome["admin-1"] = e
+
+    def second() -> None:
+        assert first_deleted.wait(30)
+        second_started.set()
+        try:
+            with db.session() as s:
+                svc.delete_token(s, workspace_id=ws_id, name="ops2")
+            outcome["ops2"] = None
+        except BaseException as e:
+            outcome["ops2"] = e
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcome["admin-1"] is None, outcome
+    assert isinstance(outcome["ops2"], svc.LastOperatorAdminToken), outcome
+    with db.session() as s:
+        left = [t.name for t in svc.list_tokens(s, workspace_id=ws_id) if t.role == "admin"]
+    assert left == ["ops2"]

@@ -82,5 +82,7 @@ class Tokens:
             PermissionDenied: the caller is not an admin (or not an operator for
                 ``workspace``).
             NotFound: no such token (or no such workspace).
+            Conflict: the last admin token of an operator workspace
+                (``last_operator_admin_token``); nothing is revoked.
         """
         self._api.request("DELETE", f"{_tokens_path(workspace)}/{quote(name, safe='')}")

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from neocloud.errors import AlreadyExists, NotFound
+from neocloud.errors import AlreadyExists, Conflict, NotFound
 from neocloud.models import Role, TokenOut
 from neocloud.server.db import sqlite_writers
 from neocloud.server.db.tables import Token, Workspace
 from neocloud.server.security import hash_token, new_token
+from neocloud.server.services.lifecycle import lock_row
 from neocloud.server.services.principal import Caller
+
+
+class LastOperatorAdminToken(Conflict):
+    """Revoking this token would leave no operator admin token in the cloud (409)."""
+
+    default_code = "last_operator_admin_token"
 
 
 def create_workspace(s: Session, *, name: str, operator: bool = False) -> Workspace:
@@ -78,12 +85,55 @@ def list_tokens(s: Session, *, workspace_id: str) -> list[Token]:
 
 
 def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name") -> None:
-    """Revoke the token ``name`` of the workspace. Raises :class:`NotFound` (``param``)."""
+    """Revoke the token ``name`` of the workspace ``workspace_id``.
+
+    Invariant: the cloud always keeps at least one live admin token in an operator
+    workspace (an operator: only such a token may create workspaces and tokens for
+    them, so without one every operator is locked out and only the database could let
+    them back in). A token is live while its row exists: revoking deletes the row, and
+    tokens do not expire. Every caller (``DELETE /tokens/{name}``, ``DELETE
+    /workspaces/{name}/tokens/{token}``, ``neocloud token rm``) comes through here.
+
+    Race safety: revoking a token of an operator workspace first locks the rows of every
+    operator workspace, in id order (:func:`lock_row`: ``SELECT ... FOR UPDATE`` on
+    PostgreSQL; on SQLite the database write lock, one writer at a time), then reads the
+    token and counts the other operator admin tokens. Two revocations of the last two
+    such tokens therefore run one after the other, and the second counts after the
+    first has committed and is refused. The lock is held until the caller's transaction
+    ends; revocations in other workspaces take no lock.
+
+    Raises:
+        NotFound: the workspace has no token ``name`` (404, naming ``param``).
+        LastOperatorAdminToken: ``name`` is the last operator admin token (409,
+            ``last_operator_admin_token``, naming ``param``); nothing is changed.
+    """
+    ws = s.get(Workspace, workspace_id)
+    if ws is not None and ws.operator:
+        operator_ids = s.scalars(
+            select(Workspace.id).where(Workspace.operator.is_(True)).order_by(Workspace.id)
+        ).all()
+        for ws_id in operator_ids:
+            lock_row(s, Workspace, ws_id)
     tok = s.scalars(
         select(Token).where(Token.workspace_id == workspace_id, Token.name == name)
+        .execution_options(populate_existing=True)
     ).first()
     if tok is None:
         raise NotFound(f"token {name!r} not found", param=param)
+    if ws is not None and ws.operator and tok.role == Role.admin.value:
+        others = s.scalar(
+            select(func.count()).select_from(Token)
+            .join(Workspace, Workspace.id == Token.workspace_id)
+            .where(Workspace.operator.is_(True), Token.role == Role.admin.value,
+                   Token.id != tok.id)
+        )
+        if not others:
+            raise LastOperatorAdminToken(
+                f"token {name!r} is the last admin token of an operator workspace; "
+                "revoking it would lock every operator out. Create another admin token "
+                "first (neocloud token create NAME --role admin), then revoke this one",
+                param=param,
+            )
     s.delete(tok)
 
 
