@@ -67,3 +67,28 @@ def test_start_or_adopt_never_starts_a_workload_twice(tmp_path: Path) -> None:
     finally:
         first.stop(handle, grace_s=1)
     assert LocalBackend().find("w3") is None
+
+
+STUBBORN = ("import os, sys, time, subprocess\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(\"deaf\", flush=True); "
+            "time.sleep(60)'])\n"
+            "time.sleep(1.0)\n"
+            "print('started', flush=True)\n"
+            "time.sleep(60)\n")
+
+
+def test_stop_waits_for_the_whole_group_not_only_its_leader(tmp_path: Path) -> None:
+    """A child that ignores SIGTERM outlives its leader, which exits at once: stop still
+    kills it (the wait and the SIGKILL are for the group; before, stop returned when the
+    leader was gone and the child ran on)."""
+    be = LocalBackend()
+    handle = be.start(WorkloadSpec(workload_id="w-deaf", command=[sys.executable, "-c", STUBBORN],
+                                   gpu_indices=(), log_path=tmp_path / "deaf.log"))
+    _wait_log(be, handle, "started")
+    assert "deaf" in be.logs(handle)
+    children = psutil.Process(handle["pid"]).children(recursive=True)
+    assert children
+    be.stop(handle, grace_s=1)
+    for c in children:
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE

@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from neocloud.logrun import MASK_ENV
+from neocloud.procguard import group_alive
 from neocloud.server.backends.base import (
     WORKLOAD_ENV,
     WorkloadSpec,
@@ -116,16 +117,28 @@ class LocalBackend:
         return WorkloadState(running=False, exit_code=code)
 
     def stop(self, handle: dict[str, Any], *, grace_s: float) -> WorkloadState:
+        """SIGTERM to the workload's whole process group, up to ``grace_s`` seconds for
+        every process of it to exit, then SIGKILL to what is left of the group (and up
+        to 5 s for it to go).
+
+        Invariant: when this returns, no process of the group is left, the leader's
+        children included: the wait is for the group, not for its leader (a child that
+        outlives the leader, or ignores SIGTERM, is still killed). The group's id is the
+        leader's pid (every workload starts in a session of its own), taken while the
+        leader is known to be this workload's process; the number stays the group's
+        while the group has a process, so signalling it later reaches no other one.
+        """
         p = self._process(handle)
         if p is not None:
-            self._signal_group(p.pid, signal.SIGTERM)
+            pgid = self._group_of(p.pid)
+            self._signal_group(p.pid, pgid, signal.SIGTERM)
             deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and self._process(handle) is not None:
+            while time.monotonic() < deadline and self._group_running(handle, pgid):
                 time.sleep(0.05)
-            if self._process(handle) is not None:
-                self._signal_group(p.pid, signal.SIGKILL)
+            if self._group_running(handle, pgid):
+                self._signal_group(p.pid, pgid, signal.SIGKILL)
                 deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and self._process(handle) is not None:
+                while time.monotonic() < deadline and self._group_running(handle, pgid):
                     time.sleep(0.05)
         pid = handle.get("pid")
         with self._lock:
@@ -139,9 +152,25 @@ class LocalBackend:
         return WorkloadState(running=False, exit_code=code)
 
     @staticmethod
-    def _signal_group(pid: int, sig: int) -> None:
+    def _group_of(pid: int) -> int | None:
         try:
-            os.killpg(os.getpgid(pid), sig)
+            return os.getpgid(pid)
+        except ProcessLookupError:
+            return None
+
+    def _group_running(self, handle: dict[str, Any], pgid: int | None) -> bool:
+        """Whether the leader (reaped here once it exited, when it is this process's
+        child) or any other process of group ``pgid`` still runs."""
+        if self._process(handle) is not None:
+            return True
+        return pgid is not None and group_alive(pgid)
+
+    @staticmethod
+    def _signal_group(pid: int, pgid: int | None, sig: int) -> None:
+        try:
+            if pgid is None:
+                raise ProcessLookupError
+            os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             try:
                 os.kill(pid, sig)
