@@ -118,13 +118,16 @@ def _run_pool(service: str, *, host: str, port: int, name: str | None, model: st
     if model:
         base += ["--model", model]
     children: list[subprocess.Popen[bytes]] = []
+    signaled: set[int] = set()  # pids the stop was forwarded to
     stopping = False
+    received = signal.SIGTERM
 
     def forward(sig: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        nonlocal stopping, received
+        stopping, received = True, sig
         for child in children:
             if child.poll() is None:
+                signaled.add(child.pid)
                 child.send_signal(sig)
 
     # Handlers first, so a stop that arrives while the workers are being started reaches
@@ -135,6 +138,14 @@ def _run_pool(service: str, *, host: str, port: int, name: str | None, model: st
         if stopping:
             break
         children.append(subprocess.Popen(base))
+    # A stop that arrived while a worker was being started (inside Popen, before the
+    # worker was in the list) was not forwarded to it: that worker would serve on and
+    # the pool wait for it forever. Forward it now to every worker it missed.
+    if stopping:
+        for child in children:
+            if child.pid not in signaled and child.poll() is None:
+                signaled.add(child.pid)
+                child.send_signal(received)
     codes: dict[int, int] = {}
     while len(codes) < len(children):
         for i, child in enumerate(children):

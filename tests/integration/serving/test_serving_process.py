@@ -11,6 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -147,3 +149,49 @@ def test_pool_stopped_while_workers_start_exits_cleanly(service_file: Path,
     time.sleep(0.3)  # the pool has started its workers; they are still importing
     proc.p.send_signal(signal.SIGTERM)
     assert proc.p.wait(timeout=30) == 0
+
+
+def test_a_stop_that_comes_while_a_worker_is_being_started_reaches_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM delivered inside ``Popen`` of the pool's first worker (before the worker is
+    in the pool's list) is forwarded to that worker once it is: the pool exits 0 and every
+    worker got the signal exactly once (before, that worker got nothing, served on, and
+    the pool waited for it forever)."""
+    from neocloud.serving import runner
+
+    started: list[Any] = []
+
+    class Worker:
+        def __init__(self, argv: list[str]) -> None:
+            self.pid = 100000 + len(started)
+            self.returncode: int | None = None
+            self.got: list[int] = []
+            started.append(self)
+            if len(started) == 1:  # the stop arrives while this worker is being started
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def poll(self) -> int | None:
+            return self.returncode
+
+        def send_signal(self, sig: int) -> None:
+            self.got.append(sig)
+            self.returncode = 0  # a worker that drained cleanly
+
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:  # the pool's wait loop; bounded here
+        naps.append(seconds)
+        assert len(naps) < 100, "the pool waits for a worker the stop never reached"
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(runner.subprocess, "Popen", Worker)
+    monkeypatch.setattr(runner, "time", SimpleNamespace(sleep=nap))
+    try:
+        code = runner._run_pool("svc.py:Slow", host="127.0.0.1", port=1, name=None,
+                                model=None, workers=2, grace=1.0, log_level="info")
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    assert code == 0
+    assert len(started) == 1  # the stop came before the second worker was started
+    assert started[0].got == [signal.SIGTERM]
