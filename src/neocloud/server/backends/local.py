@@ -167,15 +167,18 @@ class LocalBackend:
 
     @staticmethod
     def _signal_group(pid: int, pgid: int | None, sig: int) -> None:
-        try:
-            if pgid is None:
-                raise ProcessLookupError
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
+        """``sig`` to group ``pgid``; to the leader ``pid`` alone when there is no group
+        (or it cannot be signalled)."""
+        if pgid is not None:
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
+                os.killpg(pgid, sig)
+                return
+            except (ProcessLookupError, PermissionError):
                 pass
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
     def find(self, workload_id: str) -> dict[str, Any] | None:
         """The running process started for ``workload_id`` (found by its environment; the

@@ -712,7 +712,8 @@ class TextGenerator:
                     and not s.prefilling]
             busy = bool(base_rows or picked)
             rows = base_rows + len(picked) + len(seqs)
-            hist = [len(self._history(s)) for s in seqs]
+            histories = [self._history(s) for s in seqs]
+            hist = [len(x) for x in histories]
             p = max([longest] + hist)
             h = max([horizon] + [req.params.max_tokens - len(s.tokens) for s in seqs])
             if busy and rows > cfg.max_num_seqs:
@@ -721,7 +722,7 @@ class TextGenerator:
             if busy and self.cache.tokens_after(
                     rows, max(p, base_p), max(h, base_h), budget, shrink=True) > budget:
                 break
-            hits = [self.prefix.peek(self._history(s)) for s in seqs]
+            hits = [self.prefix.peek(x) for x in histories]
             todo = [n - (hit.tokens if hit is not None else 0)
                     for n, hit in zip(hist, hits, strict=True)]
             if max(todo, default=0) > cfg.max_prefill_tokens:  # too long: in chunks
