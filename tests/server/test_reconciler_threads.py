@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,15 @@ def _ids(cloud: Cloud, *names: str) -> list[str]:
     with cloud.app.state.db.session() as s:
         by_name = {row.name: row.id for row in s.execute(select(Deployment.name, Deployment.id))}
     return [by_name[n] for n in names]
+
+
+def _deploy(cloud: Cloud, *names: str, priority: int = 0) -> None:
+    """Create a one-replica ``cpu.small`` embeddings deployment per name (201 each)."""
+    for name in names:
+        r = cloud.api("POST", "/deployments", json={
+            "name": name, "service": "embeddings", "shape": "cpu.small", "replicas": 1,
+            "priority": priority})
+        assert r.status_code == 201, r.text
 
 
 def _ready(cloud: Cloud, name: str) -> int:
@@ -103,10 +113,7 @@ def test_a_change_mid_pass_is_acted_on_before_the_rest_of_the_pass(
     same pass; the settled check of the scaled deployment is left to its full step."""
     monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
     cloud.add_fake_node("n1")
-    for name in ("a1", "a2", "a3"):
-        r = cloud.api("POST", "/deployments", json={
-            "name": name, "service": "embeddings", "shape": "cpu.small", "replicas": 1})
-        assert r.status_code == 201, r.text
+    _deploy(cloud, "a1", "a2", "a3")
     cloud.reconcile(2)
     assert [_ready(cloud, n) for n in ("a1", "a2", "a3")] == [1, 1, 1]
     rec = cloud.app.state.reconcilers.deployments
@@ -174,10 +181,7 @@ def test_the_changed_first_path_misses_no_kind_of_change(
     rec = cloud.app.state.reconcilers.deployments
     assert rec._changed_first(skip=set()) == set()  # no full pass yet
     names = ("d", "s", "u", "x", "quiet")
-    for name in names:
-        assert cloud.api("POST", "/deployments", json={
-            "name": name, "service": "embeddings", "shape": "cpu.small",
-            "replicas": 1}).status_code == 201
+    _deploy(cloud, *names)
     cloud.reconcile(2)
     rec.wake()
     assert rec._changed_first(skip=set()) == set()  # the passes' own status writes: none
@@ -196,25 +200,33 @@ def test_the_changed_first_path_misses_no_kind_of_change(
     assert ids["quiet"] not in rec._changed_first(skip=set())  # unchanged since
 
 
-def test_the_metering_loop_samples_the_nodes_once_per_bucket(
-        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The node sample reads every node and allocation even for a bucket already taken,
-    so the loop, now on its own thread and period, asks once per 10-second bucket."""
-    from datetime import UTC, datetime, timedelta
-
+def _watched_sampler(cloud: Cloud, monkeypatch: pytest.MonkeyPatch, *, fail_first: bool
+                     ) -> tuple[list[datetime], MeteringLoop, datetime]:
+    """A metering loop on one fake node whose node sample records the time of each call
+    (the first one raising when ``fail_first``), and the start of the current 10-second
+    bucket: ``(calls, loop, t0)``."""
     from neocloud.server.services import metrics_history
 
     calls: list[datetime] = []
     sample = metrics_history.sample_nodes
 
-    def counted(s: Any, now: datetime) -> int:
+    def watched(s: Any, now: datetime) -> int:
         calls.append(now)
+        if fail_first and len(calls) == 1:
+            raise RuntimeError("database went away")
         return sample(s, now)
 
-    monkeypatch.setattr(metrics_history, "sample_nodes", counted)
+    monkeypatch.setattr(metrics_history, "sample_nodes", watched)
     cloud.add_fake_node("n1")
     loop = MeteringLoop(cloud.app.state.db, usage_period_s=3600.0)
-    t0 = datetime.fromtimestamp(int(time.time()) // 10 * 10, UTC)
+    return calls, loop, datetime.fromtimestamp(int(time.time()) // 10 * 10, UTC)
+
+
+def test_the_metering_loop_samples_the_nodes_once_per_bucket(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node sample reads every node and allocation even for a bucket already taken,
+    so the loop, now on its own thread and period, asks once per 10-second bucket."""
+    calls, loop, t0 = _watched_sampler(cloud, monkeypatch, fail_first=False)
     loop.run_once(t0)
     loop.run_once(t0 + timedelta(seconds=9))
     assert calls == [t0]
@@ -227,24 +239,9 @@ def test_a_failed_node_sample_is_asked_for_again_in_its_bucket(
     """The loop marks a bucket sampled only once its sample committed: a sample that
     failed is taken by the next run of the same bucket (it was skipped until the next
     bucket, a gap in every node's history), then not asked for again."""
-    from datetime import UTC, datetime, timedelta
-
     from neocloud.server.db.tables import MetricPoint
-    from neocloud.server.services import metrics_history
 
-    calls: list[datetime] = []
-    sample = metrics_history.sample_nodes
-
-    def fails_once(s: Any, now: datetime) -> int:
-        calls.append(now)
-        if len(calls) == 1:
-            raise RuntimeError("database went away")
-        return sample(s, now)
-
-    monkeypatch.setattr(metrics_history, "sample_nodes", fails_once)
-    cloud.add_fake_node("n1")
-    loop = MeteringLoop(cloud.app.state.db, usage_period_s=3600.0)
-    t0 = datetime.fromtimestamp(int(time.time()) // 10 * 10, UTC)
+    calls, loop, t0 = _watched_sampler(cloud, monkeypatch, fail_first=True)
     loop.run_once(t0)
     loop.run_once(t0 + timedelta(seconds=3))
     loop.run_once(t0 + timedelta(seconds=6))
@@ -262,10 +259,7 @@ def test_a_look_leaves_what_the_pass_itself_moved(
     had just moved a second time), and then only what a request changed."""
     monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
     cloud.add_fake_node("n1")
-    for name in ("p", "q"):
-        assert cloud.api("POST", "/deployments", json={
-            "name": name, "service": "embeddings", "shape": "cpu.small",
-            "replicas": 1}).status_code == 201
+    _deploy(cloud, "p", "q")
     rec = cloud.app.state.reconcilers.deployments
     cloud.reconcile()  # reads both pending, leaves them starting or ready
     with cloud.app.state.db.session() as s:
@@ -285,10 +279,7 @@ def test_a_deployment_gone_before_its_look_runs_it_is_passed_over(
     the route table drops it."""
     monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
     cloud.add_fake_node("n1")
-    for name in ("gone", "kept"):
-        assert cloud.api("POST", "/deployments", json={
-            "name": name, "service": "embeddings", "shape": "cpu.small",
-            "replicas": 1}).status_code == 201
+    _deploy(cloud, "gone", "kept")
     cloud.reconcile(2)
     rec = cloud.app.state.reconcilers.deployments
     gone, kept = _ids(cloud, "gone", "kept")
@@ -329,10 +320,7 @@ def test_a_deployment_asked_for_during_a_long_group_runs_before_the_group_ends(
     rec = cloud.app.state.reconcilers.deployments
     rec.run_once()  # a first pass (looks start after one)
     names = [f"g{i}" for i in range(6)]
-    for name in names:  # six waiting deployments of priority 0: the next pass's group
-        assert cloud.api("POST", "/deployments", json={
-            "name": name, "service": "embeddings", "shape": "cpu.small",
-            "replicas": 1}).status_code == 201
+    _deploy(cloud, *names)  # six waiting deployments of priority 0: the next pass's group
     ids = _ids(cloud, *names)
     order: list[str] = []
     reconcile = rec._reconcile
@@ -340,10 +328,8 @@ def test_a_deployment_asked_for_during_a_long_group_runs_before_the_group_ends(
     def step(dep_id: str, **kw: Any) -> None:
         order.append(dep_id)
         if len(order) == 1:  # asked for while the group's first chunk runs
-            for name, prio in (("late", 0), ("low", -5)):
-                assert cloud.api("POST", "/deployments", json={
-                    "name": name, "service": "embeddings", "shape": "cpu.small",
-                    "replicas": 1, "priority": prio}).status_code == 201
+            _deploy(cloud, "late")
+            _deploy(cloud, "low", priority=-5)
         reconcile(dep_id, **kw)
 
     monkeypatch.setattr(rec, "_reconcile", step)
