@@ -278,11 +278,24 @@ def test_bfloat16_padded_rows_stay_within_rounding_of_alone(smollm2, smollm2_bf1
             padded = _prefill_logits(model, [longer, p], forward)[1]
             assert bool(padded.isfinite().all())
             assert float((alone - padded).abs().max()) <= bound
-            assert int(alone.argmax()) == int(padded.argmax())
+            _same_greedy_token_up_to_a_tie(alone, padded, bound)
             if forward is not None:  # the fast forward within rounding of transformers'
                 tf = _prefill_logits(model, [longer, p])[1]
                 assert float((tf - padded).abs().max()) <= bound
-                assert int(tf.argmax()) == int(padded.argmax())
+                _same_greedy_token_up_to_a_tie(tf, padded, bound)
+
+
+def _same_greedy_token_up_to_a_tie(ref: Any, got: Any, bound: float) -> None:
+    """``got``'s greedy token is ``ref``'s, or a near tie of it: within ``bound`` of ``ref``'s
+    top logit in both rows. Rounding of a few bfloat16 steps may swap two tokens whose
+    logits differ by less than that (seen: 10.19 against 10.25 on one machine), so an exact
+    argmax is asserted only where ``bound`` is float32's (below 0.01)."""
+    a, b = int(ref.argmax()), int(got.argmax())
+    if a == b:
+        return
+    assert bound >= 0.01, (a, b)
+    assert float(ref[a] - ref[b]) <= bound, (a, b, float(ref[a]), float(ref[b]))
+    assert float(got[b] - got[a]) <= bound, (a, b, float(got[a]), float(got[b]))
 
 
 @pytest.mark.slow

@@ -163,8 +163,11 @@ LONG = [(i * 7) % 25 for i in range(30)]  # no EOS (25) inside
 def test_a_long_prompt_is_prefilled_in_chunks_beside_a_running_stream() -> None:
     reports: list[StepReport] = []
     model = tiny_llama()
+    # no prefix cache: the long prompt runs twice, and its second run would find all but
+    # its last block cached (computed whole, no chunks)
     g = TextGenerator(model, CharTokenizer(), on_step=reports.append,
-                      config=EngineConfig(max_prefill_tokens=8, kv_budget_tokens=8 * 256))
+                      config=EngineConfig(max_prefill_tokens=8, kv_budget_tokens=8 * 256,
+                                          prefix_cache_tokens=0))
     whole = TextGenerator(model, CharTokenizer(),  # the long prompt in one forward
                           config=EngineConfig(max_prefill_tokens=64, kv_budget_tokens=8 * 256))
     greedy = SamplingParams(max_tokens=10, temperature=0)
@@ -488,7 +491,7 @@ def test_an_engine_without_a_thread_setting_measures_one_and_all_threads() -> No
 
 
 # --------------------------------------------------------------------------- prefix cache
-SHARED = [(i * 5 + 1) % 25 for i in range(40)]  # 2 whole blocks of 16 and 8 more tokens
+SHARED = [(i * 5 + 1) % 25 for i in range(40)]  # 5 whole blocks of 8 (2 of 16 and 8 more)
 
 
 def _engines(reports: list[StepReport] | None = None, **cfg: Any
@@ -523,8 +526,8 @@ def test_a_repeated_prompt_computes_only_its_tail_and_gives_the_same_text() -> N
         off.close()
     prefill = {rid: r.prefill_tokens for r in reports for rid in r.started}
     assert prefill["first"] == 40            # nothing cached yet: the whole prompt
-    assert prefill["again"] == 40 - 32       # two cached blocks, the last 8 computed
-    assert prefill["other"] == 28 - 16       # one shared block (the second differs)
+    assert prefill["again"] == 40 - 32       # 32 tokens cached, the last block computed
+    assert prefill["other"] == 28 - 16       # 16 shared tokens (then it differs)
     assert on.prefix.hits == 32 + 16 and on.prefix.queries == 40 + 40 + 28
     shown = on.render_metrics().decode()
     assert "neocloud_engine_prefix_cache_hits_total 48" in shown
@@ -562,24 +565,25 @@ def test_the_prefix_cache_stays_within_its_capacity_and_checks_tokens_on_a_hit()
     for i in range(2):
         cache.keys[i].normal_()
         cache.values[i].normal_()
-    store = PrefixCache(capacity_tokens=3 * BLOCK_TOKENS)
-    a, b = list(range(40)), list(range(100, 140))
-    assert store.store(a, cache, 0, cache.t - 64)       # 2 blocks kept (32 tokens)
+    b_ = BLOCK_TOKENS
+    store = PrefixCache(capacity_tokens=3 * b_)
+    a, b = list(range(2 * b_ + b_ // 2)), list(range(100, 100 + 2 * b_ + b_ // 2))
+    assert store.store(a, cache, 0, cache.t - 64)       # its 2 whole blocks kept
     assert not store.store(a, cache, 0, cache.t - 64)   # already held
     hit = store.peek(a + [1])
-    assert hit is not None and hit.tokens == 32
+    assert hit is not None and hit.tokens == 2 * b_
     got = SlotCache(2, 1, 4, torch.float32, "cpu")
     got.reserve(1, 64, 1)
     got.add_rows([got.t - 64])
-    hit.copy_into(got, 0, got.t - 64, 32)
+    hit.copy_into(got, 0, got.t - 64, 2 * b_)
     s = cache.t - 64
-    assert torch.equal(got.keys[1][0, :, s:s + 32], cache.keys[1][0, :, s:s + 32])
-    assert store.peek(a[:16]) is None                    # the last token is always computed
-    assert store.store(b, cache, 0, cache.t - 64)        # 32 more: the oldest goes
-    assert store.tokens <= 3 * BLOCK_TOKENS and store.peek(a + [1]) is None
+    assert torch.equal(got.keys[1][0, :, s:s + 2 * b_], cache.keys[1][0, :, s:s + 2 * b_])
+    assert store.peek(a[:b_]) is None                    # the last token is always computed
+    assert store.store(b, cache, 0, cache.t - 64)        # 2 blocks more: the oldest goes
+    assert store.tokens <= 3 * b_ and store.peek(a + [1]) is None
     assert store.peek(b + [1]) is not None
     # a hash that names other tokens (a collision) is a miss, never another prompt's keys
-    fake = list(range(200, 217))
+    fake = list(range(200, 201 + b_))
     store._index[block_hashes(fake, 1)[0]] = store.peek(b + [1]).entry
     assert store.peek(fake) is None
     assert PrefixCache(0).peek(a) is None and not PrefixCache(0).store(a, cache, 0, 0)

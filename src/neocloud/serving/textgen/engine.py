@@ -663,16 +663,17 @@ class TextGenerator:
                 log.exception("on_step callback failed")
 
     def _timed_decode(self, chooser: ThreadChooser) -> None:
-        """A decode-only step on the thread count ``chooser`` picks, timed for it."""
+        """A decode-only step on the thread count ``chooser`` picks, timed for it (its
+        forward and sampling, see :meth:`_decode`)."""
         import torch
 
         rows = len(self._rows)
         threads = chooser.pick(rows, measured=True)
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        self._decode()
-        chooser.record(rows, threads, time.perf_counter() - t0)
+        seconds = self._decode()
+        if seconds is not None:
+            chooser.record(rows, threads, seconds)
 
     def _set_step_threads(self, rows: int) -> None:
         """Before a step that prefills: the best thread count of its batch group."""
@@ -861,7 +862,11 @@ class TextGenerator:
         tokens = sample(logits, [s.req.params for s in seqs], [s.gen for s in seqs])
         self._advance(seqs, tokens)
 
-    def _decode(self) -> None:
+    def _decode(self) -> float | None:
+        """Decode one token for every running row. Returns the seconds of its forward
+        and sampling (what the thread count changes; not the cache's bookkeeping before
+        it, which may move the whole cache once after a prefill), ``None`` when every
+        row was preempted."""
         import torch
 
         cache, budget = self.cache, self.kv_budget_tokens
@@ -870,15 +875,18 @@ class TextGenerator:
                 len(self._rows), 0, 1, budget, shrink=True) > budget:
             self._preempt()
         if not self._rows:
-            return
+            return None
         cache.reserve(len(self._rows), 0, 1, budget, shrink)
         seqs = list(self._rows)
+        t0 = time.perf_counter()
         ids = torch.tensor([[s.tokens[-1]] for s in seqs], dtype=torch.long, device=self.device)
         cache.set_window(0, len(seqs), cache.t)
         logits = self._forward(ids, 1)
         cache.t += 1
         tokens = sample(logits, [s.req.params for s in seqs], [s.gen for s in seqs])
+        seconds = time.perf_counter() - t0
         self._advance(seqs, tokens)
+        return seconds
 
     def _preempt(self) -> None:
         victim = max(self._rows, key=lambda s: s.order)

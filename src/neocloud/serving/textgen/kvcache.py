@@ -247,6 +247,32 @@ class SlotCache:
         qpos = torch.arange(self._c0, self._c0 + q, device=self.device)
         return (qpos[None, :] - starts[:, None]).clamp_(min=0)
 
+    def decode_columns(self) -> tuple[int, int]:
+        """``(window, columns)`` of a decode call (``set_window`` with one new token):
+        the columns it attends over (``lo .. c0``) and the columns of the buffers."""
+        return self._c0 + 1 - self._lo, self.col_cap
+
+    def decode_mask(self, dtype: Any) -> Any:
+        """Additive mask ``(rows, 1, 1, columns)`` of a decode call over the buffers'
+        whole width (:meth:`full_rows`): 0 on each row's columns ``start .. c0``, ``-inf``
+        elsewhere (left of its start, and the columns right of the new token)."""
+        import torch
+
+        cols = torch.arange(self.col_cap, device=self.device)
+        starts = torch.tensor(self.start[self._r0:self._r1], device=self.device)
+        keep = (cols[None, :] >= starts[:, None]) & (cols[None, :] <= self._c0)
+        mask = torch.zeros(keep.shape, dtype=dtype, device=self.device)
+        return mask.masked_fill_(~keep, float("-inf"))[:, None, None, :]
+
+    def full_rows(self, layer_idx: int) -> tuple[Any, Any]:
+        """Keys and values of the window's rows over the buffers' whole width, as
+        ``(rows × kv_heads, columns, head_dim)`` contiguous views (a batched product
+        reads them in place; a column slice of the buffers would be copied first)."""
+        r0, r1 = self._r0, self._r1
+        shape = ((r1 - r0) * self.kv_heads, self.col_cap, self.head_dim)
+        return (self.keys[layer_idx][r0:r1].view(shape),
+                self.values[layer_idx][r0:r1].view(shape))
+
     def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[Any, Any]:
         """Store the new keys/values of layer ``layer_idx`` in the window; returns the

@@ -24,7 +24,12 @@ checkpoint of its own):
   and attended with ``scaled_dot_product_attention`` over the window with the cache's
   boolean mask; grouped-query attention attends on the key/value heads (a decode query's
   heads of one group become that group's query rows, a prefill repeats the key/value
-  heads), as transformers does;
+  heads), as transformers does. A decode step attends instead through two batched
+  products over the buffers' whole width (:meth:`LlamaForward._dense_attention`: no copy
+  of the window, softmax in float32 with an additive mask built once per step), unless
+  the buffers are more than :data:`DENSE_MAX_COLUMNS_RATIO` times wider than the window:
+  on CPU, SDPA's flash kernel took about 0.5 ms a call at 32 rows against about 0.13 ms
+  for the two products (1 thread), a fifth of a decode step over 30 layers;
 * the LM head runs on the last position of each row only (the only logits the engine
   samples from), and the last layer's attention output and MLP on that position only
   (the other positions' keys and values, all that later steps need, are already written).
@@ -49,6 +54,12 @@ from neocloud.serving.textgen.linear import PackedLinear, can_pack
 log = logging.getLogger("neocloud.serving")
 
 __all__ = ["LlamaForward", "STATIC_ROPE_TYPES", "build_fast_forward", "unsupported_reason"]
+
+#: The decode attention runs as batched products over the KV buffers' whole width
+#: (:meth:`LlamaForward._dense_attention`) when that width is at most this many times the
+#: columns attended over; otherwise (a buffer grown by a long prompt) it runs SDPA over
+#: the window.
+DENSE_MAX_COLUMNS_RATIO = 3
 
 #: Model types whose layout this forward implements (``config.model_type``).
 MODEL_TYPES = ("llama",)
@@ -160,6 +171,8 @@ class LlamaForward:
                                  cfg.rms_norm_eps))
         pack = can_pack(self.dtype, str(self.device))
         self.packed = 0  # products run packed
+        #: decode attention as batched products (see :data:`DENSE_MAX_COLUMNS_RATIO`)
+        self.dense_decode = True
 
         def linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
             if pack:
@@ -197,6 +210,20 @@ class LlamaForward:
             # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]
             self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(self.dtype)
 
+    def _dense_attention(self, queries: torch.Tensor, mask: torch.Tensor, cache: Any,
+                         layer: int) -> torch.Tensor:
+        """Decode attention as two batched products over the buffers' whole width
+        (:meth:`SlotCache.full_rows`), softmax in float32 with the additive ``mask``
+        (:meth:`SlotCache.decode_mask`); ``queries`` ``(rows, heads, 1, head_dim)``, already
+        written keys and values. Returns ``(rows, 1, heads × head_dim)``."""
+        rows, kv, g, d = queries.shape[0], self.kv_heads, self.groups, self.head_dim
+        keys, values = cache.full_rows(layer)
+        scores = torch.bmm(queries.reshape(rows * kv, g, d), keys.transpose(1, 2))
+        probs = torch.softmax(torch.add(mask, scores.view(rows, kv, g, -1), alpha=self.scale),
+                              dim=-1).to(values.dtype)
+        att = torch.bmm(probs.view(rows * kv, g, -1), values)
+        return att.view(rows, 1, kv * g * d)
+
     def __call__(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache: Any) -> torch.Tensor:
         """Logits ``(rows, vocab)`` of the last position of each row.
@@ -215,6 +242,11 @@ class LlamaForward:
         cos = self.cos[positions].unsqueeze(2)  # (rows, q, 1, d)
         sin = self.sin[positions].unsqueeze(2)
         last = len(self.layers) - 1
+        dense = None  # decode: the additive mask of the batched-product attention
+        if q == 1 and self.dense_decode:
+            window, columns = cache.decode_columns()
+            if columns <= DENSE_MAX_COLUMNS_RATIO * window:
+                dense = cache.decode_mask(torch.float32)
         for i, layer in enumerate(self.layers):
             y = F.rms_norm(x, (self.hidden,), layer.ln1, self.eps)
             qkv = layer.qkv(y).view(rows, q, h + 2 * kv, d)
@@ -225,7 +257,9 @@ class LlamaForward:
             queries, m = qk[:, :, :h].transpose(1, 2), mask
             if i == last and q > 1:  # only the last position goes on
                 queries, m, x, q = queries[:, :, -1:], mask[:, :, -1:], x[:, -1:], 1
-            if q == 1:
+            if dense is not None:
+                att = self._dense_attention(queries, dense, cache, i)
+            elif q == 1:
                 # the decode query's heads of one group are that group's query rows
                 att = F.scaled_dot_product_attention(
                     queries.reshape(rows, kv, self.groups, d), keys, values, attn_mask=m,
