@@ -31,6 +31,7 @@ from neocloud.models.billing import MICROS_PER_USD, BudgetOut, BudgetSet, Budget
 from neocloud.server.db.tables import Budget, UsageRecord, Workspace, utcnow
 from neocloud.server.metering.periods import month_of
 from neocloud.server.services import events
+from neocloud.server.services.removal import delete_locked, lock_for_delete
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,12 @@ def set_budget(s: Session, *, workspace_id: str, spec: BudgetSet) -> Budget:
 
 
 def delete_budget(s: Session, *, workspace_id: str) -> None:
-    """Remove the budget. Raises :class:`NotFound` when there is none."""
-    b = s.get(Budget, workspace_id)
-    if b is None:
-        raise NotFound("this workspace has no budget", param="workspace")
-    s.delete(b)
+    """Remove the budget. Raises :class:`NotFound` when there is none (or another call
+    removed it first: of concurrent removals exactly one succeeds, :mod:`.removal`)."""
+    missing = "this workspace has no budget"
+    b = lock_for_delete(s, Budget, s.get(Budget, workspace_id), missing=missing,
+                        param="workspace")
+    delete_locked(s, b, missing=missing, param="workspace")
 
 
 def budget_out(s: Session, *, workspace_id: str, now: datetime | None = None) -> BudgetOut:

@@ -375,12 +375,23 @@ def delete_deployment(s: Session, *, workspace_id: str, name: str) -> None:
 
     The row is locked first and ``deleting`` is final (no status follows it), so a
     reconciler pass running at the same moment cannot bring the deployment back.
+
+    Invariant: of concurrent deletes of one deployment exactly one succeeds, the one that
+    moves it to ``deleting`` under the lock (as :mod:`.removal` holds for the objects
+    deleted at once). A delete that finds it ``deleting`` already, or removed by the
+    reconciler meanwhile, changes nothing and raises :class:`NotFound`: it once answered
+    204 too, with an audit "success" for a deletion it did not make.
+
+    Raises:
+        NotFound: no such deployment, or its deletion was already requested.
     """
     dep = get_deployment(s, workspace_id=workspace_id, name=name, lock=True)
-    if dep.status != DeploymentStatus.deleting.value:
-        dep.updated_at = datetime.now(UTC)
-        set_status(s, dep, DeploymentStatus.deleting, reason="Deleting",
-                   message="deployment deletion requested")
+    if dep.status == DeploymentStatus.deleting.value:
+        raise NotFound(f"deployment {name!r} not found: it is being deleted already",
+                       param="name")
+    dep.updated_at = datetime.now(UTC)
+    set_status(s, dep, DeploymentStatus.deleting, reason="Deleting",
+               message="deployment deletion requested")
 
 
 def list_deployments(s: Session, *, workspace_id: str) -> list[Deployment]:

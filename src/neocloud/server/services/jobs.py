@@ -24,6 +24,7 @@ from neocloud.server.services import volumes as volume_svc
 from neocloud.server.services.envvars import check_env
 from neocloud.server.services.lifecycle import lock_row, set_status
 from neocloud.server.services.oncommit import after_commit
+from neocloud.server.services.removal import delete_locked
 from neocloud.server.services.shapes import get_shape
 
 #: Variables neocloud sets in every job worker; a job may not set them itself.
@@ -134,9 +135,11 @@ def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path,
     finished job's workers hold none). Invariant: nothing of a deleted job stays on disk;
     the working directories (whatever the workers wrote to their current directory,
     checkpoints included) were once kept forever. Volumes mounted there are links, which
-    the removal deletes without following, so the volumes' files stay.
+    the removal deletes without following, so the volumes' files stay. Of concurrent
+    deletes of one job exactly one succeeds (:mod:`.removal`).
 
     Raises:
+        NotFound: no such job, or another call deleted it first.
         Conflict: the job is still live (stop it first).
     """
     job = get_job(s, workspace_id=workspace_id, name=name, lock=True)
@@ -146,8 +149,7 @@ def delete_job(s: Session, *, workspace_id: str, name: str, logs_root: Path,
     s.execute(delete(JobWorker).where(JobWorker.job_id == job.id))
     events.record(s, workspace_id=workspace_id, kind="job", name=name, object_id=job.id,
                   reason="Deleted", message="job deleted")
-    s.delete(job)
-    s.flush()
+    delete_locked(s, job, missing=f"job {name!r} not found")
     folders = [job_logs_dir(logs_root, job.id)]
     if work_root is not None:
         folders.append(job_work_dir(work_root, job.id))

@@ -139,15 +139,17 @@ def lock_row(s: Session, model: type[M], row_id: str, *, skip_locked: bool = Fal
     the reads that come before a transaction's first write outside any transaction, so
     the read after the no-op write is the newest.)
     ``None`` when the row does not exist. Objects already in the session are refreshed
-    from the row read.
+    from the row read. ``row_id`` is the value of the table's one primary-key column
+    (``id``, or ``workspace_id`` for a workspace's budget).
     """
     table: Any = model.__table__  # type: ignore[attr-defined]
+    (key,) = table.primary_key.columns
     if s.get_bind().dialect.name != "postgresql":
         if not skip_locked:
-            s.execute(update(table).where(table.c.id == row_id).values(id=table.c.id))
-        q = select(model).where(table.c.id == row_id)
+            s.execute(update(table).where(key == row_id).values({key.name: key}))
+        q = select(model).where(key == row_id)
     else:
-        q = select(model).where(table.c.id == row_id).with_for_update(skip_locked=skip_locked)
+        q = select(model).where(key == row_id).with_for_update(skip_locked=skip_locked)
     return s.scalars(q.execution_options(populate_existing=True)).first()
 
 

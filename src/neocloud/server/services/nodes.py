@@ -15,6 +15,7 @@ from neocloud.server.backends.discovery import MachineInfo
 from neocloud.server.db.tables import Allocation, Node
 from neocloud.server.services import events, placement
 from neocloud.server.services.lifecycle import StaleStatus, lock_row
+from neocloud.server.services.removal import delete_locked, lock_for_delete
 
 
 def set_node_status(s: Session, node: Node, status: NodeStatus, *, reason: str,
@@ -155,19 +156,22 @@ def delete_node(s: Session, *, name: str) -> None:
     """Remove a node that holds no allocation, under the placement lock (no placement
     can bind work to it meanwhile).
 
+    Of concurrent removals of one node exactly one succeeds (:mod:`.removal`).
+
     Raises:
-        NotFound: no such node.
+        NotFound: no such node, or another call removed it first.
         Conflict: allocations remain on it (drain it first).
     """
     node = get_node(s, name=name)
     placement.lock_placement(s)
-    node = lock_row(s, Node, node.id) or node
+    missing = f"node {name!r} not found"
+    node = lock_for_delete(s, Node, node, missing=missing)
     busy = s.scalars(select(Allocation).where(Allocation.node_id == node.id)).all()
     if busy:
         raise Conflict(f"node {name!r} still holds {len(busy)} allocation(s); drain it "
                        "(neocloud node drain) and remove it once its work has moved or "
                        "finished", param="name")
-    s.delete(node)
+    delete_locked(s, node, missing=missing)
 
 
 def list_nodes(s: Session) -> list[Node]:

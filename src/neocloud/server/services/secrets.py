@@ -20,6 +20,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.tables import Secret
 from neocloud.server.services import events
 from neocloud.server.services.envvars import ENV_NAME, RESERVED_ENV
+from neocloud.server.services.removal import delete_locked, lock_for_delete
 from neocloud.server.services.upsert import insert_unless_taken
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
@@ -104,11 +105,19 @@ def list_secrets(s: Session, *, workspace_id: str) -> list[Secret]:
 
 
 def delete_secret(s: Session, *, workspace_id: str, name: str) -> None:
-    """Delete a secret; workloads that reference it fail to start until it is set again."""
-    row = get_secret(s, workspace_id=workspace_id, name=name)
+    """Delete a secret; workloads that reference it fail to start until it is set again.
+
+    Of concurrent deletes of one secret exactly one succeeds (:mod:`.removal`).
+
+    Raises:
+        NotFound: no such secret, or another call deleted it first.
+    """
+    missing = f"secret {name!r} not found"
+    row = lock_for_delete(s, Secret, _find(s, workspace_id=workspace_id, name=name),
+                          missing=missing)
+    delete_locked(s, row, missing=missing)
     events.record(s, workspace_id=workspace_id, kind="secret", name=name, object_id=row.id,
                   reason="Deleted", message=f"secret {name} deleted")
-    s.delete(row)
 
 
 def secret_out(row: Secret) -> SecretOut:

@@ -16,6 +16,7 @@ from neocloud.models.volumes import VolumeMount, VolumeOut
 from neocloud.server.db.tables import Job, Pod, Volume
 from neocloud.server.services import events
 from neocloud.server.services.oncommit import after_commit
+from neocloud.server.services.removal import delete_locked, lock_for_delete
 from neocloud.server.services.upsert import insert_unless_taken
 from neocloud.server.storage import FileEntry, VolumeStore, clean_path
 
@@ -158,11 +159,16 @@ def delete_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStor
     """Delete a volume and its files (removed once the deletion is committed: a failed
     commit keeps both).
 
+    Of concurrent deletes of one volume exactly one succeeds and removes the files
+    (:mod:`.removal`); the mounts are checked under the volume's lock.
+
     Raises:
-        NotFound: no such volume.
+        NotFound: no such volume, or another call deleted it first.
         Conflict: a live job or pod mounts it (they are named).
     """
-    vol = get_volume(s, workspace_id=workspace_id, name=name)
+    missing = f"volume {name!r} not found"
+    vol = lock_for_delete(s, Volume, _find(s, workspace_id=workspace_id, name=name),
+                          missing=missing)
     users = mounted_by(s, workspace_id=workspace_id, name=name)
     pods = [p for p in s.scalars(select(Pod).where(Pod.workspace_id == workspace_id,
                                                     Pod.volume == name))]
@@ -172,8 +178,7 @@ def delete_volume(s: Session, *, workspace_id: str, name: str, store: VolumeStor
     if pods:
         raise Conflict(f"volume {name!r} is the working directory of pod "
                        f"{pods[0].name!r}; delete the pod first", param="name")
-    s.delete(vol)
-    s.flush()
+    delete_locked(s, vol, missing=missing)
     after_commit(s, lambda: store.delete(workspace_id, name), what=f"removing volume {name}")
     events.record(s, workspace_id=workspace_id, kind="volume", name=name, object_id=vol.id,
                   reason="Deleted", message=f"volume {name} deleted")

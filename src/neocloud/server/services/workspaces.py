@@ -16,6 +16,7 @@ from neocloud.server.db.tables import Token, Workspace
 from neocloud.server.security import hash_token, new_token
 from neocloud.server.services.lifecycle import lock_row
 from neocloud.server.services.principal import Caller
+from neocloud.server.services.removal import delete_locked, lock_for_delete
 
 
 class LastOperatorAdminToken(Conflict):
@@ -100,7 +101,9 @@ def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name
     token and counts the other operator admin tokens. Two revocations of the last two
     such tokens therefore run one after the other, and the second counts after the
     first has committed and is refused. The lock is held until the caller's transaction
-    ends; revocations in other workspaces take no lock.
+    ends. Every revocation also locks the token's row before deleting it and confirms
+    the ``DELETE`` removed it (:mod:`.removal`), so of concurrent revocations of one
+    token (in any workspace) exactly one succeeds and the others get 404.
 
     Raises:
         NotFound: the workspace has no token ``name`` (404, naming ``param``).
@@ -114,12 +117,11 @@ def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name
         ).all()
         for ws_id in operator_ids:
             lock_row(s, Workspace, ws_id)
-    tok = s.scalars(
+    missing = f"token {name!r} not found"
+    tok = lock_for_delete(s, Token, s.scalars(
         select(Token).where(Token.workspace_id == workspace_id, Token.name == name)
         .execution_options(populate_existing=True)
-    ).first()
-    if tok is None:
-        raise NotFound(f"token {name!r} not found", param=param)
+    ).first(), missing=missing, param=param)
     if ws is not None and ws.operator and tok.role == Role.admin.value:
         others = s.scalar(
             select(func.count()).select_from(Token)
@@ -134,7 +136,7 @@ def delete_token(s: Session, *, workspace_id: str, name: str, param: str = "name
                 "first (neocloud token create NAME --role admin), then revoke this one",
                 param=param,
             )
-    s.delete(tok)
+    delete_locked(s, tok, missing=missing, param=param)
 
 
 TOUCH_EVERY_S = 60.0
