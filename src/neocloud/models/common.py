@@ -16,7 +16,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 T = TypeVar("T")
 
@@ -41,17 +41,94 @@ INT32_MAX = 2**31 - 1
 Amount = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
+MAX_ARG_STRLEN = 32 * 4096
+"""Bytes one string of a new process's command line or environment may hold, its closing
+NUL included (for a variable the whole ``NAME=value``): Linux's ``MAX_ARG_STRLEN``,
+``PAGE_SIZE * 32`` (``include/uapi/linux/binfmts.h``; 4 KiB pages), which ``execve``
+checks string by string (``copy_strings`` in ``fs/exec.c``). A longer string makes every
+start fail with ``E2BIG``, "[Errno 7] Argument list too long"."""
+
+ARG_MAX_DEFAULT = 2 * 1024 * 1024
+"""Bytes the whole command line and environment of a new process may hold on Linux by
+default: a quarter of the default 8 MiB stack limit (``ulimit -s``; ``bprm_stack_limits``
+in ``fs/exec.c``, which also reports it as ``getconf ARG_MAX``), each string counted with
+its NUL plus one pointer (:data:`ARG_POINTER_BYTES`)."""
+
+ARG_POINTER_BYTES = 8
+"""Bytes of the pointer ``execve`` stores for each string (64-bit)."""
+
+MAX_ENV_TOTAL_BYTES = ARG_MAX_DEFAULT // 2
+"""Bytes the ``env`` of one workload may hold in all, counted as ``execve`` counts them
+(``NAME=value``, its NUL and a pointer per variable): half of :data:`ARG_MAX_DEFAULT`,
+which leaves the other half to the command line, the variables neocloud and the backend
+add and the secrets injected at start."""
+
+MAX_ARGV_TOTAL_BYTES = ARG_MAX_DEFAULT // 4
+"""Bytes the command line of one workload may hold in all (each argument, its NUL and a
+pointer): a quarter of :data:`ARG_MAX_DEFAULT`."""
+
+
+def arg_bytes(text: str) -> int:
+    """Bytes ``text`` takes among a new process's strings: UTF-8, its NUL included."""
+    return len(text.encode("utf-8")) + 1
+
+
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL (\\x00) characters")
     try:
-        value.encode("utf-8")
+        size = arg_bytes(value)
     except UnicodeEncodeError as e:
         # JSON may escape a lone surrogate ("\ud800"); no process, file or database
         # column can carry one (it reached the database and the answer as a 500).
         raise ValueError(f"is not valid Unicode: a lone surrogate at character {e.start}"
                          ) from None
+    if size > MAX_ARG_STRLEN:
+        # Accepted once: the workload then failed every start, "Argument list too long".
+        raise ValueError(f"is {size - 1} bytes long; one command-line or environment string "
+                         f"of a process may hold at most {MAX_ARG_STRLEN - 1} bytes (Linux "
+                         "MAX_ARG_STRLEN)")
     return value
+
+
+def _env_fits(env: dict[str, str]) -> dict[str, str]:
+    """``env`` when a process can start with it: each ``NAME=value`` within
+    :data:`MAX_ARG_STRLEN` (the error names ``env.NAME``) and all of them within
+    :data:`MAX_ENV_TOTAL_BYTES`."""
+    total = 0
+    for name, value in env.items():
+        size = arg_bytes(f"{name}={value}")
+        if size > MAX_ARG_STRLEN:
+            raise ValidationError.from_exception_data("env", [InitErrorDetails(
+                type=PydanticCustomError(
+                    "env_entry_too_long",
+                    "{name}=VALUE is {size} bytes with its NUL; one environment string "
+                    "of a process may hold at most {limit} (Linux MAX_ARG_STRLEN)",
+                    {"name": name, "size": size, "limit": MAX_ARG_STRLEN}),
+                loc=(name,), input=f"<{len(value)} characters>")])
+        total += size + ARG_POINTER_BYTES
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise PydanticCustomError(
+            "env_too_large",
+            "the environment takes {total} bytes of a process's argument space (each "
+            "NAME=value, its NUL and an {pointer}-byte pointer); at most {limit} are allowed "
+            "(half of Linux's default ARG_MAX of {arg_max}); pass large data in a file "
+            "(a volume) instead",
+            {"total": total, "pointer": ARG_POINTER_BYTES, "limit": MAX_ENV_TOTAL_BYTES,
+             "arg_max": ARG_MAX_DEFAULT})
+    return env
+
+
+def _argv_fits(argv: list[str]) -> list[str]:
+    """``argv`` when its arguments fit :data:`MAX_ARGV_TOTAL_BYTES` together."""
+    total = sum(arg_bytes(a) + ARG_POINTER_BYTES for a in argv)
+    if total > MAX_ARGV_TOTAL_BYTES:
+        raise PydanticCustomError(
+            "command_too_large",
+            "the command line takes {total} bytes of a process's argument space (each "
+            "argument, its NUL and an {pointer}-byte pointer); at most {limit} are allowed",
+            {"total": total, "pointer": ARG_POINTER_BYTES, "limit": MAX_ARGV_TOTAL_BYTES})
+    return argv
 
 
 #: JSON Schema of :data:`ProcessText` (the rule it checks, for the OpenAPI schema).
@@ -75,10 +152,16 @@ SECRET_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$"
 _ENV_KEYS: dict[str, Any] = {"pattern": ENV_NAME_PATTERN, "not": {"enum": sorted(RESERVED_ENV)}}
 
 #: Environment of a workload, ``{NAME: value}`` (names checked by the control plane: 400
-#: naming the field; the schema states the rule).
-Env = Annotated[dict[str, ProcessText], WithJsonSchema({
+#: naming the field; the schema states the rule). Sizes as a process can take them
+#: (:func:`_env_fits`): a 422 naming ``env.NAME`` for a variable over
+#: :data:`MAX_ARG_STRLEN`, naming ``env`` for more than :data:`MAX_ENV_TOTAL_BYTES` in all.
+Env = Annotated[dict[str, ProcessText], AfterValidator(_env_fits), WithJsonSchema({
     "type": "object", "propertyNames": _ENV_KEYS, "additionalProperties": PROCESS_TEXT_SCHEMA,
 })]
+
+#: A command line run as is: each argument a :data:`ProcessText`, all of them within
+#: :data:`MAX_ARGV_TOTAL_BYTES` (422 naming the field).
+ProcessArgs = Annotated[list[ProcessText], AfterValidator(_argv_fits)]
 
 #: Secret references of a workload, ``{ENV_NAME: secret name}``.
 SecretRefs = Annotated[dict[str, str], WithJsonSchema({

@@ -11,7 +11,7 @@ from neocloud.models.common import (
     Env,
     Name,
     OutModel,
-    ProcessText,
+    ProcessArgs,
     SecretRefs,
     ShapeName,
     WireModel,
@@ -69,7 +69,7 @@ class JobCreate(WireModel):
     """
 
     name: Name
-    command: list[ProcessText] = Field(min_length=1, max_length=1024)
+    command: ProcessArgs = Field(min_length=1, max_length=1024)
     shape: ShapeName = "cpu.small"
     workers: int = Field(default=1, ge=1, le=256)
     env: Env = Field(default_factory=dict)
