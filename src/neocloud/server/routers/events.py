@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from neocloud.models import EventOut, Page
+from neocloud.models.events import EventKind
 from neocloud.server.deps import CallerDep, SessionDep
 from neocloud.server.services import events
 
@@ -15,10 +16,12 @@ router = APIRouter(tags=["events"])
 def list_events(
     caller: CallerDep,
     s: SessionDep,
-    kind: str | None = None,
+    kind: EventKind | None = Query(None, description="Only events of this kind of resource "
+                                   "(another kind is a 422 naming ``query.kind``)."),
     name: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
 ) -> Page[EventOut]:
-    rows = events.list_events(s, workspace_id=caller.workspace_id, kind=kind, name=name,
-                              limit=limit)
+    """The workspace's events, oldest first; the newest ``limit`` of them."""
+    rows = events.list_events(s, workspace_id=caller.workspace_id,
+                              kind=kind.value if kind else None, name=name, limit=limit)
     return Page(data=[EventOut.model_validate(e) for e in rows])
