@@ -64,3 +64,19 @@ def open_cloud(home: Path, db_url: str, **kw: Any) -> tuple[Cloud, TestClient]:
     boot = bootstrap(app.state.db)
     assert boot.token
     return Cloud(app=app, client=client, token=boot.token, fake=fake), client
+
+
+def set_past_price(app: ControlPlane, *, created_by: str = "admin-1", **body: Any
+                   ) -> dict[str, Any]:
+    """Write the price version ``body`` (a ``POST /prices`` body whose ``effective_at`` is
+    in the past) as an operator set it at that time: the API refuses an effective time in
+    the past (``services.prices.CLOCK_SKEW_S``), and these tests bill usage recorded then.
+    Returns the version as the API lists it."""
+    from neocloud.models.billing import PriceOut, PriceSet
+    from neocloud.server.services import prices
+
+    spec = PriceSet.model_validate(body)
+    assert spec.effective_at is not None
+    with app.state.db.session() as s:
+        row = prices.set_price(s, spec=spec, created_by=created_by, now=spec.effective_at)
+        return PriceOut.model_validate(row).model_dump(mode="json")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from pydantic import TypeAdapter
 from sqlalchemy import func, select
 
 from neocloud.gateway.types import RequestRecord
@@ -34,7 +35,7 @@ from neocloud.server.metering.records import record_running
 from neocloud.server.metering.storage import meter_storage
 from neocloud.server.metering.tokens import write_tokens
 from neocloud.server.services import invoices
-from tests.server.helpers import Cloud, make_settings
+from tests.server.helpers import Cloud, make_settings, set_past_price
 
 T0 = datetime(2026, 10, 14, 9, 0, tzinfo=UTC)
 
@@ -61,6 +62,12 @@ def _req(ws: str, dep_id: str, at: datetime, p: int, c: int, status: int = 200,
 
 
 def _price(cloud: Cloud, **body: object) -> dict:
+    """Set a price version through the API, or, effective in the past (which the API
+    refuses), as it was set at that time (:func:`set_past_price`)."""
+    at = body.get("effective_at")
+    when = TypeAdapter(datetime).validate_python(at) if at is not None else None
+    if when is not None and when.replace(tzinfo=when.tzinfo or UTC) < datetime.now(UTC):
+        return set_past_price(cloud.app, **body)
     r = cloud.api("POST", "/prices", json=body)
     assert r.status_code == 201, r.text
     return r.json()

@@ -12,12 +12,16 @@ from sqlalchemy import select
 
 from neocloud.server.db.tables import Shape, Workspace
 from neocloud.server.metering.records import record_running
+from tests.server.helpers import set_past_price
 
 
 def test_price_invoice_budget_commands(cli) -> None:  # type: ignore[no-untyped-def]
-    r = cli("price", "set", "shape", "gpu.h100", "--per-hour", "3.25",
-            "--effective", "2026-01-01T00:00:00")
-    assert r.exit_code == 0, r.output
+    # in force over the usage of 2026-10 below (the API refuses a time in the past)
+    set_past_price(cli.app, kind="shape", target="gpu.h100", per_hour_micros=3_250_000,
+                   effective_at="2026-01-01T00:00:00Z")
+    r = cli("price", "set", "shape", "gpu.h100", "--per-hour", "2", "--effective",
+            "2026-01-01T00:00:00")
+    assert r.exit_code == 1 and "effective_at" in r.output and "in the past" in r.output
     r = cli("price", "set", "model", "chat", "--input-per-m", "0.15", "--output-per-m", "0.6")
     assert r.exit_code == 0, r.output
     r = cli("price", "ls")

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from neocloud.server.db.tables import Replica, Shape, Workspace
 from neocloud.server.metering.records import record_running
 from neocloud.server.services import usage
-from tests.server.helpers import Cloud
+from tests.server.helpers import Cloud, set_past_price
 
 #: The keys of ``neocloud usage --json`` before the running-time fields: all kept.
 BILL_KEYS = {"workspace", "period_start", "period_end", "lines", "replica_seconds",
@@ -26,8 +26,8 @@ def _running_replica(cli, hours_ago: float = 1.0) -> None:  # type: ignore[no-un
     and not metered since."""
     assert cli("node", "add", "n1", "--cpu-milli", "64000", "--memory-mib", "512000",
                "--gpu", "H100:8:81559", "--backend", "fake").exit_code == 0
-    assert cli("price", "set", "shape", "gpu.h100", "--per-hour", "36",
-               "--effective", "2026-01-01T00:00:00").exit_code == 0
+    set_past_price(cli.app, kind="shape", target="gpu.h100", per_hour_micros=36_000_000,
+                   effective_at="2026-01-01T00:00:00Z")
     r = cli("deploy", "u", "--service", "chat", "--shape", "gpu.h100", "--no-wait")
     assert r.exit_code == 0, r.output
     for _ in range(2):
@@ -100,10 +100,10 @@ def test_usage_with_nothing_running_and_closed_invoice(cli_db) -> None:  # type:
 
 def test_shape_ls_prints_the_price_in_force_like_price_ls(cli_db) -> None:  # type: ignore[no-untyped-def]
     cli = cli_db
-    assert cli("price", "set", "shape", "gpu.h100", "--per-hour", "30",
-               "--effective", "2026-01-01T00:00:00").exit_code == 0
-    assert cli("price", "set", "shape", "gpu.h100", "--per-hour", "36.5",
-               "--effective", "2026-02-01T00:00:00").exit_code == 0
+    set_past_price(cli.app, kind="shape", target="gpu.h100", per_hour_micros=30_000_000,
+                   effective_at="2026-01-01T00:00:00Z")
+    set_past_price(cli.app, kind="shape", target="gpu.h100", per_hour_micros=36_500_000,
+                   effective_at="2026-02-01T00:00:00Z")
     # A version not yet in force changes nothing today.
     assert cli("price", "set", "shape", "cpu.small", "--per-hour", "9",
                "--effective", "2099-01-01T00:00:00").exit_code == 0
@@ -122,9 +122,8 @@ def test_shape_ls_prints_the_price_in_force_like_price_ls(cli_db) -> None:  # ty
 
 
 def test_console_bill_says_what_the_draft_holds_and_what_it_does_not_yet(cloud: Cloud) -> None:
-    cloud.api("POST", "/prices", json={"kind": "shape", "target": "gpu.h100",
-                                        "per_hour_micros": 36_000_000,
-                                        "effective_at": "2026-01-01T00:00:00Z"})
+    set_past_price(cloud.app, kind="shape", target="gpu.h100", per_hour_micros=36_000_000,
+                   effective_at="2026-01-01T00:00:00Z")
     cloud.add_fake_node("gpu-1", gpus=[{"type": "H100", "count": 8, "memory_mib": 81559}])
     assert cloud.api("POST", "/deployments", json={
         "name": "u", "service": "chat", "shape": "gpu.h100"}).status_code == 201

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from tests.server.helpers import set_past_price
+
 
 def _rows(output: str) -> list[list[str]]:
     return [line.split() for line in output.splitlines() if line.startswith(("shape", "model"))]
@@ -25,8 +27,8 @@ def test_a_fresh_cloud_lists_the_shapes_list_prices_and_says_tokens_are_free(cli
 
 
 def test_a_version_in_force_replaces_the_list_price(cli_db) -> None:  # type: ignore[no-untyped-def]
-    assert cli_db("price", "set", "shape", "gpu.h100", "--per-hour", "3.25",
-                  "--effective", "2026-01-01T00:00:00").exit_code == 0
+    set_past_price(cli_db.app, kind="shape", target="gpu.h100", per_hour_micros=3_250_000,
+                   effective_at="2026-01-01T00:00:00Z")
     assert cli_db("price", "set", "shape", "cpu.small", "--per-hour", "0.05",
                   "--effective", "2099-01-01T00:00:00").exit_code == 0  # not yet
     assert cli_db("price", "set", "model", "*", "--input-per-m", "0.1",

@@ -13,7 +13,7 @@ from neocloud.server.metering.records import record_running
 from neocloud.server.metering.storage import meter_storage
 from neocloud.server.metering.tokens import write_tokens
 from neocloud.server.services import usage
-from tests.server.helpers import Cloud
+from tests.server.helpers import Cloud, set_past_price
 from tests.server.test_billing import _deploy, _price, _req, _run, _ws_id
 
 H100 = [{"type": "H100", "count": 8, "memory_mib": 81559}]
@@ -136,8 +136,8 @@ def test_record_without_a_meter_counts_its_usd_amount(cloud: Cloud) -> None:
 
 
 def test_cli_usage_prints_the_micro_dollars_the_invoice_prints(cli) -> None:  # type: ignore[no-untyped-def]
-    assert cli("price", "set", "shape", "gpu.h100", "--per-hour", "1.234567",
-               "--effective", "2026-01-01T00:00:00").exit_code == 0
+    set_past_price(cli.app, kind="shape", target="gpu.h100", per_hour_micros=1_234_567,
+                   effective_at="2026-01-01T00:00:00Z")
     with cli.app.state.db.session() as s:
         ws = s.scalars(select(Workspace.id).where(Workspace.name == "default")).one()
         start = datetime(2026, 10, 3, 10, tzinfo=UTC)

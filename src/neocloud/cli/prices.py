@@ -154,7 +154,9 @@ def set_price(
     per_gib_hour: str | None = typer.Option(None, "--per-gib-hour",
                                             help="USD per GiB-hour (storage)."),
     effective: datetime | None = typer.Option(None, "--effective",
-                                              help="When it takes effect (UTC; default now)."),
+                                              help="When it takes effect (UTC; default "
+                                              "now; not in the past: recorded usage keeps "
+                                              "its price)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Add a price version; earlier usage keeps the price it was billed at."""

@@ -2,9 +2,10 @@
 
 Each ``(kind, target)`` has a history of versions; the version in force at time ``t`` is
 the one with the latest ``effective_at <= t``. A version may take effect in the future
-(a scheduled change). Running time of a shape with no version is priced at the shape's
-own ``price_per_hour_usd`` (rounded to micro-dollars) from the beginning of time, so a
-cloud bills correctly before any operator touches the price list.
+(a scheduled change) or now, never in the past (:data:`CLOCK_SKEW_S`). Running time of a
+shape with no version is priced at the shape's own ``price_per_hour_usd`` (rounded to
+micro-dollars) from the beginning of time, so a cloud bills correctly before any operator
+touches the price list.
 
 Token prices are looked up for a deployment by, in order, its name, its ``model``, its
 ``service``, then ``*``; the first target with a version in force wins.
@@ -38,13 +39,23 @@ class Priced:
 
 FREE = Priced(price_id=None)
 
+CLOCK_SKEW_S = 300.0
+"""Seconds an ``effective_at`` may lie before the control plane's clock and still be taken
+(as that earlier time): the allowance for the skew between the operator's clock and the
+server's. Invariant: **a price version never takes effect before the moment it is set**
+(less this allowance). Usage is priced when it is recorded and never repriced, so a
+version dated further back was listed as in force over usage billed at the old price:
+the bill no longer matched the price list."""
+
 
 def set_price(s: Session, *, spec: PriceSet, created_by: str | None,
               now: datetime | None = None) -> Price:
     """Add a version of a price, in force from ``spec.effective_at`` (default ``now``).
 
     Raises:
-        InvalidRequest: a field that does not belong to the kind is set (names it).
+        InvalidRequest: a field that does not belong to the kind is set (names it), or
+            ``effective_at`` is more than :data:`CLOCK_SKEW_S` before ``now``
+            (``param="effective_at"``).
         NotFound: the shape of a ``shape`` price does not exist (``param="target"``).
         AlreadyExists: a version of the same price with the same effective time exists.
     """
@@ -67,6 +78,12 @@ def set_price(s: Session, *, spec: PriceSet, created_by: str | None,
     effective = spec.effective_at or now
     if effective.tzinfo is None:
         effective = effective.replace(tzinfo=UTC)
+    if (now - effective).total_seconds() > CLOCK_SKEW_S:
+        raise InvalidRequest(
+            f"effective_at {effective.isoformat()} is in the past (now is "
+            f"{now.replace(microsecond=0).isoformat()}): usage already recorded keeps the "
+            "price it was billed at, so a price version takes effect now or later; leave "
+            "effective_at out for now", param="effective_at")
     dup = s.scalars(select(Price).where(
         Price.kind == spec.kind.value, Price.target == spec.target,
         Price.effective_at == effective)).first()
