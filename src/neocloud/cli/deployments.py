@@ -156,6 +156,8 @@ def deploy(
     if dry_run:
         if service is None and needs_service:
             raise typer.BadParameter("is required for --dry-run", param_hint="'--service'")
+        check_fields(DeploymentCreate, dict(name=name, service=service, engine=engine,
+                                            model=model, shape=shape, env=env_map), _OPTIONS)
         plan = api.deployments.dry_run(
             name, service, shape=shape or "cpu.small", priority=priority, model=model,
             engine=engine,

@@ -70,6 +70,16 @@ def test_deploy_bad_input_is_a_usage_error(run: Run, cloud: FakeCloud) -> None:
     assert cloud.requests == []  # nothing reached the server
 
 
+def test_dry_run_bad_name_is_a_usage_error(run: Run, cloud: FakeCloud) -> None:
+    """``--dry-run`` checks the name as a plain deploy does: a usage error naming NAME
+    (exit 2), not the SDK's ``body.name`` error (exit 1)."""
+    for name in ("Bad_Name", "web-"):
+        result = run("deploy", name, "-s", "embeddings", "--dry-run")
+        assert result.exit_code == 2, (name, result.stderr)
+        assert "NAME" in result.stderr and "body.name" not in result.stderr
+    assert cloud.requests == []  # nothing reached the server
+
+
 def test_deploy_failure_and_timeout_exit_1(run: Run) -> None:
     failed = run("deploy", "bad", "-s", "crash:now", "--poll-interval", "0")
     assert failed.exit_code == 1
