@@ -13,9 +13,11 @@ import pytest
 from sqlalchemy import func, select
 
 from neocloud.gateway.types import RequestRecord
+from neocloud.models import NodeCreate
 from neocloud.server.db.tables import MetricPoint, Workspace
 from neocloud.server.routers import metrics as metrics_router
 from neocloud.server.services import metrics_history as mh
+from neocloud.server.services import nodes as node_svc
 from tests.server.helpers import Cloud
 
 
@@ -114,22 +116,22 @@ def test_node_samples_once_per_bucket_and_prune_bounds_the_size(
 
 def test_two_threads_sampling_one_bucket_sample_each_node_once(
         cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two samplers (the metering thread and another copy) that both read the bucket as
-    free before either writes: each node still has one sample in its 10-second and its
+    """Two samplers (the metering thread and another copy) that write one bucket at
+    once: each node still has one sample in its 10-second and its
     5-minute bucket, and the two report one sample per node between them."""
     for k in range(5):
         cloud.add_fake_node(f"n{k}")
     both_read = threading.Barrier(2, timeout=30)
     waited: set[int] = set()
-    make = mh._node_sample
+    make = mh._node_rows
 
-    def after_both_read(*args: Any) -> dict[str, Any]:
-        if threading.get_ident() not in waited:  # both past their read of the bucket
+    def after_both_read(*args: Any) -> Any:
+        if threading.get_ident() not in waited:  # both write the bucket at once
             waited.add(threading.get_ident())
             both_read.wait()
         return make(*args)
 
-    monkeypatch.setattr(mh, "_node_sample", after_both_read)
+    monkeypatch.setattr(mh, "_node_rows", after_both_read)
     now = datetime.fromtimestamp(time.time() // 300 * 300 - 300, UTC)
     written: list[int] = []
     errors: list[BaseException] = []
@@ -151,6 +153,62 @@ def test_two_threads_sampling_one_bucket_sample_each_node_once(
         rows = s.execute(select(MetricPoint.resolution_s, MetricPoint.samples).where(
             MetricPoint.series == "node")).all()
     assert sorted(rows) == [(10, 1)] * 5 + [(300, 1)] * 5
+
+
+
+def test_samplers_racing_over_many_buckets_never_deadlock_nor_count_twice(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three samplers (the metering threads of three copies) take the same three
+    10-second buckets, their inserts of each bucket started at once: no deadlock (their
+    rows are written in node id order), every node has one sample per 10-second bucket,
+    its 5-minute bucket the three samples (added only by the sampler whose 10-second row
+    went in), and the samplers report one sample per node and bucket between them."""
+    nodes = 40
+    with cloud.app.state.db.session() as s:
+        for k in range(nodes):  # created in reverse name order: ids in no name order
+            node_svc.create_node(s, spec=NodeCreate.model_validate({
+                "name": f"n{nodes - k:03d}", "cpu_milli": 8000, "memory_mib": 16384,
+                "gpus": [{"type": "H100", "count": 2, "memory_mib": 81559}],
+                "backend": "fake"}))
+    samplers = 3
+    barriers = {k: threading.Barrier(samplers, timeout=30) for k in range(3)}
+    waited: set[tuple[int, int]] = set()
+    make = mh._node_rows
+    base = datetime.fromtimestamp(time.time() // 300 * 300 - 300, UTC)
+
+    def after_all_read(res: int, t: int, ids: Any = None) -> Any:
+        k = (t - int(base.timestamp())) // 10
+        key = (threading.get_ident(), k)
+        if res == mh.FINE and key not in waited:  # every sampler writes the bucket at once
+            waited.add(key)
+            barriers[k].wait()
+        return make(res, t, ids)
+
+    monkeypatch.setattr(mh, "_node_rows", after_all_read)
+    written: dict[int, list[int]] = {k: [] for k in range(3)}
+    errors: list[BaseException] = []
+
+    def sample() -> None:
+        try:
+            for k in range(3):
+                with cloud.app.state.db.session() as s:
+                    written[k].append(mh.sample_nodes(s, base + timedelta(seconds=10 * k)))
+        except BaseException as e:  # reported below
+            errors.append(e)
+            for b in barriers.values():
+                b.abort()
+
+    threads = [threading.Thread(target=sample) for _ in range(samplers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    assert {k: sum(v) for k, v in written.items()} == {0: nodes, 1: nodes, 2: nodes}
+    with cloud.app.state.db.session() as s:
+        rows = s.execute(select(MetricPoint.resolution_s, MetricPoint.samples,
+                                MetricPoint.gpus).where(MetricPoint.series == "node")).all()
+    assert sorted(rows) == [(10, 1, 2.0)] * (3 * nodes) + [(300, 3, 6.0)] * nodes
 
 
 def _series(cloud: Cloud, query: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What keeps a control plane with thousands of nodes and replicas fast, and still right.
 
-The fleet benchmark (``benchmarks/fleet``) found four costs that grew with the fleet on
+The fleet benchmark (``benchmarks/fleet``) found costs that grew with the fleet on
 every workload or every call; each is pinned here by the statements it runs:
 
 * placement read every node and every allocation to place one workload (now: an
@@ -9,17 +9,23 @@ every workload or every call; each is pinned here by the statements it runs:
 * a reconcile pass opened several transactions per deployment and per replica even when
   nothing was to be done (now: settled deployments only get their health checks);
 * ``GET /deployments/{name}`` read every node to name its replicas' nodes;
-* the node metrics sample ran several statements per node.
+* the node metrics sample ran several statements per node (now: a few statements in
+  all, the allocations summed by the database);
+* every pass read every live replica to find the settled deployments (now: a deployment
+  found settled is kept so until its row, one of its replicas' status or one of its
+  nodes changes, or its keep time is over).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, func, select
 
 from neocloud.models import NodeCreate, NodeStatus
@@ -260,3 +266,244 @@ def test_node_sample_costs_a_few_statements_not_a_few_per_node(cloud: Cloud) -> 
         assert len(rows) == 80 and all(r.samples == 1 for r in rows)
         assert {r.gpus for r in rows} == {2.0}
         assert metrics_history.sample_nodes(s, at) == 0  # this bucket is taken
+
+
+def _expected_samples(db: Database, res: int, t: int, samples: int = 1
+                      ) -> dict[str, tuple[float, ...]]:
+    """Node id -> (samples, gpus, gpus allocated, CPU, CPU allocated) of a bucket holding
+    ``samples`` samples of the fleet as it is now, summed row by row in Python (what the
+    sample wrote when it read every allocation as a row)."""
+    from neocloud.server.db.tables import Node
+
+    with db.session() as s:
+        held: dict[str, list[float]] = {}
+        for a in s.scalars(select(Allocation)):
+            h = held.setdefault(a.node_id, [0.0, 0.0])
+            h[0] += len(a.gpu_indices or []) * a.gpu_milli / 1000.0
+            h[1] += a.cpu_milli
+        return {n.id: (float(samples), samples * float(len(n.gpus or [])),
+                       samples * held.get(n.id, [0.0, 0.0])[0],
+                       samples * float(n.cpu_milli), samples * held.get(n.id, [0.0, 0.0])[1])
+                for n in s.scalars(select(Node))}
+
+
+def _bucket(db: Database, res: int, t: int) -> dict[str, tuple[float, ...]]:
+    with db.session() as s:
+        return {r.object_id: (float(r.samples), r.gpus, r.gpus_allocated, r.cpu_milli,
+                              r.cpu_allocated_milli)
+                for r in s.scalars(select(MetricPoint).where(
+                    MetricPoint.series == "node", MetricPoint.resolution_s == res,
+                    MetricPoint.t == t))}
+
+
+def _mixed_fleet(cloud: Cloud) -> tuple[Database, str]:
+    """Four nodes of 2 GPUs, two without GPUs; whole GPUs, pairs, half shares and CPU
+    work placed on them (one node left empty)."""
+    db = cloud.app.state.db
+    add_nodes(db, 4, gpus=H100x2)
+    with db.session() as s:
+        for i in range(2):
+            node_svc.create_node(s, spec=NodeCreate.model_validate({
+                "name": f"c{i}", "cpu_milli": 32000, "memory_mib": 65536, "gpus": [],
+                "backend": "fake"}))
+    a_deployment(cloud)
+    ws = workspace_id(cloud)
+    half = ResourceRequest(cpu_milli=500, memory_mib=512, gpu_milli=500, gpu_types=("H100",))
+    pair = ResourceRequest(cpu_milli=2000, memory_mib=2048, gpu_count=2, gpu_types=("H100",))
+    for i, ask in enumerate([pair, ONE_GPU, half, half, half, ONE_CPU, ONE_CPU]):
+        assert isinstance(place_one(db, ws, ask, f"r{i:031d}"), Binding)
+    return db, ws
+
+
+def test_node_sample_writes_what_the_rows_give_summed_by_the_database(cloud: Cloud) -> None:
+    """Failing input: the sample read every allocation as a row (50,000 at full size) and
+    read each coarser bucket back row by row (``SELECT ... FOR UPDATE``), then wrote it
+    back. It now writes both buckets with one ``INSERT ... SELECT`` each, the allocations
+    summed per node by the database; the rows are the ones the per-row sums give,
+    fractional GPU shares, nodes without GPUs and nodes without allocations included."""
+    db, _ws = _mixed_fleet(cloud)
+    at = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+    with statements(db) as seen, db.session() as s:
+        assert metrics_history.sample_nodes(s, at) == 6
+    allocation_reads = [q for q in seen if re.search(r"\bFROM allocations\b", q)]
+    assert allocation_reads and all("GROUP BY" in q for q in allocation_reads)
+    # two statements, each an INSERT ... SELECT: no row read into Python
+    assert len(seen) == 2 and all(q.upper().startswith("INSERT INTO METRIC_POINTS")
+                                  for q in seen), seen
+    t = int(at.timestamp())
+    fine, coarse = _bucket(db, 10, t // 10 * 10), _bucket(db, 300, t // 300 * 300)
+    assert fine == _expected_samples(db, 10, t) == coarse
+    held = [v[2] for v in fine.values()]
+    assert sum(held) == 4.5 and any(g % 1 for g in held)  # 2 + 1 + 3 halves
+    assert sum(v[4] for v in fine.values()) == 2000 + 1000 + 3 * 500 + 2 * 1000
+
+
+def test_coarse_buckets_add_up_the_samples_of_their_ten_second_buckets(
+        cloud: Cloud) -> None:
+    """Three samples in one 5-minute bucket, the fleet changing between them (work
+    placed, a node added): each 10-second bucket holds its sample, the 5-minute bucket
+    their sums (added to in the database, not replaced), and a sample of a taken
+    10-second bucket adds nothing."""
+    db, ws = _mixed_fleet(cloud)
+    base = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    t = int(base.timestamp())
+    wanted: list[dict[str, tuple[float, ...]]] = []
+    for k in range(3):
+        if k == 1:
+            assert isinstance(place_one(db, ws, ONE_GPU, "x" * 32), Binding)
+        if k == 2:
+            with db.session() as s:
+                node_svc.create_node(s, spec=NodeCreate.model_validate({
+                    "name": "late", "cpu_milli": 64000, "memory_mib": 65536,
+                    "gpus": H100x2, "backend": "fake"}))
+        with db.session() as s:
+            assert metrics_history.sample_nodes(s, base + timedelta(seconds=10 * k)) == 6 + (
+                k == 2)
+            assert metrics_history.sample_nodes(s, base + timedelta(seconds=10 * k + 3)) == 0
+        wanted.append(_expected_samples(db, 10, t + 10 * k))
+        assert _bucket(db, 10, t + 10 * k) == wanted[-1]
+    sums = {node: tuple(sum(w[node][i] for w in wanted if node in w) for i in range(5))
+            for node in wanted[-1]}
+    assert _bucket(db, 300, t) == sums
+    assert sorted(v[0] for v in sums.values()) == [1.0] + [3.0] * 6
+
+
+def _settled_fleet(cloud: Cloud, names: tuple[str, ...] = ("a", "b", "c")) -> None:
+    cloud.add_fake_node("g1", gpus=H100x2)
+    for name in names:
+        r = cloud.api("POST", "/deployments", json={"name": name, "service": "embeddings",
+                                                    "replicas": 2})
+        assert r.status_code == 201, r.text
+    cloud.reconcile(3)
+    assert all(cloud.api("GET", f"/deployments/{n}").json()["status"] == "ready"
+               for n in names)
+
+
+def _replica_reads(seen: list[str]) -> list[str]:
+    """The statements that read replica rows' handles (the settled read, the steps)."""
+    return [q for q in seen if re.search(r"\bFROM replicas\b", q) and "handle" in q]
+
+
+def _dep_id(cloud: Cloud, name: str) -> str:
+    return str(cloud.api("GET", f"/deployments/{name}").json()["id"])
+
+
+def test_a_pass_on_a_settled_fleet_reads_no_replica_of_what_stayed_settled(
+        cloud: Cloud) -> None:
+    """Failing input (the fleet benchmark at 20,000 replicas: 56 % of the control plane's
+    interpreter time in steady state): every pass read every live replica to find the
+    settled deployments. Now a deployment found settled is kept so, its replicas not
+    read again, until its row or one of its replicas' status changes; its health checks
+    still run every pass (a crash is seen by the next pass)."""
+    _settled_fleet(cloud)
+    db = cloud.app.state.db
+    with statements(db) as seen:
+        cloud.reconcile(1)
+    assert _replica_reads(seen) == []
+    assert not [q for q in seen if "FOR UPDATE" in q.upper() or "advisory" in q.lower()]
+    # a scale: the next pass reads that deployment's replicas alone, and places it
+    assert cloud.api("PATCH", "/deployments/b", json={"replicas": 3}).status_code == 200
+    with statements(db) as seen:
+        cloud.reconcile(1)
+    settled_reads = [q for q in _replica_reads(seen) if "replicas.status !=" in q]
+    assert len(settled_reads) == 1 and "replicas.deployment_id IN (" in settled_reads[0]
+    assert cloud.api("GET", "/deployments/b").json()["ready_replicas"] == 3
+    # a crash of a kept one: seen by its health check in the next pass
+    rid = cloud.api("GET", "/deployments/a").json()["replica_list"][0]["id"]
+    cloud.fake.crash(rid)
+    cloud.reconcile(1)
+    assert cloud.api("GET", "/deployments/a").json()["status"] == "degraded"
+    assert _dep_id(cloud, "a") not in cloud.app.state.reconcilers.deployments._kept
+
+
+def test_a_replica_write_no_deployment_row_shows_unsettles_at_once(cloud: Cloud) -> None:
+    """A preemption writes the victim replica ``stopping`` (and no deployment row), a node
+    cordoned changes a node: the next pass reads the deployments concerned again and
+    runs their full step (a replacement placed for the preempted replica)."""
+    from neocloud.server.reconcilers.deployments.stopping import preempt_replica
+
+    _settled_fleet(cloud)
+    rec = cloud.app.state.reconcilers.deployments
+    a, b = _dep_id(cloud, "a"), _dep_id(cloud, "b")
+    assert {a, b} <= rec._kept.keys()
+    victim = cloud.api("GET", "/deployments/a").json()["replica_list"][0]["id"]
+    with cloud.app.state.db.session() as s:
+        preempt_replica(s, victim, "preempted by a test")
+    cloud.reconcile(1)
+    assert a not in rec._kept and b in rec._kept
+    cloud.reconcile(2)
+    reps = cloud.api("GET", "/deployments/a").json()["replica_list"]
+    assert victim not in {r["id"] for r in reps if r["status"] != "stopped"}
+    assert sum(r["status"] == "ready" for r in reps) == 2
+    assert a in rec._kept  # settled again, with the new replica
+    with cloud.app.state.db.session() as s:
+        node = next(n for n in node_svc.list_nodes(s) if n.name == "g1")
+        node_svc.set_node_status(s, node, NodeStatus.cordoned, reason="Test", message="t")
+    cloud.reconcile(1)
+    assert rec._kept == {}
+
+
+def test_kept_settled_deployments_are_read_again_after_the_keep_time(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resync: a replica written behind the control plane's back (an operator's
+    direct write that leaves it ``ready``) is seen once the keep time is over; with no
+    keep time every pass reads every live replica, as before."""
+    from neocloud.server.reconcilers.deployments import settled
+
+    _settled_fleet(cloud, ("a",))
+    rec = cloud.app.state.reconcilers.deployments
+    a = _dep_id(cloud, "a")
+    assert a in rec._kept
+    with cloud.app.state.db.session() as s:  # an older generation, still ready
+        for r in s.scalars(select(Replica).where(Replica.deployment_id == a)):
+            r.generation = 0
+    cloud.reconcile(1)
+    assert a in rec._kept  # not seen yet: nothing the checks look at changed
+    monkeypatch.setattr(settled, "SETTLED_KEEP_S", 0.0)
+    rec._kept[a] = dataclasses.replace(rec._kept[a], until=0.0)
+    db = cloud.app.state.db
+    with statements(db) as seen:
+        cloud.reconcile(1)
+    assert a not in rec._kept
+    assert [q for q in _replica_reads(seen) if "replicas.status !=" in q]
+    cloud.reconcile(3)  # the old generation replaced
+    reps = cloud.api("GET", "/deployments/a").json()["replica_list"]
+    assert {r["generation"] for r in reps if r["status"] == "ready"} == {1}
+
+
+def test_every_write_to_a_deployment_row_changes_its_key_or_its_pending_reason(
+        cloud: Cloud) -> None:
+    """The invariant that keeping a deployment settled (``settled``) and the looks
+    (``changes``) rest on: every ``UPDATE`` of a deployment row, by a request or by the
+    reconciler, sets a column of its key (``updated_at``, ``status``, ``replicas``,
+    ``generation``, ``revision``) or its pending reason or code, through a create,
+    placement, a spec change, a scale, a rollout, a crash and its recovery, a node
+    cordoned, no room, and a delete."""
+    db = cloud.app.state.db
+    key = ("updated_at", "status", "replicas", "generation", "revision", "pending_reason",
+           "pending_code")
+    with statements(db) as seen:
+        _settled_fleet(cloud, ("a", "b"))
+        assert cloud.api("PATCH", "/deployments/a", json={"drain_timeout_s": 12.0}
+                         ).status_code == 200
+        assert cloud.api("PATCH", "/deployments/a", json={"replicas": 3}).status_code == 200
+        assert cloud.api("PATCH", "/deployments/b", json={"env": {"X": "1"}}
+                         ).status_code == 200
+        cloud.reconcile(3)
+        rid = cloud.api("GET", "/deployments/a").json()["replica_list"][0]["id"]
+        cloud.fake.crash(rid)
+        cloud.reconcile(3)
+        r = cloud.api("POST", "/deployments", json={"name": "big", "service": "embeddings",
+                                                    "shape": "gpu.h100", "replicas": 5})
+        assert r.status_code == 201, r.text
+        cloud.reconcile(2)
+        assert cloud.api("DELETE", "/deployments/b").status_code in (200, 202, 204)
+        cloud.reconcile(2)
+    updates = [q for q in seen if q.upper().startswith("UPDATE DEPLOYMENTS SET")]
+    assert len(updates) > 5
+    for q in updates:
+        set_part = q[len("UPDATE deployments SET"):].split(" WHERE ")[0]
+        assigned = {part.split("=")[0].strip() for part in set_part.split(",")}
+        if assigned == {"id"}:  # SQLite's row lock (``lock_row``): a no-op write
+            continue
+        assert assigned & set(key), q

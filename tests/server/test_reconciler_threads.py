@@ -343,3 +343,145 @@ def test_a_deployment_asked_for_during_a_long_group_runs_before_the_group_ends(
     assert sorted(d for d in order if d != late) == sorted(ids)  # each once
     rec.run_once()
     assert _ready(cloud, "late") == 1 and _ready(cloud, "low") == 1
+
+
+def _spy_looks(rec: Any, monkeypatch: pytest.MonkeyPatch) -> list[set[str]]:
+    """The ids each look of ``rec`` read (one set per look, in order)."""
+    reads: list[set[str]] = []
+    look_rows = rec._look_rows
+
+    def spied() -> list[Any]:
+        rows = look_rows()
+        reads.append({row.id for row in rows})
+        return list(rows)
+
+    monkeypatch.setattr(rec, "_look_rows", spied)
+    return reads
+
+
+def test_a_look_on_a_settled_fleet_reads_only_the_deployments_written_since(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failing input (the fleet benchmark at 5,000 deployments): every look read the key
+    columns of every deployment. On a settled fleet a look now reads the deployments
+    written since the previous read (the margin set to zero here, so the fleet's own
+    writes of a moment ago lie before it), and still runs the one written."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    monkeypatch.setattr(changes, "LOOK_MARGIN_S", 0.0)
+    cloud.add_fake_node("n1")
+    names = [f"s{i}" for i in range(6)]
+    _deploy(cloud, *names)
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    reads = _spy_looks(rec, monkeypatch)
+    rec.run_once()  # the read the next look starts from
+    rec.wake()
+    assert rec._changed_first(skip=set()) == set()
+    assert reads == [set()]  # nothing written since the pass's read
+    (s3,) = _ids(cloud, "s3")
+    assert cloud.api("PATCH", "/deployments/s3", json={"replicas": 2}).status_code == 200
+    assert rec._changed_first(skip=set()) == {s3}
+    assert reads[-1] == {s3}
+    assert _ready(cloud, "s3") == 2
+
+
+def test_a_look_reads_what_waits_so_priorities_are_kept(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment that waits (no room: ``pending`` with a reason) is read by every look
+    however old its last write: a higher-priority one that waits keeps a lower-priority
+    write for the full pass, which runs the priorities in order."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    monkeypatch.setattr(changes, "LOOK_MARGIN_S", 0.0)
+    cloud.add_fake_node("n1", cpu_milli=4000, memory_mib=16384)
+    _deploy(cloud, "low")
+    r = cloud.api("POST", "/deployments", json={
+        "name": "big", "service": "embeddings", "shape": "gpu.h100", "replicas": 1,
+        "priority": 10})
+    assert r.status_code == 201, r.text
+    cloud.reconcile(2)
+    big, low = _ids(cloud, "big", "low")
+    assert cloud.api("GET", "/deployments/big").json()["status"] != "ready"
+    rec = cloud.app.state.reconcilers.deployments
+    reads = _spy_looks(rec, monkeypatch)
+    rec.run_once()
+    assert cloud.api("PATCH", "/deployments/low", json={"replicas": 2}).status_code == 200
+    rec.wake()
+    assert rec._changed_first(skip=set()) == set()  # left to the pass: big waits
+    assert reads[-1] == {big, low}
+    rec.run_once()
+    assert _ready(cloud, "low") == 2
+
+
+def test_a_write_that_commits_after_a_look_read_is_seen_within_the_margin(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request's transaction sets ``updated_at``, then commits: one that commits after a
+    look's read but set it before that read (up to ``LOOK_MARGIN_S`` earlier) is read by
+    the next look; one older than the margin is left to the next full pass (the
+    resync), which acts on it."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    _deploy(cloud, "late", "later")
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    reads = _spy_looks(rec, monkeypatch)
+    rec.run_once()
+    late, later = _ids(cloud, "late", "later")
+    read_at = rec._read_at
+    assert read_at is not None
+    margin = changes.LOOK_MARGIN_S
+    with cloud.app.state.db.session() as s:  # as the slow transactions commit them
+        for dep_id, before_s in ((late, margin / 2), (later, margin * 4)):
+            row = s.get(Deployment, dep_id)
+            assert row is not None
+            row.replicas, row.revision = 2, row.revision + 1
+            row.updated_at = read_at - timedelta(seconds=before_s)
+    rec.wake()
+    assert rec._changed_first(skip=set()) == {late}
+    assert later not in reads[-1]
+    assert _ready(cloud, "late") == 2 and _ready(cloud, "later") == 1
+    rec.run_once()
+    assert _ready(cloud, "later") == 2
+
+
+def test_every_kind_of_request_sets_updated_at_so_a_look_reads_it(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The invariant a look's read rests on (``changes``): every request that changes
+    what a deployment asks for sets its ``updated_at`` to its own time. With no margin
+    at all, each kind (a spec field, a scale, a new generation, a priority, a delete, a
+    wake from zero, a create) is still read and run by the next look."""
+    from neocloud.server.services import deployments as deployment_svc
+
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    monkeypatch.setattr(changes, "LOOK_MARGIN_S", 0.0)
+    cloud.add_fake_node("n1")
+    names = ("d", "s", "u", "x", "quiet", "zero")
+    _deploy(cloud, *names[:-1])
+    r = cloud.api("POST", "/deployments", json={
+        "name": "zero", "service": "embeddings", "shape": "cpu.small", "replicas": 0,
+        "autoscaling": {"min_replicas": 0, "max_replicas": 2}})
+    assert r.status_code == 201, r.text
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    reads = _spy_looks(rec, monkeypatch)
+    rec.run_once()
+    ids = dict(zip(names, _ids(cloud, *names), strict=True))
+    with cloud.app.state.db.session() as s:
+        before = {row.id: row.updated_at for row in s.execute(
+            select(Deployment.id, Deployment.updated_at))}
+    assert cloud.api("PATCH", "/deployments/d", json={"drain_timeout_s": 77.0}
+                     ).status_code == 200
+    assert cloud.api("PATCH", "/deployments/s", json={"replicas": 2}).status_code == 200
+    assert cloud.api("PATCH", "/deployments/u", json={"env": {"A": "1"}}
+                     ).status_code == 200
+    assert cloud.api("DELETE", "/deployments/x").status_code in (200, 202, 204)
+    assert cloud.api("PATCH", "/deployments/quiet", json={"priority": 5}).status_code == 200
+    with cloud.app.state.db.session() as s:
+        assert deployment_svc.wake(s, deployment_id=ids["zero"])
+    _deploy(cloud, "new")
+    (new,) = _ids(cloud, "new")
+    with cloud.app.state.db.session() as s:
+        after = {row.id: row.updated_at for row in s.execute(
+            select(Deployment.id, Deployment.updated_at))}
+    assert all(after[i] > before[i] for i in ids.values())
+    rec.wake()
+    assert rec._changed_first(skip=set()) == {*ids.values(), new}
+    assert reads[-1] == {*ids.values(), new}

@@ -18,12 +18,14 @@ separate pass over old data.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Float, case, cast, delete, exists, func, literal, null, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -158,92 +160,107 @@ def record_requests(s: Session, batch: Iterable[RequestRecord]) -> None:
         row.latency_buckets = _add_hist(list(row.latency_buckets or []), a.buckets)
 
 
+#: The unique key of a bucket row (``metric_points``' unique constraint).
+BUCKET_KEY = ("series", "object_id", "resolution_s", "t")
+
+#: The columns of a node sample added to a bucket row that already holds samples.
+SAMPLE_SUMS = ("samples", "gpus", "gpus_allocated", "cpu_milli", "cpu_allocated_milli")
+
+
+def _dialect_insert(s: Session) -> Any:
+    """The ``INSERT`` into ``metric_points`` of the session's database, with ``ON
+    CONFLICT`` (both PostgreSQL and SQLite have it): of the table, not the ORM class, so
+    that thousands of rows are sent as they are (the ORM's bulk insert handles each row in
+    Python first)."""
+    table: Any = MetricPoint.__table__
+    if s.get_bind().dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+def _held_per_node() -> Any:
+    """A subquery: per node with allocations, ``node_id``, ``gpu_milli`` (the GPU shares
+    held, milli-GPU: a GPU allocation holds ``gpu_milli`` of each GPU in
+    ``gpu_indices``) and ``cpu_milli`` (the millicores held), summed by the database."""
+    gpu_milli = case((Allocation.gpu_milli > 0,
+                      func.json_array_length(Allocation.gpu_indices) * Allocation.gpu_milli),
+                     else_=0)
+    return (select(Allocation.node_id.label("node_id"),
+                   func.sum(gpu_milli).label("gpu_milli"),
+                   func.sum(Allocation.cpu_milli).label("cpu_milli"))
+            .group_by(Allocation.node_id).subquery())
+
+
+def held_per_node(s: Session) -> dict[str, tuple[float, float]]:
+    """Node id -> (GPUs allocated, CPU millicores allocated), summed by the database in
+    one statement; nodes without allocations are left out."""
+    held = _held_per_node()
+    return {node_id: (float(g or 0) / 1000.0, float(c or 0)) for node_id, g, c in s.execute(
+        select(held.c.node_id, held.c.gpu_milli, held.c.cpu_milli))}
+
+
+#: The columns of a node sample's bucket row, in the order :func:`_node_rows` gives them.
+SAMPLE_COLUMNS = ("series", "object_id", "resolution_s", "t", "workspace_id", "requests",
+                  "errors", "prompt_tokens", "completion_tokens", "latency_sum_s",
+                  "latency_buckets", *SAMPLE_SUMS)
+
+
+def _node_rows(res: int, t: int, ids: Sequence[str] | None = None) -> Any:
+    """A ``SELECT`` of the bucket rows (:data:`SAMPLE_COLUMNS`) of resolution ``res`` and
+    start ``t`` (unix seconds) holding one sample of every node (of ``ids`` only, when
+    given) whose 10-second row for ``t`` is not taken yet (``ids``: the nodes this
+    sample won, so none is left out), in node id order: the allocations summed by the
+    database, nothing read into Python."""
+    held = _held_per_node()
+    table: Any = MetricPoint.__table__
+    fine_t = t // FINE * FINE
+    query = select(
+        literal("node"), Node.id, literal(res), literal(t), null(), literal(0), literal(0),
+        literal(0), literal(0), literal(0.0),
+        literal([], type_=table.c.latency_buckets.type), literal(1),
+        cast(func.coalesce(func.json_array_length(Node.gpus), 0), Float),
+        cast(func.coalesce(held.c.gpu_milli, 0), Float) / 1000.0,
+        cast(Node.cpu_milli, Float),
+        cast(func.coalesce(held.c.cpu_milli, 0), Float),
+    ).select_from(Node).outerjoin(held, held.c.node_id == Node.id)
+    if ids is not None:
+        query = query.where(Node.id.in_(list(ids)))
+    else:
+        query = query.where(~exists().where(  # not sampled in this bucket yet
+            table.c.series == "node", table.c.resolution_s == FINE, table.c.t == fine_t,
+            table.c.object_id == Node.id))
+    return query.order_by(Node.id)
+
+
 def sample_nodes(s: Session, now: datetime) -> int:
     """Take one allocation sample of every node for the current 10-second bucket (once
-    per bucket, whichever copy comes first); returns the samples written."""
+    per bucket, whichever copy comes first); returns the samples written.
+
+    A few statements whatever the fleet's size (it runs every 10 s over every node),
+    each ``INSERT ... SELECT`` from the nodes and their allocations summed by the
+    database, no row read into Python but the node ids this call sampled: the
+    10-second rows first (``ON CONFLICT DO NOTHING ... RETURNING``: a node another copy
+    sampled first in this bucket is left out, and only the rows this call inserted are
+    counted), then for those nodes each coarser bucket's rows inserted or added to
+    (``ON CONFLICT DO UPDATE`` adding the sample's sums). Rows are written in node id
+    order, so copies sampling at once never deadlock."""
     t_now = int(now.timestamp())
-    t_fine = t_now // FINE * FINE
-    taken = set(s.scalars(select(MetricPoint.object_id).where(
-        MetricPoint.series == "node", MetricPoint.resolution_s == FINE,
-        MetricPoint.t == t_fine)))
-    alloc: dict[str, tuple[float, float]] = {}
-    for a in s.scalars(select(Allocation)):
-        g, c = alloc.get(a.node_id, (0.0, 0.0))
-        alloc[a.node_id] = (g + len(a.gpu_indices or []) * a.gpu_milli / 1000.0,
-                            c + a.cpu_milli)
-    nodes = [n for n in s.scalars(select(Node)) if n.id not in taken]
-    if not nodes:
-        return 0
-    # Every node's buckets in a few statements (one per node would be thousands): the
-    # 10-second rows are new, inserted at once with their sample; the coarser rows are
-    # read (or created) together, then added to.
-    fine = [_node_sample(n, alloc.get(n.id, (0.0, 0.0)), FINE, t_fine) for n in nodes]
-    try:
-        with s.begin_nested():
-            s.execute(insert(MetricPoint), fine)
-    except IntegrityError:  # another copy sampled some of them first: one by one
-        return _sample_nodes_one_by_one(s, nodes, alloc, t_now)
+    conn = s.connection()
+    ins = _dialect_insert(s)
+    won = sorted(conn.execute(
+        ins.from_select(list(SAMPLE_COLUMNS), _node_rows(FINE, t_now // FINE * FINE))
+        .on_conflict_do_nothing(index_elements=list(BUCKET_KEY))
+        .returning(ins.table.c.object_id)).scalars().all())
     for res in (r for r in RESOLUTIONS if r != FINE):
-        t_res = t_now // res * res
-        ids = [n.id for n in nodes]
-        rows: dict[str, MetricPoint] = {}
-        for i in range(0, len(ids), IDS_PER_QUERY):
-            rows.update((row.object_id, row) for row in s.scalars(select(MetricPoint).where(
-                MetricPoint.series == "node", MetricPoint.resolution_s == res,
-                MetricPoint.t == t_res, MetricPoint.object_id.in_(ids[i:i + IDS_PER_QUERY]))
-                .with_for_update()))
-        for node in nodes:
-            if node.id in rows:
-                _add_sample(rows[node.id], node, alloc.get(node.id, (0.0, 0.0)))
-        missing = [n for n in nodes if n.id not in rows]
-        if not missing:
-            continue
-        try:
-            with s.begin_nested():
-                s.execute(insert(MetricPoint), [
-                    _node_sample(n, alloc.get(n.id, (0.0, 0.0)), res, t_res) for n in missing])
-        except IntegrityError:  # another copy created some first: add to each in turn
-            for node in missing:
-                _add_sample(_upsert(s, series="node", object_id=node.id, resolution_s=res,
-                                    t=t_res, workspace_id=None),
-                            node, alloc.get(node.id, (0.0, 0.0)))
-    return len(nodes)
-
-
-def _node_sample(node: Node, held: tuple[float, float], res: int, t: int) -> dict[str, Any]:
-    """The column values of a new bucket row holding one sample of ``node``."""
-    return {"series": "node", "object_id": node.id, "resolution_s": res, "t": t,
-            "workspace_id": None, "requests": 0, "errors": 0, "prompt_tokens": 0,
-            "completion_tokens": 0, "latency_sum_s": 0.0, "latency_buckets": [],
-            "samples": 1, "gpus": float(len(node.gpus or [])), "gpus_allocated": held[0],
-            "cpu_milli": float(node.cpu_milli), "cpu_allocated_milli": held[1]}
-
-
-def _add_sample(row: MetricPoint, node: Node, held: tuple[float, float]) -> None:
-    row.samples += 1
-    row.gpus += float(len(node.gpus or []))
-    row.gpus_allocated += held[0]
-    row.cpu_milli += node.cpu_milli
-    row.cpu_allocated_milli += held[1]
-
-
-def _sample_nodes_one_by_one(s: Session, nodes: list[Node],
-                             alloc: dict[str, tuple[float, float]], t_now: int) -> int:
-    """:func:`sample_nodes` bucket by bucket, skipping the nodes another copy sampled."""
-    written = 0
-    for node in nodes:
-        held = alloc.get(node.id, (0.0, 0.0))
-        fine = _upsert(s, series="node", object_id=node.id, resolution_s=FINE,
-                       t=t_now // FINE * FINE, workspace_id=None)
-        if fine.samples:
-            continue  # another copy sampled this bucket first
-        for res in RESOLUTIONS:
-            row = fine if res == FINE else _upsert(
-                s, series="node", object_id=node.id, resolution_s=res,
-                t=t_now // res * res, workspace_id=None)
-            _add_sample(row, node, held)
-        written += 1
-    return written
+        for i in range(0, len(won), IDS_PER_QUERY):
+            ins = _dialect_insert(s)
+            conn.execute(ins.from_select(
+                list(SAMPLE_COLUMNS), _node_rows(res, t_now // res * res,
+                                                 won[i:i + IDS_PER_QUERY]))
+                .on_conflict_do_update(
+                    index_elements=list(BUCKET_KEY),
+                    set_={c: ins.table.c[c] + getattr(ins.excluded, c) for c in SAMPLE_SUMS}))
+    return len(won)
 
 
 def prune(s: Session, now: datetime) -> int:

@@ -1,9 +1,10 @@
 """Changed deployments first: what an API write asked for is acted on before, or in the
 middle of, the pass over the whole fleet.
 
-A full pass (``reconciler.run_once``) reads every live replica to find the settled
-deployments and checks each of their processes; on a large settled fleet that takes
-seconds, and a deployment created meanwhile would wait for it. So the reconciler keeps,
+A full pass (``reconciler.run_once``) reads the key columns of every deployment, the
+replicas of those not kept settled (``settled``), and checks the process of every
+replica of a settled deployment; on a large settled fleet that takes seconds, and a
+deployment created meanwhile would wait for it. So the reconciler keeps,
 per deployment, the *observed* key read at the start of the last pass or look
 (:data:`Key`), and when woken (:meth:`Changes.wake`, called with the reconciler thread's
 wake after an API write) the pass looks, between its priority groups, every
@@ -33,6 +34,17 @@ resync, this path is only an accelerator). A change the look leaves (a higher pr
 waits, or the deployment's lock is held elsewhere) is acted on by that next pass: the
 same wake woke the reconciler thread, which starts it at once.
 
+A look reads only the deployments that can matter to it (:meth:`Changes._look_rows`):
+those whose ``updated_at`` is at most :data:`LOOK_MARGIN_S` older than the previous
+look's (or full pass's) read, and those not settled (their priority decides what may run
+early), not the key columns of the whole fleet at each look. This rests on an invariant
+(tested in ``tests/server/test_reconciler_threads.py``): **every request that changes
+what a deployment asks for sets its ``updated_at`` to its own time** (a create, an
+update or scale, a priority, a wake from zero, a delete; the autoscaler's scale too). A
+write whose transaction took longer than the margin between setting ``updated_at`` and
+committing, or whose clock (another control-plane copy's) is behind by more than the
+margin, is left to the next full pass, which reads every deployment (the resync).
+
 Priorities are kept: a changed deployment is run here only if no unchanged deployment of
 higher priority is waiting (status not ``ready``/``scaled_to_zero``, or a pending
 reason); otherwise it is left to the full pass, which runs the priorities in order.
@@ -44,19 +56,25 @@ import functools
 import threading
 import time
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from neocloud.models.deployments import DeploymentStatus
 from neocloud.server.db.tables import Deployment
-from neocloud.server.reconcilers.core import reconcile_each
+from neocloud.server.reconcilers.core import now, reconcile_each
 from neocloud.server.reconcilers.deployments.base import ReconcilerBase
 
 CHANGED_EVERY_S = 0.25
 """Shortest time (seconds) between two looks for changed deployments inside one pass (each
-look reads a few columns of every deployment)."""
+look reads a few columns of the deployments written since the last read and of those
+not settled)."""
+
+LOOK_MARGIN_S = 5.0
+"""Seconds before the previous read that a look still reads back by ``updated_at`` (a
+request's transaction sets it, then commits: a write that commits later than this after
+setting it is acted on by the next full pass instead)."""
 
 Key = tuple[datetime | None, int, int, str, int]
 """What the reconciler observed of a deployment: ``(updated_at, replicas, generation,
@@ -84,8 +102,8 @@ def asked_of(key: Key) -> Asked:
 
 KEY_COLUMNS = (Deployment.id, Deployment.updated_at, Deployment.replicas,
                Deployment.generation, Deployment.status, Deployment.revision,
-               Deployment.priority, Deployment.pending_reason, Deployment.autoscaling,
-               Deployment.created_at)
+               Deployment.priority, Deployment.pending_reason, Deployment.pending_code,
+               Deployment.autoscaling, Deployment.created_at)
 """The columns one look reads per deployment."""
 
 
@@ -110,16 +128,20 @@ class Changes(ReconcilerBase):
 
     _full_passes = 0
     _last_look = float("-inf")
+    _read_at: datetime | None = None
+    """When the last full pass or look read the deployments (UTC)."""
 
     def wake(self) -> None:
         """An API write committed: the next look (at once if the thread sleeps, else at
         the pass's next check point) runs what changed first."""
         self._changes.set()
 
-    def _observe(self, rows: Sequence[Any]) -> set[str]:
-        """Record the keys read at the start of a full pass (every deployment); returns
-        the ids whose key differs from the one observed before, new and gone ones
-        included."""
+    def _observe(self, rows: Sequence[Any], read_at: datetime | None = None) -> set[str]:
+        """Record the keys read at the start of a full pass (every deployment, read at
+        ``read_at``, UTC, default now); returns the ids whose key differs from the one
+        observed before, new and gone ones included."""
+        read_at = read_at or now()
+        self._read_at = read_at
         keys = {row.id: key_of(row) for row in rows}
         changed = {i for i, k in keys.items() if self._observed.get(i) != k}
         changed |= self._observed.keys() - keys.keys()
@@ -132,6 +154,24 @@ class Changes(ReconcilerBase):
         """The asked-for part of the key observed for ``dep_id`` (``None``: never seen)."""
         key = self._observed.get(dep_id)
         return None if key is None else asked_of(key)
+
+    def _look_rows(self) -> list[Any]:
+        """The key columns a look needs, by priority then age: the deployments written
+        since :data:`LOOK_MARGIN_S` before the previous read (:attr:`_read_at`), and every
+        one not settled (status not ``ready``/``scaled_to_zero``, or a pending reason);
+        on a settled fleet a few rows, not the whole fleet."""
+        read_at = now()
+        query = select(*KEY_COLUMNS).order_by(Deployment.priority.desc(),
+                                              Deployment.created_at)
+        if self._read_at is not None:
+            query = query.where(or_(
+                Deployment.updated_at >= self._read_at - timedelta(seconds=LOOK_MARGIN_S),
+                Deployment.status.notin_(SETTLED_STATUSES),
+                Deployment.pending_reason.is_not(None)))
+        with self.db.session() as s:
+            rows = s.execute(query).all()
+        self._read_at = read_at
+        return list(rows)
 
     def _changed_first(self, *, skip: set[str], coming: Collection[str] = ()) -> set[str]:
         """When woken since the last look, and the last look is :data:`CHANGED_EVERY_S`
@@ -146,9 +186,7 @@ class Changes(ReconcilerBase):
             return set()
         self._changes.clear()
         self._last_look = time.monotonic()
-        with self.db.session() as s:
-            rows = s.execute(select(*KEY_COLUMNS).order_by(
-                Deployment.priority.desc(), Deployment.created_at)).all()
+        rows = self._look_rows()
         changed = [row for row in rows if row.id not in coming
                    and self._asked(row.id) != asked_of(key_of(row))]
         if not changed:

@@ -79,11 +79,12 @@ class DeploymentReconciler(Changes, Placing, Readiness, Stopping, Scaling, Autos
         Every change is acted on within one pass of its commit. At the end the routes of
         every deployment the pass touched or saw change are rebuilt (``on_change``)."""
         self._release_lost_nodes()
+        read_at = now()
         with self.db.session() as s:
             rows = s.execute(select(*KEY_COLUMNS).order_by(
                 Deployment.priority.desc(), Deployment.created_at)).all()
-            settled = self._settled(s)
-        touched = self._observe(rows)
+            settled = self._settled(s, rows)
+        touched = self._observe(rows, read_at)
         fixed = {row.id for row in rows if not row.autoscaling}
         # one priority after the other, each fully (its placements and preemptions
         # before any work of lower priority), the deployments of one priority at once
@@ -114,6 +115,7 @@ class DeploymentReconciler(Changes, Placing, Readiness, Stopping, Scaling, Autos
             # full step does after its checks)
             self._scalers.pop(dep_id, None)
             if not all([self._check_ready(rid, known=known) for rid, known in checks]):
+                self._unsettle(dep_id)
                 reconcile_locked(self.db, "deployment", dep_id, self._update_status)
                 touched.add(dep_id)
         if self.on_change is not None:
