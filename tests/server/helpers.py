@@ -80,3 +80,45 @@ def set_past_price(app: ControlPlane, *, created_by: str = "admin-1", **body: An
     with app.state.db.session() as s:
         row = prices.set_price(s, spec=spec, created_by=created_by, now=spec.effective_at)
         return PriceOut.model_validate(row).model_dump(mode="json")
+
+
+def race_in_order(db: Any, first: Any, second: Any, *, hold_s: float = 0.5
+                  ) -> tuple[BaseException | None, BaseException | None]:
+    """Two transactions forced into one interleaving: ``first(session)`` runs its writes
+    and flushes, then holds its transaction open ``hold_s`` seconds after ``second`` has
+    started, so ``second(session)`` reads before ``first`` commits (and waits on any lock
+    ``first`` holds). Returns what each raised (``None``: it committed)."""
+    import threading
+    import time
+
+    first_done, second_started = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = [None, None]
+
+    def run_first() -> None:
+        try:
+            with db.session() as s:
+                first(s)
+                s.flush()
+                first_done.set()
+                assert second_started.wait(30)
+                time.sleep(hold_s)
+        except BaseException as e:
+            outcome[0] = e
+        finally:
+            first_done.set()
+
+    def run_second() -> None:
+        assert first_done.wait(30)
+        second_started.set()
+        try:
+            with db.session() as s:
+                second(s)
+        except BaseException as e:
+            outcome[1] = e
+
+    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return outcome[0], outcome[1]

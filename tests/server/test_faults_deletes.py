@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from neocloud.server.crypto import SecretBox
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Event, Job, Secret, Workspace
 from neocloud.server.services import secrets as secret_svc
-from tests.server.helpers import make_settings
+from tests.server.helpers import make_settings, race_in_order
 
 CALLERS = 4
 ROUNDS = 4
@@ -160,39 +159,11 @@ def test_a_delete_that_waited_for_another_finds_nothing(db_url: str) -> None:
             s.flush()
             ws_id = ws.id
             secret_svc.set_secret(s, workspace_id=ws_id, name="k", value="v", box=box)
-        first_deleted, second_started = threading.Event(), threading.Event()
-        outcome: dict[str, BaseException | None] = {}
+        def delete(s: Any) -> None:
+            secret_svc.delete_secret(s, workspace_id=ws_id, name="k")
 
-        def first() -> None:
-            try:
-                with db.session() as s:
-                    secret_svc.delete_secret(s, workspace_id=ws_id, name="k")
-                    s.flush()
-                    first_deleted.set()
-                    assert second_started.wait(30)
-                    time.sleep(0.5)  # the second reads the row, then waits on the lock
-                outcome["first"] = None
-            except BaseException as e:
-                first_deleted.set()
-                outcome["first"] = e
-
-        def second() -> None:
-            assert first_deleted.wait(30)
-            second_started.set()
-            try:
-                with db.session() as s:
-                    secret_svc.delete_secret(s, workspace_id=ws_id, name="k")
-                outcome["second"] = None
-            except BaseException as e:
-                outcome["second"] = e
-
-        threads = [threading.Thread(target=first), threading.Thread(target=second)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert outcome["first"] is None, outcome
-        assert isinstance(outcome["second"], NotFound), outcome
+        first, second = race_in_order(db, delete, delete)
+        assert first is None and isinstance(second, NotFound), (first, second)
         with db.session() as s:
             assert s.scalar(select(func.count()).select_from(Secret)) == 0
             deleted = s.scalar(select(func.count()).select_from(Event).where(

@@ -10,11 +10,8 @@ refused by the API and the gateway at once.
 
 from __future__ import annotations
 
-import threading
-import time
-
 from neocloud.server.services import workspaces as svc
-from tests.server.helpers import Cloud
+from tests.server.helpers import Cloud, race_in_order
 from tests.server.workload_helpers import error_of
 
 
@@ -104,39 +101,11 @@ def test_concurrent_revocations_of_the_last_two_admin_tokens_leave_one(cloud: Cl
     db = cloud.app.state.db
     with db.session() as s:
         ws_id = svc.get_workspace(s, name="default").id
-    first_deleted, second_started = threading.Event(), threading.Event()
-    outcome: dict[str, BaseException | None] = {}
-
-    def first() -> None:
-        try:
-            with db.session() as s:
-                svc.delete_token(s, workspace_id=ws_id, name="admin-1")
-                s.flush()
-                first_deleted.set()
-                assert second_started.wait(30)
-                time.sleep(0.5)  # let the second reach its lock (or, unlocked, its count)
-            outcome["admin-1"] = None
-        except BaseException as e:
-            first_deleted.set()
-            outcome["admin-1"] = e
-
-    def second() -> None:
-        assert first_deleted.wait(30)
-        second_started.set()
-        try:
-            with db.session() as s:
-                svc.delete_token(s, workspace_id=ws_id, name="ops2")
-            outcome["ops2"] = None
-        except BaseException as e:
-            outcome["ops2"] = e
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert outcome["admin-1"] is None, outcome
-    assert isinstance(outcome["ops2"], svc.LastOperatorAdminToken), outcome
+    first, second = race_in_order(
+        db, lambda s: svc.delete_token(s, workspace_id=ws_id, name="admin-1"),
+        lambda s: svc.delete_token(s, workspace_id=ws_id, name="ops2"))
+    assert first is None, (first, second)
+    assert isinstance(second, svc.LastOperatorAdminToken), (first, second)
     with db.session() as s:
         left = [t.name for t in svc.list_tokens(s, workspace_id=ws_id) if t.role == "admin"]
     assert left == ["ops2"]

@@ -186,13 +186,7 @@ def test_the_changed_first_path_misses_no_kind_of_change(
     rec.wake()
     assert rec._changed_first(skip=set()) == set()  # the passes' own status writes: none
     ids = dict(zip(names, _ids(cloud, *names), strict=True))
-    assert cloud.api("PATCH", "/deployments/d", json={"drain_timeout_s": 77.0}
-                     ).status_code == 200
-    assert cloud.api("PATCH", "/deployments/s", json={"replicas": 2}).status_code == 200
-    assert cloud.api("PATCH", "/deployments/u", json={"env": {"A": "1"}}
-                     ).status_code == 200
-    assert cloud.api("DELETE", "/deployments/x").status_code in (200, 202, 204)
-    assert cloud.api("PATCH", "/deployments/quiet", json={"priority": 5}).status_code == 200
+    _write_each_kind(cloud)
     ran = rec._changed_first(skip=set())
     assert ran == {ids["d"], ids["s"], ids["u"], ids["x"], ids["quiet"]}
     assert rec._changed_first(skip=set()) == set()  # not woken since: no look
@@ -467,13 +461,7 @@ def test_every_kind_of_request_sets_updated_at_so_a_look_reads_it(
     with cloud.app.state.db.session() as s:
         before = {row.id: row.updated_at for row in s.execute(
             select(Deployment.id, Deployment.updated_at))}
-    assert cloud.api("PATCH", "/deployments/d", json={"drain_timeout_s": 77.0}
-                     ).status_code == 200
-    assert cloud.api("PATCH", "/deployments/s", json={"replicas": 2}).status_code == 200
-    assert cloud.api("PATCH", "/deployments/u", json={"env": {"A": "1"}}
-                     ).status_code == 200
-    assert cloud.api("DELETE", "/deployments/x").status_code in (200, 202, 204)
-    assert cloud.api("PATCH", "/deployments/quiet", json={"priority": 5}).status_code == 200
+    _write_each_kind(cloud)
     with cloud.app.state.db.session() as s:
         assert deployment_svc.wake(s, deployment_id=ids["zero"])
     _deploy(cloud, "new")
@@ -485,3 +473,16 @@ def test_every_kind_of_request_sets_updated_at_so_a_look_reads_it(
     rec.wake()
     assert rec._changed_first(skip=set()) == {*ids.values(), new}
     assert reads[-1] == {*ids.values(), new}
+
+
+def _write_each_kind(cloud: Any) -> None:
+    """One request of each kind that changes what a deployment asks for, on the
+    deployments ``d`` (drain timeout), ``s`` (scale), ``u`` (env: a new revision), ``x``
+    (delete) and ``quiet`` (priority)."""
+    assert cloud.api("PATCH", "/deployments/d", json={"drain_timeout_s": 77.0}
+                     ).status_code == 200
+    assert cloud.api("PATCH", "/deployments/s", json={"replicas": 2}).status_code == 200
+    assert cloud.api("PATCH", "/deployments/u", json={"env": {"A": "1"}}
+                     ).status_code == 200
+    assert cloud.api("DELETE", "/deployments/x").status_code in (200, 202, 204)
+    assert cloud.api("PATCH", "/deployments/quiet", json={"priority": 5}).status_code == 200
