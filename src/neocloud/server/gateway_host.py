@@ -6,7 +6,11 @@ database.
 - :class:`DbRouteTable` keeps the route table in memory; the reconciler thread rebuilds the
   routes of the deployments a pass touched or saw change after every pass, and the whole
   table every 30 s (:meth:`DbRouteTable.refresh`), so a request never waits on the
-  database to find its replicas.
+  database to find its replicas. Either rebuild reads Core rows of only the columns a
+  route needs (:func:`read_route_rows`: at 5,000 deployments x 10 replicas on
+  PostgreSQL, about 0.1 s on simulated nodes and 0.6 s with 50,000 upstreams, against
+  2 to 3 s for the ORM rows of every replica, deployment and node), builds the routes
+  in one go (:func:`routes_of`) and swaps the table in.
 - :class:`UsageBuffer` (now in ``server.metering.tokens``, re-exported here until callers
   import it from there) collects request records and writes the ``tokens`` usage records.
 """
@@ -17,16 +21,19 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import Row, String, cast, literal, select
+from sqlalchemy.orm import Session
 
 from neocloud.gateway.types import Principal, Refusal, Route, Upstream, openai_paths_of
+from neocloud.models.autoscaling import AutoscalingConfig
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Deployment, Node, Replica
 from neocloud.server.metering.tokens import UsageBuffer
 from neocloud.server.services import audit, budgets
-from neocloud.server.services.deployments import can_wake
 from neocloud.server.services.workspaces import authenticate
 
 
@@ -101,7 +108,8 @@ class DbRouteTable:
         or the last whole rebuild is :data:`FULL_REFRESH_S` old: then the whole table.
         The reconciler passes the deployments it touched or saw change; the whole
         rebuild every :data:`FULL_REFRESH_S` catches what changes no deployment (a
-        node's address)."""
+        node's address). It stays a whole read, not one of the rows written since the
+        last: replicas and nodes have no ``updated_at`` that every write sets."""
         if deployment_ids is not None and not deployment_ids:
             return
         with self._serial:  # one at a time: an older read never overwrites a newer one
@@ -116,21 +124,8 @@ class DbRouteTable:
                     or time.monotonic() - self._last_full >= FULL_REFRESH_S)
             if full:
                 self._last_full = time.monotonic()
-                deps = s.scalars(select(Deployment).where(
-                    Deployment.status != "deleting")).all()
-                reps = s.scalars(select(Replica).where(
-                    Replica.status.in_(("ready", "starting", "failed")))).all()
-                nodes = {n.id: n for n in s.scalars(select(Node))}
-            else:
-                deps = s.scalars(select(Deployment).where(
-                    Deployment.id.in_(ids), Deployment.status != "deleting")).all()
-                reps = s.scalars(select(Replica).where(
-                    Replica.deployment_id.in_(ids),
-                    Replica.status.in_(("ready", "starting", "failed")))).all()
-                node_ids = sorted({r.node_id for r in reps if r.node_id})
-                nodes = {n.id: n for n in s.scalars(select(Node).where(
-                    Node.id.in_(node_ids)))} if node_ids else {}
-        routes = self._routes_of(deps, reps, nodes, refused)
+            rows = read_route_rows(s, None if full else ids)
+        routes = routes_of(rows, refused)
         with self._lock:
             if full:
                 table: dict[str, dict[str, Route]] = {}
@@ -155,41 +150,6 @@ class DbRouteTable:
             self._refused = refused
             self.refreshes.append(None if full else len(ids))
             del self.refreshes[:-100]
-
-    @staticmethod
-    def _routes_of(deps: Sequence[Deployment], reps: Sequence[Replica],
-                   nodes: dict[str, Node], refused: dict[str, str]) -> list[Route]:
-        """The route of each deployment of ``deps``, from its replicas in ``reps`` (live
-        ones of those deployments) and their ``nodes``."""
-        ready = [r for r in reps if r.status == "ready"]
-        generation = {d.id: d.generation for d in deps}
-        crashed: dict[str, str] = {}
-        for r in reps:  # a replica of the current spec that crashed while starting
-            if r.restarts > 0 and r.status != "ready" \
-                    and r.generation == generation.get(r.deployment_id):
-                crashed.setdefault(r.deployment_id, last_line(r.message))
-        ups: dict[str, list[Upstream]] = {}
-        for r in ready:
-            node = nodes.get(r.node_id or "")
-            if node is None or r.port is None or node.backend == "fake":
-                continue
-            ups.setdefault(r.deployment_id, []).append(
-                Upstream(replica_id=r.id, url=f"http://{node.address}:{r.port}")
-            )
-        out: list[Route] = []
-        for d in deps:
-            failed = crashed.get(d.id)
-            out.append(Route(
-                deployment_id=d.id, workspace_id=d.workspace_id, name=d.name,
-                upstreams=tuple(ups.get(d.id, ())), can_wake=can_wake(d),
-                refusal=refused.get(d.workspace_id),
-                wake_timeout_s=d.cold_start_timeout_s,
-                wake_error=(f"deployment '{d.name}' failed to start: {failed}"
-                            if failed is not None and d.id not in ups else None),
-                scaled_to_zero=d.replicas == 0 and not can_wake(d),
-                serves=openai_paths_of(d.service, d.engine),
-            ))
-        return out
 
     async def resolve(self, workspace_id: str, name: str) -> Route | None:
         route = self._routes.get(workspace_id, {}).get(name)
@@ -259,10 +219,89 @@ class DbRouteTable:
         return None, False
 
 
+@dataclass(frozen=True)
+class RouteRows:
+    """What routes are built from: Core rows of only the columns a route needs.
+
+    Attributes:
+        deployments: ``(id, workspace_id, name, generation, replicas, autoscaling,
+            cold_start_timeout_s, service, engine)`` of each deployment not ``deleting``.
+        upstreams: ``(deployment_id, id, url)`` of each ``ready`` replica with a port,
+            on a node of a backend that serves (not ``fake``: simulated replicas have no
+            URL); the database writes each URL (``http://<node address>:<port>``).
+        crashes: ``(deployment_id, generation, message)`` of each ``starting`` or
+            ``failed`` replica that was restarted (it crashed while starting).
+    """
+
+    deployments: Sequence[Row[Any]]
+    upstreams: Sequence[Row[str, str, str]]
+    crashes: Sequence[Row[str, int, str | None]]
+
+
+def read_route_rows(s: Session, deployment_ids: Sequence[str] | None = None) -> RouteRows:
+    """The rows of the routes of ``deployment_ids`` (``None``: every deployment), in three
+    statements; no ORM object is built (at 50,000 replicas the ORM rows of every replica
+    were most of a whole rebuild's time)."""
+    deps = select(Deployment.id, Deployment.workspace_id, Deployment.name,
+                  Deployment.generation, Deployment.replicas, Deployment.autoscaling,
+                  Deployment.cold_start_timeout_s, Deployment.service,
+                  Deployment.engine).where(Deployment.status != "deleting")
+    url = literal("http://") + Node.address + literal(":") + cast(Replica.port, String)
+    ups = (select(Replica.deployment_id, Replica.id, url)
+           .join(Node, Node.id == Replica.node_id)
+           .where(Replica.status == "ready", Replica.port.is_not(None),
+                  Node.backend != "fake"))
+    crashes = select(Replica.deployment_id, Replica.generation, Replica.message).where(
+        Replica.status.in_(("starting", "failed")), Replica.restarts > 0)
+    if deployment_ids is not None:
+        deps = deps.where(Deployment.id.in_(deployment_ids))
+        ups = ups.where(Replica.deployment_id.in_(deployment_ids))
+        crashes = crashes.where(Replica.deployment_id.in_(deployment_ids))
+    return RouteRows(deployments=s.execute(deps).all(), upstreams=s.execute(ups).all(),
+                     crashes=s.execute(crashes).all())
+
+
+def wakes_from_zero(autoscaling: dict[str, Any] | None) -> bool:
+    """:func:`~neocloud.server.services.deployments.can_wake` of a deployment that is not
+    ``deleting``, from its ``autoscaling`` column: it autoscales down to zero."""
+    return bool(autoscaling) and AutoscalingConfig.model_validate(autoscaling).min_replicas == 0
+
+
+def routes_of(rows: RouteRows, refused: dict[str, str]) -> list[Route]:
+    """The route of each deployment of ``rows``: its ready replicas' URLs (in replica id
+    order), and why it cannot start when a replica of its current generation crashed
+    while starting; ``refused``: workspace id -> budget refusal message."""
+    generation = {d.id: d.generation for d in rows.deployments}
+    crashed: dict[str, str] = {}
+    for dep_id, gen, message in rows.crashes:
+        if gen == generation.get(dep_id):
+            crashed.setdefault(dep_id, last_line(message))
+    ups: dict[str, list[Upstream]] = {}
+    for dep_id, rep_id, url in rows.upstreams:
+        ups.setdefault(dep_id, []).append(Upstream(replica_id=rep_id, url=url))
+    out: list[Route] = []
+    for d in rows.deployments:
+        wakes = wakes_from_zero(d.autoscaling)
+        mine = ups.get(d.id)
+        failed = crashed.get(d.id)
+        out.append(Route(
+            deployment_id=d.id, workspace_id=d.workspace_id, name=d.name,
+            upstreams=tuple(sorted(mine, key=lambda u: u.replica_id)) if mine else (),
+            can_wake=wakes, refusal=refused.get(d.workspace_id),
+            wake_timeout_s=d.cold_start_timeout_s,
+            wake_error=(f"deployment '{d.name}' failed to start: {failed}"
+                        if failed is not None and not mine else None),
+            scaled_to_zero=d.replicas == 0 and not wakes,
+            serves=openai_paths_of(d.service, d.engine),
+        ))
+    return out
+
+
 def last_line(message: str | None) -> str:
     """The last non-empty line of a replica's failure message (the exception of a crash)."""
     lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
     return lines[-1] if lines else "the replica exited"
 
 
-__all__ = ["DbAuthenticator", "DbRouteTable", "UsageBuffer", "last_line"]
+__all__ = ["DbAuthenticator", "DbRouteTable", "RouteRows", "UsageBuffer", "last_line",
+           "read_route_rows", "routes_of", "wakes_from_zero"]
