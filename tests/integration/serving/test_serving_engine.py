@@ -302,11 +302,14 @@ def _same_greedy_token_up_to_a_tie(ref: Any, got: Any, bound: float) -> None:
 def test_bfloat16_streams_in_a_batch_start_as_alone_and_run_their_course(smollm2_bf16
                                                                          ) -> None:
     """Concurrent bfloat16 streams, short prompts padded beside a long one: each starts
-    with the token it starts with alone and ends by EOS or ``max_tokens`` with text (its
-    later tokens may differ from alone: bfloat16 rounding, see the engine README)."""
+    with the token it starts with alone (or a near tie of it, within the rounding bound of
+    1.0 of the top logit: seen swapped on one machine) and ends by EOS or ``max_tokens``
+    with text (its later tokens may differ from alone: bfloat16 rounding, see the engine
+    README)."""
     import torch
 
     g = TextGenerator(*smollm2_bf16, device="cpu", config=EngineConfig())
+    tok = smollm2_bf16[1]
     # the engine runs its fast forward, every product packed (4 a layer and the head)
     assert g.fast is not None and g.packed_linears == 4 * 30 + 1
     assert g.fast.packed == g.packed_linears and torch.bfloat16 is g.fast.dtype
@@ -318,7 +321,12 @@ def test_bfloat16_streams_in_a_batch_start_as_alone_and_run_their_course(smollm2
     async def main() -> None:
         alone = [await run_to_end(g, p, first) for p in prompts]
         starts = await asyncio.gather(*[run_to_end(g, p, first) for p in prompts])
-        assert [s[0] for s in starts] == [a[0] for a in alone]
+        for p, s, a in zip(prompts, starts, alone, strict=True):
+            if s[0] != a[0]:  # bfloat16 rounding may swap a near tie: both within 1.0
+                logits = _prefill_logits(smollm2_bf16[0], [p], g.fast)[0]
+                for text in (s[0][0], a[0][0]):
+                    token = tok.encode(text, add_special_tokens=False)[0]
+                    assert float(logits.max() - logits[token]) <= 1.0, (text, s[0], a[0])
         together = await asyncio.gather(*[run_to_end(g, p, run) for p in prompts])
         for texts, finish, tokens in together:
             assert texts[0].strip() and 1 <= tokens <= run.max_tokens
