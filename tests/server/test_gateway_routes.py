@@ -25,7 +25,7 @@ from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Deployment, Node, Replica, Workspace
 from neocloud.server.gateway_host import DbRouteTable, last_line
 from neocloud.server.services import budgets
-from neocloud.server.services.deployments import can_wake
+from neocloud.server.services.deployments import autoscales_to_zero, can_wake
 
 Table = dict[str, dict[str, Route]]
 
@@ -269,10 +269,10 @@ def test_a_rebuild_of_some_deployments_gives_the_routes_the_orm_rows_gave(
 @pytest.mark.parametrize("autoscaling", [
     None, {}, {"min_replicas": 0, "max_replicas": 1}, {"min_replicas": 1},
     {"min_replicas": 2, "max_replicas": 5}, {"max_replicas": 3}])
-def test_waking_from_zero_is_can_wake_of_a_live_deployment(
+def test_autoscales_to_zero_is_can_wake_of_a_live_deployment(
         autoscaling: dict[str, Any] | None) -> None:
     dep = Deployment(autoscaling=autoscaling, status="ready")
-    assert gateway_host.wakes_from_zero(autoscaling) is can_wake(dep)
+    assert autoscales_to_zero(autoscaling) is can_wake(dep)
 
 
 def test_a_whole_rebuild_reads_only_the_columns_a_route_needs(

@@ -29,11 +29,11 @@ from sqlalchemy import Row, String, cast, literal, select
 from sqlalchemy.orm import Session
 
 from neocloud.gateway.types import Principal, Refusal, Route, Upstream, openai_paths_of
-from neocloud.models.autoscaling import AutoscalingConfig
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Deployment, Node, Replica
 from neocloud.server.metering.tokens import UsageBuffer
 from neocloud.server.services import audit, budgets
+from neocloud.server.services.deployments import autoscales_to_zero
 from neocloud.server.services.workspaces import authenticate
 
 
@@ -261,12 +261,6 @@ def read_route_rows(s: Session, deployment_ids: Sequence[str] | None = None) -> 
                      crashes=s.execute(crashes).all())
 
 
-def wakes_from_zero(autoscaling: dict[str, Any] | None) -> bool:
-    """:func:`~neocloud.server.services.deployments.can_wake` of a deployment that is not
-    ``deleting``, from its ``autoscaling`` column: it autoscales down to zero."""
-    return bool(autoscaling) and AutoscalingConfig.model_validate(autoscaling).min_replicas == 0
-
-
 def routes_of(rows: RouteRows, refused: dict[str, str]) -> list[Route]:
     """The route of each deployment of ``rows``: its ready replicas' URLs (in replica id
     order), and why it cannot start when a replica of its current generation crashed
@@ -281,7 +275,7 @@ def routes_of(rows: RouteRows, refused: dict[str, str]) -> list[Route]:
         ups.setdefault(dep_id, []).append(Upstream(replica_id=rep_id, url=url))
     out: list[Route] = []
     for d in rows.deployments:
-        wakes = wakes_from_zero(d.autoscaling)
+        wakes = autoscales_to_zero(d.autoscaling)  # can_wake: deleting ones are not read
         mine = ups.get(d.id)
         failed = crashed.get(d.id)
         out.append(Route(
@@ -304,4 +298,4 @@ def last_line(message: str | None) -> str:
 
 
 __all__ = ["DbAuthenticator", "DbRouteTable", "RouteRows", "UsageBuffer", "last_line",
-           "read_route_rows", "routes_of", "wakes_from_zero"]
+           "read_route_rows", "routes_of"]

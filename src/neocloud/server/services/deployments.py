@@ -226,10 +226,16 @@ def autoscaling_of(dep: Deployment) -> AutoscalingConfig | None:
     return AutoscalingConfig.model_validate(dep.autoscaling) if dep.autoscaling else None
 
 
+def autoscales_to_zero(autoscaling: dict[str, Any] | None) -> bool:
+    """Whether a deployment's stored ``autoscaling`` column (``None`` or empty: a fixed
+    replica count) lets it scale down to zero replicas (``min_replicas`` 0)."""
+    return bool(autoscaling) and AutoscalingConfig.model_validate(autoscaling).min_replicas == 0
+
+
 def can_wake(dep: Deployment) -> bool:
-    """Whether a request may start ``dep`` from zero: it autoscales down to zero."""
-    a = autoscaling_of(dep)
-    return a is not None and a.min_replicas == 0 and dep.status != "deleting"
+    """Whether a request may start ``dep`` from zero: it autoscales down to zero and is
+    not ``deleting``."""
+    return autoscales_to_zero(dep.autoscaling) and dep.status != "deleting"
 
 
 def wake(s: Session, *, deployment_id: str) -> bool:
