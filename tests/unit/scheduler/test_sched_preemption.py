@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sched_helpers import node  # noqa: E402
 
 from neocloud.server.scheduler import (
@@ -11,6 +12,7 @@ from neocloud.server.scheduler import (
     RunningWork,
     Unschedulable,
     apply_binding,
+    release_binding,
     select_victims,
 )
 
@@ -80,3 +82,23 @@ def test_gang_victims_are_pruned_to_what_is_needed() -> None:
     whole = select_victims(nodes, works, [FOUR, FOUR], priority=10)
     assert isinstance(whole, list) and sorted(whole) == ["w0", "w1", "w2", "w3"]
     assert isinstance(select_victims(nodes, works, [FOUR, FOUR], priority=3), Unschedulable)
+
+
+def test_a_node_holding_more_than_it_has_is_released_into_without_error() -> None:
+    # Rejoined with 1000 millicores and 4 of its 8 GPUs while holding 8000 and GPUs 0..7:
+    # releasing one job leaves it short still; releasing GPUs it no longer lists frees
+    # nothing there. Found by the API fuzzer (the job reconciler raised on every pass).
+    short = node("a", gpus=4, free=[0] * 4, cpu=1000, cpu_free=-7000, mem_free=254 * 1024)
+    low = RunningWork("low", 0, True, (Binding("a", (4, 5, 6, 7), 1000, 4000, 1024),))
+    kept = RunningWork("kept", 0, False, (Binding("a", (0, 1, 2, 3), 1000, 4000, 1024),))
+    released = release_binding([short], low.bindings[0])[0]
+    assert released.cpu_milli_free == -3000 and [g.free_milli for g in released.gpus] == [0] * 4
+    result = select_victims([short], [low, kept], FOUR, priority=5)
+    assert isinstance(result, Unschedulable)
+    # No booking may take what is not there, nor a release free beyond capacity.
+    with pytest.raises(ValueError, match="cannot take this change of CPU or memory"):
+        apply_binding([released], Binding("a", (), 0, 500, 0))
+    with pytest.raises(ValueError, match="has no GPU index 4"):
+        apply_binding([node("a", gpus=4)], Binding("a", (4,), 1000, 0, 0))
+    with pytest.raises(ValueError, match="cannot take this change of CPU or memory"):
+        release_binding([node("a", gpus=0)], Binding("a", (), 0, 500, 0))

@@ -204,13 +204,20 @@ def _gpu_amount(gpus: tuple[int, ...], request: ResourceRequest) -> int:
 
 
 def _book(nodes: Sequence[NodeSnapshot], binding: Binding, sign: int) -> list[NodeSnapshot]:
+    """``binding`` taken (``sign`` +1) or released (-1) on its node.
+
+    A take needs room: every bound GPU listed, and nothing below zero afterwards. A
+    release only needs to stay within capacity (``free <= total``): on a node that holds
+    more than it has (see :class:`NodeSnapshot`) the free room may stay below zero, and
+    GPU indices the node no longer lists have nothing to free.
+    """
     out = list(nodes)
     for i, node in enumerate(out):
         if node.id != binding.node_id:
             continue
         by_index = {g.index: g for g in node.gpus}
         missing = [d for d in binding.gpu_indices if d not in by_index]
-        if missing:
+        if missing and sign > 0:
             raise ValueError(f"node {node.id} has no GPU index {missing[0]}")
         gpus = []
         for g in node.gpus:
@@ -222,7 +229,11 @@ def _book(nodes: Sequence[NodeSnapshot], binding: Binding, sign: int) -> list[No
             gpus.append(GpuSlot(g.index, g.type, g.memory_mib, free))
         cpu = node.cpu_milli_free - sign * binding.cpu_milli
         mem = node.memory_mib_free - sign * binding.memory_mib
-        if not 0 <= cpu <= node.cpu_milli_total or not 0 <= mem <= node.memory_mib_total:
+        if sign > 0:
+            fits = cpu >= 0 and mem >= 0
+        else:
+            fits = cpu <= node.cpu_milli_total and mem <= node.memory_mib_total
+        if not fits:
             raise ValueError(f"node {node.id} cannot take this change of CPU or memory")
         out[i] = replace(
             node, cpu_milli_free=cpu, memory_mib_free=mem, gpus=gpus, labels=dict(node.labels)

@@ -118,6 +118,7 @@ def join_node(s: Session, *, spec: NodeJoin) -> tuple[Node, bool]:
         node.pool = spec.pool
     node.heartbeat_at = datetime.now(UTC)
     s.flush()
+    placement.node_changed(s, node.id)  # its size may have changed: placement reads it again
     if node.status == NodeStatus.not_ready.value:
         set_node_status(s, node, NodeStatus.ready, reason="NodeReady",
                         message=f"node {spec.name}: not_ready -> ready (rejoined)")
