@@ -60,6 +60,49 @@ def test_denied_cross_workspace_call_and_successful_delete_appear(cloud: Cloud) 
     assert _has(every, workspace="team-b", action="delete_deployment", outcome="success")
 
 
+def test_an_operators_calls_on_a_workspace_are_seen_by_its_admin(cloud: Cloud) -> None:
+    # Was: the operator's revocation of team-b's token was recorded with no target
+    # workspace, so team-b's admin never saw it.
+    tok_b = cloud.new_workspace("team-b")
+    r = cloud.api("POST", "/workspaces/team-b/tokens", json={"name": "ci", "role": "member"})
+    assert r.status_code == 201, r.text
+    assert cloud.api("DELETE", "/workspaces/team-b/tokens/ci").status_code == 204
+    assert cloud.api("PUT", "/workspaces/team-b/quota",
+                     json={"gpus_total": 4}).status_code in (200, 201)
+    seen_by_b = _audit(cloud, tok_b)
+    for method, status in (("POST", 201), ("DELETE", 204)):
+        assert _has(seen_by_b, method=method, target="workspaces/team-b/tokens" + (
+            "/ci" if method == "DELETE" else ""), outcome="success", status=status,
+            target_workspace="team-b"), seen_by_b
+    assert _has(seen_by_b, method="PUT", target="workspaces/team-b/quota",
+                outcome="success", target_workspace="team-b"), seen_by_b
+    operator_ws = next(e["workspace"] for e in seen_by_b if e["method"] == "DELETE")
+    assert operator_ws not in (None, "team-b")
+    # Another workspace sees none of it.
+    tok_c = cloud.new_workspace("team-c")
+    assert not _has(_audit(cloud, tok_c), target_workspace="team-b")
+
+
+def test_a_call_refused_before_its_route_ran_names_its_caller(cloud: Cloud) -> None:
+    # Was: a body that is not JSON is refused (400) before the route asks who called, and
+    # the entry had no workspace and no token name.
+    tok_b = cloud.new_workspace("team-b")
+    r = cloud.client.post("/api/v1/deployments", headers={**cloud.h(tok_b),
+                          "content-type": "application/json"}, content=b"{not json")
+    assert r.status_code == 400, r.text
+    r = cloud.client.post("/api/v1/deployments", headers=cloud.h(tok_b),
+                          json={"name": "Bad_Name", "service": "embeddings"})
+    assert r.status_code == 422, r.text
+    refused = [e for e in _audit(cloud, tok_b) if e["status"] in (400, 422)]
+    assert len(refused) == 2, refused
+    assert all(e["workspace"] == "team-b" and e["token_name"] == "t1" for e in refused)
+    # A token that matches nothing still names nobody.
+    r = cloud.client.post("/api/v1/deployments", headers=cloud.h("nc_nothing"),
+                          content=b"{not json")
+    assert r.status_code in (400, 401)
+    assert _has(_audit(cloud), status=r.status_code, workspace=None, token_name=None)
+
+
 def test_401_and_403_are_recorded_and_only_admins_read(cloud: Cloud) -> None:
     member = cloud.api("POST", "/tokens", json={"name": "dev", "role": "member"}).json()["token"]
     r = cloud.client.get("/api/v1/deployments", headers={"Authorization": "Bearer nc_bad_x"})

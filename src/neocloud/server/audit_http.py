@@ -73,8 +73,9 @@ class AuditLog:
             call = _call_of(scope, method, status, bytes(body), bytes(request_body))
             if call.code == DATABASE_BUSY:
                 return
+            bearer = _bearer_of(scope) if call.caller is None else None
             try:
-                await asyncio.to_thread(audit.record, self.db, call)
+                await asyncio.to_thread(audit.record, self.db, call, bearer=bearer)
             except Exception:  # the answer still goes out; the failure is logged
                 log.exception("cannot write the audit entry of %s %s", method, call.target)
 
@@ -118,6 +119,15 @@ class AuditLog:
 
 def _is_audited(path: str) -> bool:
     return path.startswith(API_PREFIX) or path in AUDITED_PATHS
+
+
+def _bearer_of(scope: Scope) -> str | None:
+    """The token of the request's ``Authorization: Bearer`` header, if it has one."""
+    for key, value in scope.get("headers") or ():
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() or None if scheme.lower() == "bearer" else None
+    return None
 
 
 def _is_dry_run(scope: Scope) -> bool:

@@ -8,6 +8,10 @@ What is recorded (decided by :func:`outcome_of`, written by :func:`record`):
 - every ``404`` on a workspace-scoped resource that exists in *another* workspace (the API
   answers 404 there so names cannot be probed; the log keeps the attempt, with
   ``target_workspace_id`` set so that workspace's admin sees it too).
+- every call under ``/workspaces/{name}/...`` made from another workspace (an operator
+  issuing or revoking a workspace's tokens, setting its quota) carries that workspace as
+  ``target_workspace_id`` whatever its answer, so the workspace's admin sees what was done
+  to it.
 
 - every ``401`` and ``402`` the gateway answers (``/v1/...``, ``/endpoints/...``): a
   missing or invalid token, a workspace past its budget hard stop (:func:`record_refusal`,
@@ -20,7 +24,7 @@ committed before the response starts, and never changed afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +46,7 @@ from neocloud.server.db.tables import (
     Workspace,
 )
 from neocloud.server.services.principal import Caller
+from neocloud.server.services.workspaces import authenticate
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -110,13 +115,21 @@ def outcome_of(status: int, *, cross_workspace: bool) -> AuditOutcome:
     return AuditOutcome.success if status < 400 else AuditOutcome.failed
 
 
-def record(db: Database, call: Call) -> AuditEntry | None:
+def record(db: Database, call: Call, *, bearer: str | None = None) -> AuditEntry | None:
     """Write the entry for ``call`` if it needs one (see the module docstring) and commit
-    it. Returns the entry, or ``None`` when the call is not audited."""
+    it. Returns the entry, or ``None`` when the call is not audited.
+
+    ``bearer``: the token the request sent. A call refused before its route asked who
+    called (a body that is not JSON, a field the schema refuses) has no ``caller``; the
+    token names it then, so the entry says whose call it was.
+    """
     if not is_candidate(call.method, call.status):
         return None
     with db.session() as s:
-        other = owner_elsewhere(s, call) if call.status == 404 else None
+        if call.caller is None and bearer:
+            call = replace(call, caller=authenticate(s, secret=bearer))
+        other = (owner_elsewhere(s, call)
+                 if call.status == 404 or call.noun == "workspaces" else None)
         if call.method not in MUTATING_METHODS and call.status == 404 and other is None:
             return None
         entry = AuditEntry(
@@ -124,7 +137,8 @@ def record(db: Database, call: Call) -> AuditEntry | None:
             target_workspace_id=other,
             token_name=call.caller.token_name if call.caller else None,
             method=call.method, action=call.action[:63], target=call.target[:1024],
-            outcome=outcome_of(call.status, cross_workspace=other is not None).value,
+            outcome=outcome_of(call.status,
+                           cross_workspace=other is not None and call.status == 404).value,
             status=call.status, code=(call.code or None) and call.code[:63],
         )
         s.add(entry)
