@@ -96,7 +96,7 @@ def test_a_busy_refusal_writes_no_audit_entry(busy_cloud: tuple[Cloud, str],
     recorded: list[object] = []
     real = audit_http.audit.record
     monkeypatch.setattr(audit_http.audit, "record",
-                        lambda db, call: recorded.append(call) or real(db, call))
+                        lambda db, call, **kw: recorded.append(call) or real(db, call, **kw))
     cloud, path = busy_cloud
     other = _hold_write_lock(path)
     try:
