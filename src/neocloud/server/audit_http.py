@@ -27,6 +27,7 @@ from urllib.parse import parse_qs
 
 from neocloud.asgi import Message, Receive, Scope, Send
 from neocloud.server.db.engine import Database
+from neocloud.server.security import bearer_token
 from neocloud.server.services import audit
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,7 @@ def _bearer_of(scope: Scope) -> str | None:
     """The token of the request's ``Authorization: Bearer`` header, if it has one."""
     for key, value in scope.get("headers") or ():
         if key == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
+            return bearer_token(value.decode("latin-1"))
     return None
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from neocloud.errors import Unauthenticated
 from neocloud.gateway.app import Gateway
 from neocloud.server.crypto import SecretBox
+from neocloud.server.security import bearer_token
 from neocloud.server.services.principal import Caller
 from neocloud.server.services.workspaces import authenticate
 from neocloud.server.state import AppState
@@ -71,14 +72,13 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise Unauthenticated(
             "missing API token: send 'Authorization: Bearer <token>' "
             "(create one with 'neocloud token create')"
         )
-    return token.strip()
+    return token
 
 
 def get_caller(request: Request, state: StateDep) -> Caller:

@@ -20,6 +20,13 @@ def new_token() -> tuple[str, str, str]:
     return token, prefix, hash_token(token)
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization`` header's value (``Bearer <token>``, the scheme
+    in any case, RFC 6750 section 2.1), or ``None`` for another scheme or no token."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def hash_token(token: str) -> str:
     """SHA-256 hex digest (64 characters) of ``token``."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -28,6 +28,7 @@ from neocloud.server.db.tables import Node, Pod
 from neocloud.server.deps import CallerDep, SecretBoxDep, SessionDep, StateDep, VolumeStoreDep
 from neocloud.server.errors_http import BUDGET_SPENT
 from neocloud.server.podshell import ShellSession
+from neocloud.server.security import bearer_token
 from neocloud.server.services import events
 from neocloud.server.services import logs as log_svc
 from neocloud.server.services import pods as svc
@@ -119,11 +120,11 @@ def _shell_target(state: AppState, header: str, name: str, *, touch: bool = True
         Unauthenticated, PermissionDenied, NotFound (other workspaces' pods too),
         Conflict: the pod is not running.
     """
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if token is None:
         raise Unauthenticated("missing API token: send 'Authorization: Bearer <token>'")
     with state.db.session() as s:
-        caller = authenticate(s, secret=token.strip())
+        caller = authenticate(s, secret=token)
         if caller is None:
             raise Unauthenticated("invalid API token")
         caller.require(Role.member)
