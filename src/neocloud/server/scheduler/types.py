@@ -45,15 +45,15 @@ class NodeSnapshot:
         cpu_milli_total / cpu_milli_free: CPU capacity and what is unallocated (millicores).
         memory_mib_total / memory_mib_free: memory capacity and what is unallocated (MiB).
         gpus: the node's GPUs with their free shares.
+        labels: node labels matched by ``ResourceRequest.node_selector``.
+        pool: node pool name, if any (also exposed as the label ``pool`` when selecting).
+        status: one of :data:`NODE_STATUSES`; only ``"ready"`` takes new work.
 
     A node can hold more than it has: one that joins again smaller (a server restarted
     with less memory, fewer GPUs) keeps the work it runs. Its ``cpu_milli_free`` or
     ``memory_mib_free`` is then below zero, and allocations may name GPU indices it no
     longer lists. Such a node takes no new work there until enough is released; the
     invariant kept is ``free <= total``, and ``free >= 0`` after every booking.
-        labels: node labels matched by ``ResourceRequest.node_selector``.
-        pool: node pool name, if any (also exposed as the label ``pool`` when selecting).
-        status: one of :data:`NODE_STATUSES`; only ``"ready"`` takes new work.
     """
 
     id: str
