@@ -24,6 +24,16 @@ def cloud(tmp_path: Path, db_url: str) -> Iterator[Cloud]:
         client.__exit__(None, None, None)
 
 
+@pytest.fixture
+def ray_cloud(tmp_path: Path, db_url: str) -> Iterator[Cloud]:
+    """A cloud whose ``ray`` nodes (``POST /nodes/join``) run work on the fake backend."""
+    c, client = open_cloud(tmp_path / "home", db_url, fake_serves=("fake", "ray"))
+    try:
+        yield c
+    finally:
+        client.__exit__(None, None, None)
+
+
 def _live_cli(tmp_path: Path, db_url: str, live_server_factory, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("NEOCLOUD_HOME", str(tmp_path / "cli-home"))
     monkeypatch.setattr(output.out, "width", 200)

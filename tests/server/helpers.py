@@ -54,10 +54,14 @@ def make_settings(home: Path, db_url: str, **kw: Any) -> Settings:
                     usage_period_s=kw.pop("usage_period_s", 3600.0), **kw)
 
 
-def open_cloud(home: Path, db_url: str, **kw: Any) -> tuple[Cloud, TestClient]:
+def open_cloud(home: Path, db_url: str, *, fake_serves: tuple[str, ...] = ("fake",),
+               **kw: Any) -> tuple[Cloud, TestClient]:
+    """An in-process cloud without its reconciler thread; ``fake_serves``: the node
+    backends whose work the fake backend runs (``("fake", "ray")`` for joined nodes)."""
     fake = FakeBackend()
     settings = make_settings(home, db_url, **kw)
-    app = create_app(settings, backends={"fake": fake, "local": LocalBackend()},
+    app = create_app(settings, backends={**dict.fromkeys(fake_serves, fake),
+                                         "local": LocalBackend()},
                      run_reconcilers=False)
     client = TestClient(app, raise_server_exceptions=False)
     client.__enter__()

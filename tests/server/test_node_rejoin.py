@@ -9,34 +9,10 @@ than its running jobs held, then a higher-priority job; the job reconciler raise
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from fastapi.testclient import TestClient
 
-from neocloud.server.app import create_app
-from neocloud.server.backends import FakeBackend, LocalBackend
-from neocloud.server.bootstrap import bootstrap
-from tests.server.helpers import Cloud, make_settings
+from tests.server.helpers import Cloud
 from tests.server.workload_helpers import get, reconcile_workloads
-
-
-@pytest.fixture
-def ray_cloud(tmp_path: Path, db_url: str) -> Iterator[Cloud]:
-    """A cloud whose ``ray`` nodes run work on the fake backend."""
-    fake = FakeBackend()
-    app = create_app(make_settings(tmp_path / "home", db_url),
-                     backends={"fake": fake, "ray": fake, "local": LocalBackend()},
-                     run_reconcilers=False)
-    client = TestClient(app, raise_server_exceptions=False)
-    client.__enter__()
-    boot = bootstrap(app.state.db)
-    assert boot.token
-    try:
-        yield Cloud(app=app, client=client, token=boot.token, fake=fake)
-    finally:
-        client.__exit__(None, None, None)
 
 
 def _join(cloud: Cloud, *, cpu_milli: int, gpus: int = 0) -> None:
