@@ -45,6 +45,57 @@ def test_quota_holds_work_with_a_reason(cloud: Cloud) -> None:
     assert cloud.api("GET", "/queue", token=tok).json()["data"] == []
 
 
+@pytest.mark.parametrize("quota", [{"H100": 1}, {"H100": 1, "*": 4}])
+def test_any_gpu_model_work_skips_only_the_models_at_their_quota(
+        cloud: Cloud, quota: dict[str, int]) -> None:
+    """Found at the quota's edge: with ``{"H100": 1}`` a deployment of a shape that takes
+    any GPU model waited "quota: 1/1 H100 GPUs in use" beside a free, unlimited A10; and
+    with ``{"H100": 0, "*": 8}`` it took the H100 (over that quota)."""
+    cloud.add_fake_node("h", gpus=[{"type": "H100", "count": 2, "memory_mib": 81559}])
+    cloud.add_fake_node("a", gpus=[{"type": "A10", "count": 2, "memory_mib": 24576}])
+    r = cloud.api("POST", "/shapes", json={"name": "gpu.any", "cpu_milli": 1000,
+                                           "memory_mib": 1024, "gpu_count": 1,
+                                           "price_per_hour_usd": 1.0})
+    assert r.status_code == 201, r.text
+    tok = cloud.new_workspace("team")
+    r = cloud.api("PUT", "/workspaces/team/quota", json={"gpus": quota})
+    assert r.status_code == 200, r.text
+    cloud.api("POST", "/deployments", token=tok, json={
+        "name": "m", "service": "chat", "shape": "gpu.any", "replicas": 3})
+    cloud.reconcile(3)
+    assert _dep(cloud, "m", tok)["ready_replicas"] == 3
+    held = cloud.api("GET", "/quota", token=tok).json()["used_gpus"]
+    assert held == {"H100": 1.0, "A10": 2.0}, held
+    check = cloud.api("GET", "/admin/check").json()
+    assert check["ok"], check["violations"]
+    # Nothing left within the quota: a fourth replica waits, naming the limit.
+    r = cloud.api("PATCH", "/deployments/m", token=tok, json={"replicas": 4})
+    assert r.status_code == 200, r.text
+    cloud.reconcile(2)
+    dep = _dep(cloud, "m", tok)
+    assert dep["ready_replicas"] == 3 and dep["pending_reason"], dep
+
+
+def test_any_gpu_model_work_never_takes_a_model_of_zero_quota(cloud: Cloud) -> None:
+    cloud.add_fake_node("h", gpus=[{"type": "H100", "count": 2, "memory_mib": 81559}])
+    cloud.add_fake_node("a", gpus=[{"type": "A10", "count": 1, "memory_mib": 24576}])
+    r = cloud.api("POST", "/shapes", json={"name": "gpu.any", "cpu_milli": 1000,
+                                           "memory_mib": 1024, "gpu_count": 1,
+                                           "price_per_hour_usd": 1.0})
+    assert r.status_code == 201, r.text
+    tok = cloud.new_workspace("team")
+    r = cloud.api("PUT", "/workspaces/team/quota", json={"gpus": {"H100": 0, "*": 8}})
+    assert r.status_code == 200, r.text
+    cloud.api("POST", "/deployments", token=tok, json={
+        "name": "m", "service": "chat", "shape": "gpu.any", "replicas": 2})
+    cloud.reconcile(3)
+    dep = _dep(cloud, "m", tok)
+    assert dep["ready_replicas"] == 1 and "GPU" in dep["pending_reason"], dep
+    assert cloud.api("GET", "/quota", token=tok).json()["used_gpus"] == {"A10": 1.0}
+    check = cloud.api("GET", "/admin/check").json()
+    assert check["ok"], check["violations"]
+
+
 def test_higher_priority_preempts_preemptible_work_only(cloud: Cloud) -> None:
     cloud.add_fake_node("g1", gpus=H100x8)
     cloud.api("POST", "/deployments", json={"name": "batch", "service": "chat",

@@ -173,6 +173,13 @@ def _quotas(s: Session, allocs: list[Allocation], out: list[Violation]) -> None:
                f"allocations hold {p}, over the quota")
 
 
+#: Why a node may hold more than it has, said with each node_capacity violation: the
+#: control plane never books beyond a node's room, but a node that joins again smaller
+#: keeps the work it runs (``scheduler.types.NodeSnapshot``).
+SHRUNK = ("; if the node joined again smaller, its work keeps running and it takes no new "
+          "work until enough of it ends")
+
+
 def _node_capacity(allocs: list[Allocation], nodes: Mapping[str, Node],
                    out: list[Violation]) -> None:
     by_node: dict[str, list[Allocation]] = defaultdict(list)
@@ -192,18 +199,19 @@ def _node_capacity(allocs: list[Allocation], nodes: Mapping[str, Node],
         for i, milli in sorted(used.items()):
             if i not in indices:
                 _v(out, Invariant.node_capacity, "node", node.id, None,
-                   f"node {node.name}: GPU {i} is allocated but the node has no such GPU")
+                   f"node {node.name}: GPU {i} is allocated but the node has no such GPU"
+                   f"{SHRUNK}")
             elif milli > MILLI:
                 _v(out, Invariant.node_capacity, "node", node.id, None,
                    f"node {node.name}: GPU {i} allocated {milli}/1000 milli-GPU")
         cpu = sum(a.cpu_milli for a in mine)
         if cpu > node.cpu_milli:
             _v(out, Invariant.node_capacity, "node", node.id, None,
-               f"node {node.name}: {cpu}/{node.cpu_milli} millicores allocated")
+               f"node {node.name}: {cpu}/{node.cpu_milli} millicores allocated{SHRUNK}")
         mem = sum(a.memory_mib for a in mine)
         if mem > node.memory_mib:
             _v(out, Invariant.node_capacity, "node", node.id, None,
-               f"node {node.name}: {mem}/{node.memory_mib} MiB allocated")
+               f"node {node.name}: {mem}/{node.memory_mib} MiB allocated{SHRUNK}")
 
 
 def _finished_jobs(jobs: Mapping[str, Job], workers: Mapping[str, JobWorker],

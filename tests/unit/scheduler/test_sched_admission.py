@@ -8,7 +8,7 @@ from neocloud.server.scheduler import (
     ResourceRequest,
     Usage,
     check_quota,
-    quota_gpu_types,
+    narrow_to_quota,
 )
 
 
@@ -43,9 +43,10 @@ def test_star_limits_each_unlisted_type() -> None:
         check_quota(quota, Usage({"a10": 2000}), a10)
         == "quota: 2/2 a10 GPUs in use (1 more requested)"
     )
-    assert quota_gpu_types(quota, Usage({"h100": 8000}), ResourceRequest(1, 1, gpu_count=1)) == (
-        "*",
-    )
+    anything = ResourceRequest(1, 1, gpu_count=1)
+    narrowed = narrow_to_quota(quota, Usage({"h100": 8000}), anything)
+    assert narrowed is not None
+    assert narrowed.gpu_types == () and narrowed.gpu_types_excluded == ("h100",)
 
 
 def test_request_with_several_types_fits_if_one_has_room() -> None:
@@ -53,7 +54,8 @@ def test_request_with_several_types_fits_if_one_has_room() -> None:
     either = ResourceRequest(1000, 1024, gpu_count=2, gpu_types=("h100", "a100"))
     usage = Usage({"h100": 8000, "a100": 1000})
     assert check_quota(quota, usage, either) is None
-    assert quota_gpu_types(quota, usage, either) == ("a100",)
+    narrowed = narrow_to_quota(quota, usage, either)
+    assert narrowed is not None and narrowed.gpu_types == ("a100",)
     full = Usage({"h100": 8000, "a100": 4000})
     assert check_quota(quota, full, either) == (
         "quota: 8/8 h100 GPUs in use, 4/4 a100 GPUs in use (2 more requested)"
@@ -88,3 +90,30 @@ def test_usage_from_bindings() -> None:
     )
     assert usage.gpu_milli_by_type == {"h100": 2000, "a10": 250}
     assert (usage.cpu_milli, usage.memory_mib, usage.gpu_milli_total) == (2501, 151, 2250)
+
+
+def test_a_request_for_any_gpu_model_avoids_only_the_models_at_their_limit() -> None:
+    # Found by trying quotas at their edge: {"H100": 1} narrowed an any-model ask to H100
+    # alone (refused once that was used, though A10 nodes were free and unlimited), and
+    # {"H100": 0, "*": 8} let it land on H100 (over that quota).
+    anything = ResourceRequest(1000, 1024, gpu_count=1)
+    one_h100 = Quota(gpus_by_type={"H100": 1})
+    assert narrow_to_quota(one_h100, Usage({}), anything) == anything
+    used = narrow_to_quota(one_h100, Usage({"H100": 1000}), anything)
+    assert used is not None and used.gpu_types_excluded == ("H100",)
+    assert used.allows_gpu_type("A10") and not used.allows_gpu_type("H100")
+    assert check_quota(one_h100, Usage({"H100": 1000}), anything) is None
+    no_h100 = narrow_to_quota(Quota(gpus_by_type={"H100": 0, "*": 8}), Usage({}), anything)
+    assert no_h100 is not None and no_h100.gpu_types_excluded == ("H100",)
+    # "*" limits each other model on its own: one at its limit is excluded too.
+    star = Quota(gpus_by_type={"H100": 4, "*": 2})
+    full_a10 = narrow_to_quota(star, Usage({"A10": 2000}), anything)
+    assert full_a10 is not None and full_a10.gpu_types_excluded == ("A10",)
+    # An ask beyond the "*" limit fits only the named models with room.
+    three = ResourceRequest(1000, 1024, gpu_count=3)
+    only_named = narrow_to_quota(star, Usage({}), three)
+    assert only_named is not None and only_named.gpu_types == ("H100",)
+    assert narrow_to_quota(star, Usage({"H100": 2000}), three) is None
+    assert check_quota(star, Usage({"H100": 2000}), three) == (
+        "quota: 2/4 H100 GPUs in use, 0/2 other-type GPUs in use (3 more requested)"
+    )

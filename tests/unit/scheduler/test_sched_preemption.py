@@ -7,6 +7,7 @@ from sched_helpers import node  # noqa: E402
 
 from neocloud.server.scheduler import (
     Binding,
+    ClusterIndex,
     NodeSnapshot,
     ResourceRequest,
     RunningWork,
@@ -102,3 +103,16 @@ def test_a_node_holding_more_than_it_has_is_released_into_without_error() -> Non
         apply_binding([node("a", gpus=4)], Binding("a", (4,), 1000, 0, 0))
     with pytest.raises(ValueError, match="cannot take this change of CPU or memory"):
         release_binding([node("a", gpus=0)], Binding("a", (), 0, 500, 0))
+
+
+def test_victims_on_gpus_a_node_no_longer_lists_free_only_what_it_has() -> None:
+    # Rejoined with GPUs 0..3 of 8 while "low" holds 0..7; a one-GPU ask preempts it
+    # (GPUs 0..3 come free). The per-node search once freed GPU 4 there and raised
+    # "ValueError: 4 is not in list" on every reconciler pass.
+    short = node("a", gpus=4, free=[0] * 4, cpu_free=60_000, mem_free=255 * 1024)
+    low = RunningWork("low", 0, True, (Binding("a", tuple(range(8)), 1000, 4000, 1024),))
+    assert select_victims([short], [low], ResourceRequest(1000, 1024, gpu_count=1),
+                          priority=5) == ["low"]
+    index = ClusterIndex([short])
+    index.release(low.bindings[0])
+    assert index.gpu_free[0] == [1000] * 4 and index.cpu_free[0] == 64_000

@@ -8,7 +8,7 @@ file for the placement policy and its sources.
 
 from __future__ import annotations
 
-from neocloud.server.scheduler.admission import Quota, Usage, check_quota, quota_gpu_types
+from neocloud.server.scheduler.admission import Quota, Usage, check_quota, narrow_to_quota
 from neocloud.server.scheduler.frag import (
     DEFAULT_WORKLOAD,
     WorkClass,
@@ -58,11 +58,11 @@ __all__ = [
     "check_quota",
     "explain",
     "make_policy",
+    "narrow_to_quota",
     "node_frag",
     "place",
     "place_gang",
     "place_on",
-    "quota_gpu_types",
     "release_binding",
     "select_victims",
     "workload_from_requests",

@@ -10,7 +10,7 @@ GPU amounts are counted in milli-GPU so fractional requests use fractions of the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from neocloud.server.scheduler.types import MILLI, Binding, ResourceRequest
 
@@ -77,27 +77,38 @@ def _gpus(milli: int) -> str:
     return f"{milli / MILLI:g}"
 
 
-def quota_gpu_types(
+def narrow_to_quota(
     quota: Quota, in_use: Usage, request: ResourceRequest, count: int = 1
-) -> tuple[str, ...] | None:
-    """GPU types the request may use without breaking a per-type limit.
+) -> ResourceRequest | None:
+    """``request`` restricted to the GPU models that ``count`` more copies of it may use
+    without breaking a per-type limit, or ``None`` when no model may.
 
-    Returns:
-        ``None`` when per-type limits do not narrow the choice; otherwise the allowed types
-        (possibly empty). For a request that names types, only those are considered; for one
-        that accepts any type, the types named in the quota plus ``"*"`` (any other type).
+    A request that names models keeps those that fit (``gpu_types``). A request that takes
+    any model may use every model but those at their limit: each model the quota names,
+    and each other model in use, whose limit (its own, else ``"*"``) has no room left are
+    excluded (``gpu_types_excluded``); models neither named nor limited by ``"*"`` are
+    unlimited. When the ask exceeds the ``"*"`` limit itself, no model that quota does not
+    name may take it: it keeps the named models that fit. The request comes back
+    unchanged when per-type limits do not narrow it.
     """
     need = request.total_gpu_milli * count
     if not need or not quota.gpus_by_type:
-        return None
-    candidates = request.gpu_types or tuple(quota.gpus_by_type)
-    ok = []
-    for t in candidates:
-        limit = quota.gpu_limit_milli(t)
-        used = 0 if t == ANY_TYPE else in_use.gpu_milli_by_type.get(t, 0)
-        if limit is None or used + need <= limit:
-            ok.append(t)
-    return tuple(ok)
+        return request
+
+    def fits(gpu_type: str) -> bool:
+        limit = quota.gpu_limit_milli(gpu_type)
+        return limit is None or in_use.gpu_milli_by_type.get(gpu_type, 0) + need <= limit
+
+    named = [t for t in quota.gpus_by_type if t != ANY_TYPE]
+    star = quota.gpus_by_type.get(ANY_TYPE)
+    if request.gpu_types or (star is not None and need > int(star) * MILLI):
+        ok = tuple(t for t in (request.gpu_types or named)
+                   if fits(t) and request.allows_gpu_type(t))
+        return replace(request, gpu_types=ok) if ok else None
+    full = {t for t in (*named, *in_use.gpu_milli_by_type) if not fits(t)}
+    if full <= set(request.gpu_types_excluded):
+        return request
+    return replace(request, gpu_types_excluded=(*request.gpu_types_excluded, *full))
 
 
 def check_quota(
@@ -129,8 +140,7 @@ def check_quota(
             f"quota: {_gpus(in_use.gpu_milli_total)}/{quota.gpus_total} GPUs in use "
             f"({_gpus(need)} more requested)"
         )
-    allowed = quota_gpu_types(quota, in_use, request, count)
-    if allowed is None or allowed:
+    if narrow_to_quota(quota, in_use, request, count) is not None:
         return None
     parts = []
     for t in request.gpu_types or tuple(quota.gpus_by_type):

@@ -17,7 +17,7 @@ The index owns copies of the numbers it is built from; it never changes the
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from neocloud.server.scheduler.types import MILLI, Binding, GpuSlot, NodeSnapshot, ResourceRequest
@@ -60,7 +60,7 @@ class NodeClass:
         if request.wants_gpu:
             if self.gpu_count < request.gpu_slots:
                 return False
-            if request.gpu_types and self.gpu_type not in request.gpu_types:
+            if not request.allows_gpu_type(self.gpu_type):
                 return False
         if request.selector:
             labels = self.label_dict()
@@ -81,6 +81,29 @@ def dyn_fits(dyn: DynKey, request: ResourceRequest) -> bool:
     if request.gpu_milli:
         return bool(gpus) and gpus[0] >= request.gpu_milli
     return True
+
+
+def give_back(free: list[int], devices: Sequence[int], binding: Binding) -> None:
+    """Return ``binding``'s GPU shares into ``free`` (free milli-GPU per GPU, in the order
+    of ``devices``, the device indices), in place.
+
+    The release rule of :class:`~neocloud.server.scheduler.types.NodeSnapshot`: a GPU
+    index the node no longer lists (it joined again with fewer GPUs) has nothing to free,
+    and its share is simply gone with it. Every release of the scheduler (the index's,
+    the snapshots', the preemption search's) follows it.
+
+    Raises:
+        ValueError: a listed GPU would have more than a whole GPU (1000 milli-GPU) free.
+    """
+    for d in binding.gpu_indices:
+        try:
+            slot = devices.index(d)
+        except ValueError:
+            continue  # not listed any more: nothing to free
+        if free[slot] + binding.gpu_milli > MILLI:
+            raise ValueError(
+                f"releasing this binding would exceed GPU {d} of node {binding.node_id}")
+        free[slot] += binding.gpu_milli
 
 
 _EMPTY: list[int] = []
@@ -233,7 +256,8 @@ class ClusterIndex:
 
     def admitting_classes(self, request: ResourceRequest) -> list[int]:
         """Ids of node classes that can take ``request`` when they have room (cached)."""
-        sig = (request.gpu_slots, request.gpu_types, request.selector)
+        sig = (request.gpu_slots, request.gpu_types, request.gpu_types_excluded,
+               request.selector)
         hit = self._admit_cache.get(sig)
         if hit is not None and hit[0] == len(self.classes):
             return hit[1]
@@ -327,24 +351,24 @@ class ClusterIndex:
         self._refresh(ordinal)
 
     def release(self, binding: Binding) -> None:
-        """Give a binding's resources back.
+        """Give a binding's resources back (GPU indices the node no longer lists have
+        nothing to free: :func:`give_back`).
 
         Raises:
-            ValueError: unknown node or GPU index, or a release beyond the node's capacity.
+            ValueError: unknown node, or a release beyond the node's capacity (the index is
+                left unchanged).
         """
         ordinal = self._ordinal(binding.node_id)
-        slots = self._slots_of(ordinal, binding)
-        free = self.gpu_free[ordinal]
         if (
             self.cpu_free[ordinal] + binding.cpu_milli > self.cpu_total[ordinal]
             or self.mem_free[ordinal] + binding.memory_mib > self.mem_total[ordinal]
-            or any(free[s] + binding.gpu_milli > MILLI for s in slots)
         ):
             raise ValueError(
                 f"releasing this binding would exceed node {binding.node_id}'s capacity"
             )
-        for s in slots:
-            free[s] += binding.gpu_milli
+        free = list(self.gpu_free[ordinal])
+        give_back(free, self._gpu_index_of[ordinal], binding)
+        self.gpu_free[ordinal] = free
         self.cpu_free[ordinal] += binding.cpu_milli
         self.mem_free[ordinal] += binding.memory_mib
         self._refresh(ordinal)

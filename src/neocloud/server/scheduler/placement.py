@@ -183,7 +183,7 @@ def _static_miss(cls: NodeClass, request: ResourceRequest) -> str | None:
     if request.wants_gpu:
         if cls.gpu_count == 0:
             return "node(s) without GPUs"
-        if request.gpu_types and cls.gpu_type not in request.gpu_types:
+        if not request.allows_gpu_type(cls.gpu_type):
             return "node(s) with another GPU type"
         if cls.gpu_count < request.gpu_slots:
             return "node(s) with fewer GPUs in total"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from neocloud.server.scheduler.index import ClusterIndex, dyn_fits
+from neocloud.server.scheduler.index import ClusterIndex, dyn_fits, give_back
 from neocloud.server.scheduler.placement import place_gang, release_binding
 from neocloud.server.scheduler.types import (
     Binding,
@@ -137,8 +137,7 @@ def _single_node_victims(
             for b in here:
                 cpu += b.cpu_milli
                 mem += b.memory_mib
-                for d in b.gpu_indices:
-                    free[devices.index(d)] += b.gpu_milli
+                give_back(free, devices, b)
             if dyn_fits((cpu, mem, tuple(sorted(free, reverse=True))), request):
                 key = (
                     len(victims),

@@ -93,6 +93,9 @@ class ResourceRequest:
         gpu_types: allowed GPU models; empty means any model.
         node_selector: labels the node must carry; given as a mapping or pairs and stored
             as a sorted tuple of ``(key, value)`` pairs so the request stays hashable.
+        gpu_types_excluded: GPU models the request may not use even when ``gpu_types``
+            allows them (e.g. those a workspace quota has no room left in); see
+            :meth:`allows_gpu_type`.
 
     Raises:
         ValidationFailed: on negative amounts, a fraction outside 1..999, or a fraction
@@ -105,9 +108,11 @@ class ResourceRequest:
     gpu_milli: int = 0
     gpu_types: tuple[str, ...] = ()
     node_selector: Mapping[str, str] | tuple[tuple[str, str], ...] = ()
+    gpu_types_excluded: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu_types", tuple(self.gpu_types))
+        object.__setattr__(self, "gpu_types_excluded", tuple(sorted(set(self.gpu_types_excluded))))
         object.__setattr__(self, "node_selector", _freeze_selector(self.node_selector))
         if self.cpu_milli < 0:
             raise ValidationFailed("cpu_milli must be >= 0", param="cpu_milli")
@@ -127,6 +132,12 @@ class ResourceRequest:
     def selector(self) -> tuple[tuple[str, str], ...]:
         """The node selector as sorted ``(key, value)`` pairs."""
         return self.node_selector  # type: ignore[return-value]
+
+    def allows_gpu_type(self, gpu_type: str) -> bool:
+        """Whether GPUs of model ``gpu_type`` may take the request: listed in
+        ``gpu_types`` (or that is empty), and not in ``gpu_types_excluded``."""
+        return ((not self.gpu_types or gpu_type in self.gpu_types)
+                and gpu_type not in self.gpu_types_excluded)
 
     @property
     def wants_gpu(self) -> bool:
@@ -151,6 +162,8 @@ class ResourceRequest:
     def describe(self) -> str:
         """Short human text, e.g. ``"4 A100 GPUs, 8 CPUs, 64 GiB"``."""
         kind = "|".join(self.gpu_types)
+        if not kind and self.gpu_types_excluded:
+            kind = f"non-{'|'.join(self.gpu_types_excluded)}"
         kind = f" {kind}" if kind else ""
         if self.gpu_count:
             gpu = f"{self.gpu_count}{kind} GPU{'s' if self.gpu_count > 1 else ''}, "

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from neocloud.errors import AlreadyExists, Conflict, NotFound
+from neocloud.errors import AlreadyExists, Conflict, NotFound, ValidationFailed
 from neocloud.models import GpuOut, NodeCreate, NodeOut, NodeStatus, NodeUpdate
 from neocloud.models.nodes_join import NodeJoin
 from neocloud.server.backends.discovery import MachineInfo
@@ -16,6 +16,7 @@ from neocloud.server.db.tables import Allocation, Node
 from neocloud.server.services import events, placement
 from neocloud.server.services.lifecycle import StaleStatus, lock_row
 from neocloud.server.services.removal import delete_locked, lock_for_delete
+from neocloud.server.services.upsert import insert_unless_taken
 
 
 def set_node_status(s: Session, node: Node, status: NodeStatus, *, reason: str,
@@ -92,17 +93,28 @@ def join_node(s: Session, *, spec: NodeJoin) -> tuple[Node, bool]:
     """Register or refresh the Ray node ``spec.name``; returns it and whether it is new.
 
     A node that rejoins keeps its id, allocations, pool and status (``cordoned`` and
-    ``draining`` stay); one that was ``not_ready`` is ``ready`` again.
+    ``draining`` stay); one that was ``not_ready`` is ``ready`` again. The node's row is
+    locked first, so joins of one name, and a join and the node's removal, run one after
+    the other: of two joins of a new name one registers it and the other rejoins it; a
+    join that waited for the removal of its node registers it anew.
 
     Raises:
         Conflict: a node of another backend has that name.
     """
-    node = s.scalars(select(Node).where(Node.name == spec.name)).first()
-    created = node is None
+    node = _locked_by_name(s, spec.name)
+    created = False
     if node is None:
-        node = Node(name=spec.name, backend="ray", status=NodeStatus.ready.value)
-        s.add(node)
-    elif node.backend != "ray":
+        # A join racing another of the same name (the server retried) or the removal of
+        # its node: the loser of the insert rejoins the winner's node instead of failing.
+        created = insert_unless_taken(
+            s, Node, key=["name"], name=spec.name, backend="ray",
+            status=NodeStatus.ready.value, cpu_milli=spec.cpu_milli,
+            memory_mib=spec.memory_mib)
+        node = _locked_by_name(s, spec.name)
+        if node is None:
+            raise Conflict(f"node {spec.name!r} was removed while it joined; join again",
+                           param="name")
+    if node.backend != "ray":
         raise Conflict(f"node {spec.name!r} exists with the {node.backend} backend; "
                        "join under another name", param="name")
     gpus: list[dict[str, Any]] = []
@@ -128,6 +140,13 @@ def join_node(s: Session, *, spec: NodeJoin) -> tuple[Node, bool]:
     return node, created
 
 
+def _locked_by_name(s: Session, name: str) -> Node | None:
+    """The newest row of node ``name``, locked until the transaction ends (``None`` when
+    there is none, or it was removed before the lock was granted)."""
+    node_id = s.scalars(select(Node.id).where(Node.name == name)).first()
+    return lock_row(s, Node, node_id) if node_id is not None else None
+
+
 def get_node(s: Session, *, name: str) -> Node:
     node = s.scalars(select(Node).where(Node.name == name)).first()
     if node is None:
@@ -137,10 +156,12 @@ def get_node(s: Session, *, name: str) -> Node:
 
 def update_node(s: Session, *, name: str, spec: NodeUpdate) -> Node:
     """Change a node's status (``draining``: no new work; the node-health reconciler
-    cordons it once its work has finished or moved) or labels, under the node's row lock.
+    cordons it once its work has finished or moved) or labels (those a join set stay:
+    :func:`_operator_labels`), under the node's row lock.
 
     Raises:
         NotFound: no such node.
+        ValidationFailed: the labels change one a join set.
     """
     node = get_node(s, name=name)
     node = lock_row(s, Node, node.id) or node
@@ -148,9 +169,30 @@ def update_node(s: Session, *, name: str, spec: NodeUpdate) -> Node:
         set_node_status(s, node, spec.status, reason="StatusChanged",
                         message=f"node {name}: {node.status} -> {spec.status.value}")
     if spec.labels is not None:
-        node.labels = spec.labels
+        node.labels = _operator_labels(node, spec.labels)
         placement.node_changed(s, node.id)
     return node
+
+
+#: Labels a join sets from what the server reported; new labels of an operator keep them.
+JOIN_LABELS = (RAY_NODE_ID_LABEL, PRICE_LABEL)
+
+
+def _operator_labels(node: Node, labels: dict[str, str]) -> dict[str, str]:
+    """``labels`` as a node's new labels: the labels of :data:`JOIN_LABELS` it has stay
+    (the node-health reconciler finds a joined node's loss by its Ray node id); naming one
+    with another value, or one the node does not have, is refused.
+
+    Raises:
+        ValidationFailed: a label of :data:`JOIN_LABELS` given another value (param
+            ``labels``).
+    """
+    have = dict(node.labels or {})
+    for key in JOIN_LABELS:
+        if key in labels and labels[key] != have.get(key):
+            raise ValidationFailed(f"label {key!r} is set by `neocloud node join` and cannot "
+                                   "be changed; join the node again instead", param="labels")
+    return {**labels, **{k: have[k] for k in JOIN_LABELS if k in have}}
 
 
 def delete_node(s: Session, *, name: str) -> None:

@@ -38,10 +38,10 @@ from neocloud.server.scheduler import (
     Usage,
     check_quota,
     make_policy,
+    narrow_to_quota,
     place,
     place_gang,
     place_on,
-    quota_gpu_types,
     select_victims,
 )
 from neocloud.server.scheduler import Quota as SchedQuota
@@ -568,9 +568,10 @@ def schedule(
         reason = check_quota(quota, used, reqs[0], count=len(reqs))
         if reason:
             return Unschedulable(reason, code=ReasonCode.QUOTA_EXCEEDED)
-        allowed = quota_gpu_types(quota, used, reqs[0], count=len(reqs))
-        if allowed is not None and "*" not in allowed:
-            reqs = [replace(r, gpu_types=tuple(allowed)) for r in reqs]
+        narrowed = narrow_to_quota(quota, used, reqs[0], count=len(reqs))
+        if narrowed is not None and narrowed != reqs[0]:
+            reqs = [replace(r, gpu_types=narrowed.gpu_types,
+                            gpu_types_excluded=narrowed.gpu_types_excluded) for r in reqs]
     result: list[Binding] | Unschedulable
     if len(reqs) == 1 and _deterministic(policy):
         # one request, a deterministic policy: on the inventory kept between placements
@@ -580,6 +581,7 @@ def schedule(
         result, names, nodes = one
     else:
         node_rows = list(s.scalars(select(Node)))
+        held.nodes.update((n.id, n) for n in node_rows)  # read under the placement lock
         names = {n.id: n.name for n in node_rows}
         nodes = snapshot(s, nodes=node_rows)
         if len(reqs) == 1:
@@ -636,12 +638,7 @@ def bind(
         raise ValueError(f"unknown allocation kind {kind!r}")
     held = _held(s)
     if gpu_type is None and binding.gpu_indices:
-        types = next((inv.gpu_types[binding.node_id] for inv in _kept(s)
-                      if binding.node_id in inv.gpu_types), None)
-        if types is None:
-            node = held.nodes.get(binding.node_id) or s.get(Node, binding.node_id)
-            types = {g["index"]: g["type"] for g in (node.gpus if node else [])}
-        gpu_type = types.get(binding.gpu_indices[0])
+        gpu_type = _gpu_types_of(s, held, binding.node_id).get(binding.gpu_indices[0])
     alloc = Allocation(
         workspace_id=workspace_id, kind=kind, owner_id=owner_id, node_id=binding.node_id,
         gpu_indices=list(binding.gpu_indices),
@@ -663,6 +660,22 @@ def bind(
             except ValueError:
                 inv.dirty.add(binding.node_id)
     return alloc
+
+
+def _gpu_types_of(s: Session, held: _Held, node_id: str) -> dict[int, str]:
+    """GPU device index -> GPU type of node ``node_id`` as it is now: from its row when
+    this transaction read it under the placement lock, else from a kept inventory that has
+    nothing to read again about it, else from the database. (A node that joined again
+    with another GPU model is marked for a re-read in the inventories; their types of it
+    are stale until then.)"""
+    node = held.nodes.get(node_id)
+    if node is None:
+        for inv in _kept(s):
+            with inv.lock:
+                if node_id in inv.gpu_types and node_id not in inv.dirty:
+                    return inv.gpu_types[node_id]
+        node = s.get(Node, node_id)
+    return {g["index"]: g["type"] for g in (node.gpus if node else [])}
 
 
 def nodes_read(s: Session, ids: Iterable[str]) -> dict[str, Node]:
