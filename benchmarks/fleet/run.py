@@ -21,7 +21,7 @@ then one JSON line.
 
 Usage: python benchmarks/fleet/run.py [--nodes 5000 --deployments 5000 --replicas-per 10]
        [--db both|postgresql|sqlite] [--quick] [--rate N] [--pg-url URL] [--profile DIR]
-       [--sqlite-no-writer-queue]
+       [--sqlite-no-writer-queue] [--keep-timings DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import json
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -332,14 +333,57 @@ def pass_stats(timings: Sequence[Path], steady_from: float | None
     return out
 
 
+PROBE_KINDS = ("deployments", "deployments: settled read", "deployments: look",
+               "routes refresh", "nodes", "jobs", "pods", "gc gen2")
+"""Timed parts of the reconciler thread a probe's wait is told in (``server.py``)."""
+
+
+def probe_waits(probes: Sequence[tuple[str, str, dt.datetime, dt.datetime | None,
+                                       dt.datetime | None]],
+                timings: Sequence[Path]) -> list[dict[str, Any]]:
+    """Per probe (id, name, created, started, ready: UTC): its submit -> started and ->
+    ready seconds, the look that ran it (``None``: a full pass did), and every timed part
+    of the reconciler thread (:data:`PROBE_KINDS`) that overlapped its wait, as ``(kind,
+    seconds from its submission to the part's start, the part's seconds)``."""
+    recs = [json.loads(line) for path in timings for line in path.read_text().splitlines()]
+    recs = [r for r in recs if r["kind"] in PROBE_KINDS]
+    recs.sort(key=lambda r: r["start"])
+    out: list[dict[str, Any]] = []
+    for dep_id, name, created, started, ready in sorted(probes, key=lambda p: p[2]):
+        t0 = created.timestamp()
+        t1 = (ready or started or created).timestamp()
+        ran_by = next((r["start"] - t0 for r in recs if r["kind"] == "deployments: look"
+                       and dep_id in r.get("ran", ())), None)
+        during = [(r["kind"], round(r["start"] - t0, 3), round(r["s"], 3)) for r in recs
+                  if r["start"] < t1 and r["start"] + r["s"] > t0]
+        out.append({"name": name, "started_s": seconds_between(created, started),
+                    "ready_s": seconds_between(created, ready),
+                    "look_at_s": ran_by, "during": during})
+    return out
+
+
+def print_probe_waits(waits: Sequence[dict[str, Any]]) -> None:
+    """The per-probe account of :func:`probe_waits`, to stderr."""
+    for w in waits:
+        look = (f"run by a look {fmt(w['look_at_s'])} s after" if w["look_at_s"] is not None
+                else "run by a full pass")
+        print(f"  probe {w['name']}: started {fmt(w['started_s'])} s, ready "
+              f"{fmt(w['ready_s'])} s, {look}", file=sys.stderr)
+        for kind, at, secs in w["during"]:
+            if kind != "deployments: look" or secs > 0.05:
+                print(f"      {at:+8.3f} s  {secs:7.3f} s  {kind}", file=sys.stderr)
+
+
 def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: float,
             readers: int, writers: int, profile_dir: Path | None,
             copies: int = 1, probes: int = 20, rate: float | None = None,
-            no_writer_queue: bool = False, switch_interval_s: float | None = None
-            ) -> dict[str, Any]:
+            no_writer_queue: bool = False, switch_interval_s: float | None = None,
+            keep_timings: Path | None = None) -> dict[str, Any]:
     """``copies`` control planes on one ``kind`` database (``postgresql``/``sqlite``) at
     ``size``; ``rate``: deployments submitted per second (``None``: a burst);
-    ``no_writer_queue``: the baseline ``server.py --sqlite-no-writer-queue`` (SQLite)."""
+    ``no_writer_queue``: the baseline ``server.py --sqlite-no-writer-queue`` (SQLite);
+    ``keep_timings``: a folder to copy the step timings to, with the probes' account
+    (:func:`probe_waits`, also printed)."""
     tmp = Path(tempfile.mkdtemp(prefix="neocloud-fleet-"))
     pg = PgDatabase(pg_url, f"bench_fleet_{os.getpid()}") if kind == "postgresql" else None
     if pg is not None:
@@ -416,6 +460,20 @@ def run_one(kind: str, size: Size, *, pg_url: str, timeout_s: float, steady_s: f
             rows = s.execute(select(Deployment.name, Deployment.created_at, Replica.started_at,
                                     Replica.ready_at)
                              .join(Deployment, Deployment.id == Replica.deployment_id)).all()
+        if keep_timings is not None:
+            with db.session() as s:
+                probe_rows = s.execute(select(Deployment.id, Deployment.name,
+                                              Deployment.created_at, Replica.started_at,
+                                              Replica.ready_at)
+                                       .join(Replica, Replica.deployment_id == Deployment.id)
+                                       .where(Deployment.name.like("p%"))).all()
+            waits = probe_waits([(r[0], r[1], r[2], r[3], r[4]) for r in probe_rows],
+                                timings)
+            keep_timings.mkdir(parents=True, exist_ok=True)
+            for i, path in enumerate(timings):
+                shutil.copy(path, keep_timings / f"timings-{kind}-{i}.jsonl")
+            (keep_timings / f"probes-{kind}.json").write_text(json.dumps(waits, indent=1))
+            print_probe_waits(waits)
         fleet = [(c, p, r) for n, c, p, r in rows if n.startswith("d")]
         probed = [(c, p, r) for n, c, p, r in rows if n.startswith("p")]
         to_placed = [x for x in (seconds_between(c, p) for c, p, _r in fleet) if x is not None]
@@ -555,6 +613,10 @@ def main() -> None:
     ap.add_argument("--switch-interval-s", type=float, default=None,
                     help="experiment: the control plane's thread switch interval "
                          "(sys.setswitchinterval, s; Python's default 0.005)")
+    ap.add_argument("--keep-timings", type=Path, default=None,
+                    help="folder to keep the control plane's step timings in, with each "
+                         "probe's submit, start, ready and the reconciler's parts it "
+                         "waited behind (also printed)")
     args = ap.parse_args()
     if args.copies > 1:
         # Each copy would run its own fake backend: the simulated processes one copy
@@ -578,7 +640,8 @@ def main() -> None:
                     profile_dir=args.profile,
                     copies=args.copies if kind == "postgresql" else 1, probes=args.probes,
                     rate=args.rate, no_writer_queue=args.sqlite_no_writer_queue,
-                    switch_interval_s=args.switch_interval_s)
+                    switch_interval_s=args.switch_interval_s,
+                    keep_timings=args.keep_timings)
             for kind, sz in plan]
     print(table(runs))
     end = os.getloadavg()

@@ -3,7 +3,10 @@ backend, served over HTTP on a loopback port by uvicorn, one process.
 
 Started by ``run.py``. Each step of the reconciler thread and of the metering thread is
 timed; every pass of a step appends one JSON line ``{"kind": ..., "start": ..., "s":
-...}`` (seconds, wall clock) to ``--timings``. On SQLite, for each write transaction,
+...}`` (seconds, wall clock) to ``--timings``. So do the parts of a deployments pass a new
+deployment can wait behind (:func:`time_parts`): the settled read, each changed-first
+look that ran something (with the ids it ran), each route table rebuild (with how many
+deployments), and each full garbage collection over 50 ms. On SQLite, for each write transaction,
 the wait for the write lock and its hold are appended there too
 (:func:`time_write_lock`). With ``--profile FILE`` the reconciler thread runs under
 cProfile, and so does each deployment worker thread (one profiler per thread,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import gc
 import json
 import pstats
 import signal
@@ -42,6 +46,7 @@ from neocloud.server.settings import Settings
 STEP_KINDS = {
     "NodeReconciler.run_once": "nodes",
     "DeploymentReconciler.run_once": "deployments",
+    "DeploymentReconciler.run_step": "deployments step",
     "JobReconciler.run_once": "jobs",
     "PodReconciler.run_once": "pods",
     "UsageBuffer.flush": "usage",
@@ -153,6 +158,60 @@ def time_write_lock(engine: Engine, out: IO[str], lock: threading.Lock) -> None:
     event.listen(engine, "checkin", returned)
 
 
+def time_parts(app: Any, out: IO[str], lock: threading.Lock) -> None:
+    """Time each full pass of the deployment reconciler (kind ``deployments``; the
+    thread's step, a full pass or a look, is ``deployments step``), its parts (kinds
+    ``deployments: ...``), the route table's rebuilds (``routes refresh``, with ``n``:
+    deployments, ``null``: the whole table) and each garbage collection of the oldest
+    generation that took over 50 ms (``gc gen2``), appended to ``out`` as the steps
+    are."""
+    deps = app.state.reconcilers.deployments
+
+    def write(kind: str, start: float, s: float, **extra: Any) -> None:
+        line = json.dumps({"kind": kind, "start": start, "s": s, **extra})
+        with lock:
+            if not out.closed:  # a collection at the process's exit comes after it
+                out.write(line + "\n")
+                out.flush()
+
+    def timed(kind: str, fn: Callable[..., Any], *, always: bool = True,
+              extra: Callable[[tuple[Any, ...], Any], dict[str, Any]] | None = None
+              ) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start, t0 = time.time(), time.perf_counter()
+            result = fn(*args, **kwargs)
+            if always or result:
+                write(kind, start, time.perf_counter() - t0,
+                      **(extra(args, result) if extra is not None else {}))
+            return result
+        return wrapper
+
+    settled = timed("deployments: settled read", deps._settled)
+    look = timed("deployments: look", deps._changed_first, always=False,
+                 extra=lambda _a, ran: {"ran": sorted(ran)})
+    # the thread's step is a full pass or a look (``run_step``): the passes apart
+    full_pass = timed("deployments", deps.run_once)
+    deps.run_once = full_pass  # type: ignore[method-assign]
+    deps._settled = settled  # type: ignore[method-assign]
+    deps._changed_first = look  # type: ignore[method-assign]
+    if deps.on_change is not None:
+        deps.on_change = timed("routes refresh", deps.on_change, extra=lambda a, _r: {
+            "n": len(a[0]) if a and a[0] is not None else None})
+    gc_t0: list[tuple[float, float]] = []
+
+    def collected(phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            gc_t0[:] = [(time.time(), time.perf_counter())]
+        elif gc_t0:
+            start, t0 = gc_t0.pop()
+            if time.perf_counter() - t0 > 0.05:
+                write("gc gen2", start, time.perf_counter() - t0)
+
+    gc.callbacks.append(collected)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--database-url", required=True)
@@ -192,6 +251,7 @@ def main() -> None:
         metering = app.state.reconcilers.metering
         if metering is not None:  # timed, not profiled (a profiler is one thread's)
             metering.steps = [timer.wrap(step, profiled=False) for step in metering.steps]
+        time_parts(app, out, timer.lock)
         engine = app.state.db.engine
         if engine.dialect.name == "sqlite":
             time_write_lock(engine, out, timer.lock)

@@ -171,11 +171,13 @@ def test_a_change_mid_pass_is_acted_on_before_the_rest_of_the_pass(
     assert routes._routes[ws_id]["new"].deployment_id == new
 
 
-def test_the_changed_first_path_misses_no_kind_of_change(
+def test_the_changed_first_path_misses_no_change_of_the_replicas_asked_for(
         cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each kind of write to a settled deployment reads as changed: a spec field that
-    starts no rollout, a scale, an update (a new generation), a delete, a priority; an
-    unchanged one does not, and nothing runs before the first full pass."""
+    """Each kind of write to a settled deployment that asks for other replicas reads as
+    changed: a scale, an update (a new generation), a delete; an unchanged one does not,
+    nor a spec change that asks for no replica (a drain timeout, a priority), which the
+    next full pass acts on, reading its replicas again; nothing runs before the first
+    full pass (every deployment would read as new)."""
     monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
     cloud.add_fake_node("n1")
     rec = cloud.app.state.reconcilers.deployments
@@ -186,12 +188,124 @@ def test_the_changed_first_path_misses_no_kind_of_change(
     rec.wake()
     assert rec._changed_first(skip=set()) == set()  # the passes' own status writes: none
     ids = dict(zip(names, _ids(cloud, *names), strict=True))
+    assert {ids["d"], ids["quiet"]} <= rec._kept.keys()  # settled, kept between passes
     _write_each_kind(cloud)
     ran = rec._changed_first(skip=set())
-    assert ran == {ids["d"], ids["s"], ids["u"], ids["x"], ids["quiet"]}
+    assert ran == {ids["s"], ids["u"], ids["x"]}
     assert rec._changed_first(skip=set()) == set()  # not woken since: no look
     rec.wake()
-    assert ids["quiet"] not in rec._changed_first(skip=set())  # unchanged since
+    assert rec._changed_first(skip=set()) == set()  # what ran is unchanged since
+    rec.run_once()  # the drain timeout and the priority: read again by the next pass
+    with cloud.app.state.db.session() as s:
+        revision = {row.id: row.revision for row in s.execute(
+            select(Deployment.id, Deployment.revision))}
+    for name in ("d", "quiet"):
+        assert rec._kept[ids[name]].key[4] == revision[ids[name]] == 2
+
+
+def test_a_spec_change_that_asks_for_no_replica_runs_no_step_ahead_of_a_new_deployment(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failing input (the fleet benchmark at 5,000 deployments): the steady writer's
+    changes of the drain timeout each ran a full step in the next look; those that piled
+    up during the burst's last look (1,496) all ran in the look after it, and a
+    deployment created meanwhile was ready 23 s later. A look now runs the new
+    deployment alone; the deployments whose drain timeout changed get their health
+    checks from the next full pass, no full step, and stay ready."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    cloud.add_fake_node("n1")
+    names = tuple(f"w{i}" for i in range(5))
+    _deploy(cloud, *names)
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    patched = _ids(cloud, *names)
+    for name in names:
+        assert cloud.api("PATCH", f"/deployments/{name}", json={"drain_timeout_s": 90.0}
+                         ).status_code == 200
+    _deploy(cloud, "new")
+    (new,) = _ids(cloud, "new")
+    steps: list[str] = []
+    checked: list[str] = []
+    reconcile, check_ready = rec._reconcile, rec._check_ready
+
+    def step(dep_id: str, **kw: Any) -> None:
+        steps.append(dep_id)
+        reconcile(dep_id, **kw)
+
+    def check(rid: str, known: Any = None) -> bool:
+        checked.append(rid)
+        return check_ready(rid, known=known)
+
+    monkeypatch.setattr(rec, "_reconcile", step)
+    monkeypatch.setattr(rec, "_check_ready", check)
+    rec.wake()
+    assert rec._changed_first(skip=set()) == {new}
+    assert steps == [new] and _ready(cloud, "new") == 1
+    steps.clear()
+    checked.clear()
+    rec.run_once()
+    assert steps == []  # every deployment settled: health checks only
+    with cloud.app.state.db.session() as s:
+        replicas = {r.id: r.deployment_id for r in s.scalars(select(Replica))}
+    assert sorted(replicas[rid] for rid in checked) == sorted([*patched, new])
+    assert [_ready(cloud, n) for n in names] == [1] * len(names)
+    assert {*patched, new} <= rec._kept.keys()
+
+
+def test_the_threads_step_between_full_passes_is_a_look(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failing input (the fleet benchmark's steady phase at 5,000 deployments): every
+    wake of the reconciler thread started a full pass, so a writer's stream of requests
+    kept the passes back to back, each with the health checks of every replica. The
+    thread's deployment step now runs a full pass when none started for the reconcile
+    interval, and a look when woken in between: a deployment created then is run by
+    it, with no pass (no settled read, no health check); not woken and not due,
+    nothing; once the interval is over, a full pass again."""
+    cloud.add_fake_node("n1")
+    _deploy(cloud, "a", "b")
+    cloud.reconcile(2)
+    rec = cloud.app.state.reconcilers.deployments
+    (_nodes, step, *_rest) = cloud.app.state.reconcilers.thread.steps
+    a, b = _ids(cloud, "a", "b")
+    reads: list[int] = []
+    checked: list[str] = []
+    steps: list[str] = []
+    settled, check_ready, reconcile = rec._settled, rec._check_ready, rec._reconcile
+
+    def read(s: Any, rows: Any = None) -> Any:
+        reads.append(1)
+        return settled(s, rows)
+
+    def check(rid: str, known: Any = None) -> bool:
+        checked.append(rid)
+        return check_ready(rid, known=known)
+
+    def full_step(dep_id: str, **kw: Any) -> None:
+        steps.append(dep_id)
+        reconcile(dep_id, **kw)
+
+    monkeypatch.setattr(rec, "_settled", read)
+    monkeypatch.setattr(rec, "_check_ready", check)
+    monkeypatch.setattr(rec, "_reconcile", full_step)
+    monkeypatch.setattr(rec.settings, "reconcile_interval_s", 3600.0)
+    step()  # not woken since the pass, none due: nothing
+    assert (reads, checked, steps) == ([], [], [])
+    assert cloud.api("PATCH", "/deployments/a", json={"drain_timeout_s": 90.0}
+                     ).status_code == 200
+    _deploy(cloud, "new")  # each request wakes the thread
+    (new,) = _ids(cloud, "new")
+    step()
+    assert reads == [] and steps == [new] and _ready(cloud, "new") == 1
+    with cloud.app.state.db.session() as s:
+        mine = {r.id for r in s.scalars(select(Replica).where(Replica.deployment_id == new))}
+    assert set(checked) <= mine  # the new deployment's own step only
+    monkeypatch.setattr(rec.settings, "reconcile_interval_s", 0.0)
+    checked.clear()
+    step()  # due: a full pass, the change of a's drain timeout read again by it
+    assert reads == [1]
+    with cloud.app.state.db.session() as s:
+        of = {r.id: r.deployment_id for r in s.scalars(select(Replica))}
+    assert sorted(of[rid] for rid in checked) == sorted([a, b, new])
+    assert rec._kept[a].key[4] == 2
 
 
 def _watched_sampler(cloud: Cloud, monkeypatch: pytest.MonkeyPatch, *, fail_first: bool
@@ -441,7 +555,8 @@ def test_every_kind_of_request_sets_updated_at_so_a_look_reads_it(
     """The invariant a look's read rests on (``changes``): every request that changes
     what a deployment asks for sets its ``updated_at`` to its own time. With no margin
     at all, each kind (a spec field, a scale, a new generation, a priority, a delete, a
-    wake from zero, a create) is still read and run by the next look."""
+    wake from zero, a create) is still read by the next look, and run by it when it
+    asks for other replicas (all but the spec field and the priority)."""
     from neocloud.server.services import deployments as deployment_svc
 
     monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
@@ -471,7 +586,8 @@ def test_every_kind_of_request_sets_updated_at_so_a_look_reads_it(
             select(Deployment.id, Deployment.updated_at))}
     assert all(after[i] > before[i] for i in ids.values())
     rec.wake()
-    assert rec._changed_first(skip=set()) == {*ids.values(), new}
+    assert rec._changed_first(skip=set()) == {*(ids[n] for n in ("s", "u", "x", "zero")),
+                                              new}
     assert reads[-1] == {*ids.values(), new}
 
 

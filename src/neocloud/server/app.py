@@ -159,7 +159,7 @@ def create_app(
     # Placement never waits for metering: the usage flush and the metering loop (the
     # node sample, storage, budgets, invoices) have a thread of their own.
     thread = ReconcilerThread(
-        [node_reconciler.run_once, reconciler.run_once, job_reconciler.run_once,
+        [node_reconciler.run_once, reconciler.run_step, job_reconciler.run_once,
          pod_reconciler.run_once],
         settings.reconcile_interval_s, name="neocloud-reconciler",
         on_wake=[reconciler.wake])
