@@ -1,8 +1,9 @@
 """A gateway configured as inside the control plane, for benchmarks: metered.
 
 Unlike the standalone copy (``python -m neocloud.gateway``, no usage sink), this one has
-the control plane's usage sink (:class:`neocloud.server.metering.tokens.UsageBuffer`, never
-flushed here: the database write happens on the reconciler thread, off the request path),
+a usage sink that keeps the records in memory (the control plane's sink,
+:class:`neocloud.server.metering.tokens.UsageBuffer`, also writes each request to the
+database on its path: ``benchmarks/metering/request_path.py`` measures that),
 an authenticator answered from a worker thread as the database one is (its answers cached
 by the gateway for ``--auth-ttl-s``, each look-up taking ``--auth-delay-ms``), the control
 plane's gateway settings (no route cache: the route table is
@@ -28,9 +29,20 @@ from typing import Any
 from neocloud.asgi import Receive, Scope, Send, send_json
 from neocloud.gateway import GatewaySettings, Principal, create_gateway
 from neocloud.gateway.static import StaticRouteTable, parse_route_spec
-from neocloud.server.metering.tokens import UsageBuffer
+from neocloud.gateway.types import RequestRecord
 
 TOKEN = "bench-token"
+
+
+class MemorySink:
+    """A usage sink that keeps every record in memory (the control plane's sink
+    without its database writes; ``benchmarks/metering/`` measures those)."""
+
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+
+    def record(self, rec: RequestRecord) -> None:
+        self.records.append(rec)
 
 
 class ThreadAuthenticator:
@@ -55,7 +67,7 @@ class ThreadAuthenticator:
 def build(routes: list[str], auth_delay_s: float = 0.0, auth_ttl_s: float = 5.0) -> Any:
     """The ASGI app: the metered gateway plus ``/health`` and ``/bench/usage``."""
     principal = Principal(token_id="bench", workspace_id="default", role="admin")
-    usage = UsageBuffer(None)  # type: ignore[arg-type]  # never flushed: no database here
+    usage = MemorySink()  # no database here
     auth = ThreadAuthenticator({TOKEN: principal}, auth_delay_s)
     gateway = create_gateway(
         StaticRouteTable(parse_route_spec(r) for r in routes), auth, usage,
@@ -67,7 +79,7 @@ def build(routes: list[str], auth_delay_s: float = 0.0, auth_ttl_s: float = 5.0)
             await send_json(send, 200, b'{"status":"ok"}')
             return
         if scope["type"] == "http" and scope["path"] == "/bench/usage":
-            recs = list(usage._pending)
+            recs = list(usage.records)
             statuses: dict[str, int] = {}
             for r in recs:
                 statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1

@@ -20,13 +20,17 @@ TOKENS_KIND = "tokens"
 """The ``BillLine.kind`` of per-token (model serving) usage."""
 
 
-COLUMNS = ("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "TOKENS", "COST")
+COLUMNS = ("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "FAILED", "TOKENS",
+           "COST")
+"""``REQUESTS``: gateway requests served; ``FAILED``: those that failed (status 400 or
+above, their tokens billed in ``TOKENS`` too)."""
 
 
 def bill_row(line: BillLine) -> tuple[str | int | None, ...]:
     """One table row for ``line``, in :data:`COLUMNS` order. A column that does not apply
     to the line's meter is ``-``: ``tokens`` lines are billed per token and have no TIME;
-    lines with no GPU time (CPU-only shapes, tokens, volumes) have no GPU-HOURS."""
+    lines with no GPU time (CPU-only shapes, tokens, volumes) have no GPU-HOURS; a count
+    of requests that is 0 (REQUESTS, FAILED) is ``-``."""
     return (
         line.kind,
         line.name,
@@ -34,6 +38,7 @@ def bill_row(line: BillLine) -> tuple[str | int | None, ...]:
         "-" if line.kind == TOKENS_KIND else seconds(line.seconds),
         f"{line.gpu_seconds / 3600:.4f}" if line.gpu_seconds > 0 else "-",
         line.requests or "-",
+        line.failed_requests or "-",
         (line.prompt_tokens + line.completion_tokens) or "-",
         usd6(line.amount_micros),
     )

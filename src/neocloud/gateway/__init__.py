@@ -21,6 +21,7 @@ from neocloud.gateway.settings import GatewaySettings
 from neocloud.gateway.stats import DeploymentStats, GatewayCollector
 from neocloud.gateway.types import (
     Authenticator,
+    DurableUsageSink,
     Principal,
     Refusal,
     RefusalSink,
@@ -35,6 +36,7 @@ __all__ = [
     "Authenticator",
     "BalancingPolicy",
     "DeploymentStats",
+    "DurableUsageSink",
     "Gateway",
     "GatewayCollector",
     "GatewaySettings",

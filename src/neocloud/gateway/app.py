@@ -16,6 +16,7 @@ How a request reaches a replica (retries, streaming, disconnects) is described i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import itertools
 import json
@@ -23,6 +24,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -46,6 +48,7 @@ from neocloud.errors import (
     NotFound,
     RateLimited,
     Unauthenticated,
+    Unavailable,
 )
 from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad, make_policy
 from neocloud.gateway.cache import MISSING, TTLCache
@@ -64,6 +67,7 @@ from neocloud.gateway.tokens import TokenCache
 from neocloud.gateway.types import (
     OPENAI_ROUTES,
     Authenticator,
+    DurableUsageSink,
     Principal,
     Refusal,
     RefusalSink,
@@ -169,6 +173,9 @@ class Gateway:
         self.settings = s = settings or GatewaySettings()
         self._routes = routes
         self._usage = usage
+        self._durable = usage if isinstance(usage, DurableUsageSink) else None
+        """The sink when it stores requests before they are acted on (see
+        :class:`DurableUsageSink`)."""
         self._refusals = refusals
         self._policy = policy or make_policy(s.balancer)
         self._load = ReplicaLoad(s.replica_cooldown_s)
@@ -198,7 +205,7 @@ class Gateway:
             request_id=self._next_rid,
         )
         self._metering: set[asyncio.Task[None]] = set()  # replica usage look-ups in flight
-        self._rid_prefix = secrets.token_hex(4).encode() + b"-"
+        self._rid_prefix = secrets.token_hex(8).encode() + b"-"
         self._rid_counter = itertools.count(1)
 
     # ---------------------------------------------------------------- lifecycle
@@ -429,15 +436,30 @@ class Gateway:
         scanner: UsageScanner | None = None
         started = False
         meter_id = self._next_rid() if self._usage is not None else None
+        path: str = scope["path"]
+        durable = self._durable
+        ended = False  # the request's end was stored before its last bytes were sent
+        opened = durable is None  # a durable sink stored the request (else no end to store)
+
+        async def on_end(end_status: int, rid: str, scan: UsageScanner | None) -> None:
+            nonlocal ended
+            ended = True
+            await self._end(principal, route, method, path, end_status, rid, scan,
+                            meter_id, time.perf_counter() - t0, started_at)
+
         flight = self._watcher.begin(receive)
         try:
+            if durable is not None:
+                await self._open(durable, principal, route, path, started_at, meter_id)
+                opened = True
             if not route.upstreams:
                 route = await self._waker.hold(route, c)
                 if flight.gone:
                     raise ClientDisconnected()
             c.upstreams = route.upstreams
             status, replica_id, scanner, started = await self._forwarder.forward(
-                scope, send, route, method, target, body, retry_unsent, flight, meter_id
+                scope, send, route, method, target, body, retry_unsent, flight, meter_id,
+                on_end if durable is not None else None,
             )
         except NeocloudError as err:
             status = err.status
@@ -451,33 +473,101 @@ class Gateway:
             self._watcher.end(flight)
             latency = time.perf_counter() - t0
             c.end(status, latency)
-            if self._usage is not None:
-                seen = scanner.found() if scanner is not None else None
-                url = next((u.url for u in route.upstreams if u.replica_id == replica_id),
-                           None)
-                if (url is not None and meter_id is not None
-                        and needs_replica_count(method, scope["path"], status,
-                                                seen is not None)):
-                    task = asyncio.get_running_loop().create_task(self._record_counted(
-                        url, meter_id, principal, route, replica_id, scope["path"], status,
-                        latency, started_at, seen))
-                    self._metering.add(task)
-                    task.add_done_callback(self._metering.discard)
-                else:
-                    self._record(principal, route, replica_id, scope["path"], status,
-                                 latency, started_at, seen)
+            if self._usage is not None and opened and not ended:
+                how = (principal, route, method, path, status, replica_id, scanner,
+                       meter_id, latency, started_at)
+                if durable is None:
+                    self._end_plain(*how)
+                else:  # the answer is out already (an error, a client gone)
+                    self._spawn(self._end(*how))
 
-    async def _record_counted(
-        self, url: str, meter_id: bytes, principal: Principal, route: Route,
-        replica_id: str | None, path: str, status: int, latency: float, started_at: float,
-        seen: tuple[int, int] | None,
+    async def _open(self, sink: DurableUsageSink, principal: Principal, route: Route,
+                    path: str, started_at: float, meter_id: bytes | None) -> None:
+        """Store the request in the durable sink before it is forwarded.
+
+        Raises:
+            Unavailable: the sink did not take it (the request is not forwarded).
+        """
+        try:
+            await sink.opened(RequestRecord(
+                workspace_id=principal.workspace_id, token_id=principal.token_id,
+                deployment_id=route.deployment_id, replica_id=None, path=path, status=0,
+                latency_s=0.0, prompt_tokens=0, completion_tokens=0, started_at=started_at,
+                request_id=meter_id.decode() if meter_id is not None else None))
+        except Exception:
+            log.exception("the usage sink did not take a request before it was forwarded")
+            raise Unavailable(
+                "the gateway cannot record usage right now, so it does not forward"
+                " requests; retry shortly", code="usage_unavailable") from None
+
+    def _ending(
+        self, principal: Principal, route: Route, method: str, path: str, status: int,
+        replica_id: str | None, scanner: UsageScanner | None, meter_id: bytes | None,
+        latency: float, started_at: float,
+    ) -> tuple[RequestRecord, str | None]:
+        """The record of a request that ended, and the URL of the replica to ask for its
+        own count when the bytes may undercount it (see :mod:`.metering`), else None."""
+        seen = scanner.found() if scanner is not None else None
+        url = next((u.url for u in route.upstreams if u.replica_id == replica_id), None)
+        rec = self._request_record(principal, route, replica_id, path, status, latency,
+                                   started_at, seen, meter_id)
+        counting = (url is not None and meter_id is not None
+                    and needs_replica_count(method, path, status, seen is not None))
+        return rec, url if counting else None
+
+    def _end_plain(
+        self, principal: Principal, route: Route, method: str, path: str, status: int,
+        replica_id: str | None, scanner: UsageScanner | None, meter_id: bytes | None,
+        latency: float, started_at: float,
     ) -> None:
-        """Record a request with the replica's own count (see :mod:`.metering`)."""
-        counted = await replica_count(self._pool, url, meter_id)
-        self._record(principal, route, replica_id, path, status, latency, started_at,
-                     counted or seen)
+        """A plain sink: the record now, or after the replica's count."""
+        rec, url = self._ending(principal, route, method, path, status, replica_id,
+                                scanner, meter_id, latency, started_at)
+        if url is not None and meter_id is not None:
+            self._spawn(self._record_counted(url, meter_id, rec))
+        else:
+            self._record(rec)
 
-    def _record(
+    async def _end(
+        self, principal: Principal, route: Route, method: str, path: str, status: int,
+        replica_id: str | None, scanner: UsageScanner | None, meter_id: bytes | None,
+        latency: float, started_at: float,
+    ) -> None:
+        """A durable sink: store how the request ended (never raises: a request whose
+        end was not stored stays unfinished there, and the sink recovers it from the
+        replica), then, when needed, the replica's own count."""
+        rec, url = self._ending(principal, route, method, path, status, replica_id,
+                                scanner, meter_id, latency, started_at)
+        assert self._durable is not None
+        try:
+            await self._durable.ended(rec, final=url is None)
+        except Exception:
+            log.exception("the usage sink did not take how a request ended")
+        if url is not None and meter_id is not None:
+            self._spawn(self._record_counted(url, meter_id, rec))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` off the request's path (awaited at shutdown with the look-ups)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._metering.add(task)
+        task.add_done_callback(self._metering.discard)
+
+    async def _record_counted(self, url: str, meter_id: bytes, rec: RequestRecord) -> None:
+        """Record a request with the replica's own count (see :mod:`.metering`), else
+        with the tokens the gateway read."""
+        counted = await replica_count(self._pool, url, meter_id)
+        if counted is not None:
+            rec = dataclasses.replace(rec, prompt_tokens=counted[0],
+                                      completion_tokens=counted[1])
+        if self._durable is None:
+            self._record(rec)
+            return
+        try:
+            await self._durable.ended(rec, final=True)
+        except Exception:
+            log.exception("the usage sink did not take a request's replica count")
+
+    def _request_record(
         self,
         principal: Principal,
         route: Route,
@@ -487,24 +577,27 @@ class Gateway:
         latency: float,
         started_at: float,
         tokens: tuple[int, int] | None,
-    ) -> None:
+        meter_id: bytes | None,
+    ) -> RequestRecord:
+        prompt, completion = tokens or (0, 0)
+        return RequestRecord(
+            workspace_id=principal.workspace_id,
+            token_id=principal.token_id,
+            deployment_id=route.deployment_id,
+            replica_id=replica_id,
+            path=path,
+            status=status,
+            latency_s=latency,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            started_at=started_at,
+            request_id=meter_id.decode() if meter_id is not None else None,
+        )
+
+    def _record(self, rec: RequestRecord) -> None:
         try:
-            prompt, completion = tokens or (0, 0)
             assert self._usage is not None
-            self._usage.record(
-                RequestRecord(
-                    workspace_id=principal.workspace_id,
-                    token_id=principal.token_id,
-                    deployment_id=route.deployment_id,
-                    replica_id=replica_id,
-                    path=path,
-                    status=status,
-                    latency_s=latency,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    started_at=started_at,
-                )
-            )
+            self._usage.record(rec)
         except Exception:  # the sink is the host's code: never fail a request for it
             log.exception("usage sink failed to take a request record")
 

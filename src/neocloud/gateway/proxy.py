@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from neocloud.asgi import ClientDisconnected, Headers, Scope, Send
 from neocloud.errors import NoReadyReplica, Timeout, UpstreamError
@@ -44,6 +44,11 @@ from neocloud.gateway.usage import UsageScanner
 from neocloud.gateway.wire import request_head, request_headers, response_headers
 
 log = logging.getLogger("neocloud.gateway")
+
+#: Called just before the last bytes of a response relayed in full (or of an event stream
+#: the replica cut) are sent: ``(status, replica id, usage scanner or None)``. The gateway
+#: stores the request's usage there, so it is stored before the client has its answer.
+OnEnd = Callable[[int, str, "UsageScanner | None"], Awaitable[None]]
 
 CLIENT_GONE = 499  # nginx's convention for "client closed request"
 #: The last event of an OpenAI stream; a client may close as soon as it has read it.
@@ -108,6 +113,7 @@ class Forwarder:
         retry_unsent: bool,
         flight: Flight,
         meter_id: bytes | None = None,
+        on_end: OnEnd | None = None,
     ) -> tuple[int, str | None, UsageScanner | None, bool]:
         """Send the request to a replica of ``route`` and stream its response to the client.
 
@@ -116,6 +122,8 @@ class Forwarder:
             retry_unsent: whether the request may be repeated when a connection breaks
                 before any response byte (see module doc).
             meter_id: sent as ``X-Neocloud-Meter-Id`` (see :mod:`.metering`).
+            on_end: see :data:`OnEnd` (not called when the client left first, nor for a
+                body cut without an end).
 
         Returns:
             ``(status, replica_id, usage scanner or None, response started)``.
@@ -201,7 +209,7 @@ class Forwarder:
             break
         load.mark_ok(rid)
         try:
-            return await self._relay(send, conn, method, flight, rid)
+            return await self._relay(send, conn, method, flight, rid, on_end)
         finally:
             load.end(rid)
             flight.conn = None
@@ -209,7 +217,8 @@ class Forwarder:
 
 
     async def _relay(
-        self, send: Send, conn: Connection, method: str, flight: Flight, rid: str
+        self, send: Send, conn: Connection, method: str, flight: Flight, rid: str,
+        on_end: OnEnd | None = None,
     ) -> tuple[int, str | None, UsageScanner | None, bool]:
         status = conn.status
         headers, ctype = response_headers(conn.headers)
@@ -221,6 +230,8 @@ class Forwarder:
                 scanner = UsageScanner(self.settings.usage_scan_bytes, keep_head=True)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if method == "HEAD":
+            if on_end is not None:
+                await on_end(status, rid, None)
             flight.done = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             conn.abort()  # the parser cannot know the response had no body: do not reuse
@@ -232,6 +243,8 @@ class Forwarder:
                 data = conn.take()
                 if data is None:
                     if conn.complete:
+                        if on_end is not None:
+                            await on_end(status, rid, scanner)
                         flight.done = True
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         break
@@ -240,6 +253,8 @@ class Forwarder:
                 if scanner is not None:
                     scanner.feed(data)
                 if conn.complete and not conn.has_body_ready:
+                    if on_end is not None:
+                        await on_end(status, rid, scanner)
                     flight.done = True
                     await send({"type": "http.response.body", "body": data, "more_body": False})
                     break
@@ -255,6 +270,8 @@ class Forwarder:
                 return (status if flight.delivered else CLIENT_GONE), rid, scanner, True
             log.warning("replica %s failed mid-response: %s", rid, exc)
             if sse:  # an event stream ends with an error event and a clean end, never a reset
+                if on_end is not None:
+                    await on_end(UpstreamError.status, rid, scanner)
                 flight.done = True
                 await send({"type": "http.response.body", "more_body": False,
                             "body": stream_cut_event(tail)})

@@ -5,7 +5,9 @@ The host implements three small protocols from its own state:
 - :class:`Authenticator` turns a bearer token into a :class:`Principal` (or ``None``);
 - :class:`RouteTable` resolves a deployment name inside a workspace to a :class:`Route`
   with the base URLs of its ready replicas, and wakes scaled-to-zero deployments;
-- :class:`UsageSink` receives one :class:`RequestRecord` per proxied request.
+- :class:`UsageSink` receives one :class:`RequestRecord` per proxied request
+  (:class:`DurableUsageSink`: stored before the request is forwarded and before its
+  response ends).
 
 All values are plain frozen dataclasses so the gateway can cache and share them safely.
 """
@@ -154,6 +156,9 @@ class RequestRecord:
         prompt_tokens: ``usage.prompt_tokens`` of the response, else 0.
         completion_tokens: ``usage.completion_tokens`` of the response, else 0.
         started_at: arrival time, unix seconds.
+        request_id: the request's meter id (unique per request; what a durable sink
+            keys its rows by, so a retried write never counts a request twice);
+            ``None`` when the gateway meters nothing.
     """
 
     workspace_id: str
@@ -166,6 +171,7 @@ class RequestRecord:
     prompt_tokens: int
     completion_tokens: int
     started_at: float
+    request_id: str | None = None
 
 
 @runtime_checkable
@@ -174,6 +180,27 @@ class UsageSink(Protocol):
 
     def record(self, rec: RequestRecord) -> None:
         """Take one record; must not block or raise (exceptions are logged and dropped)."""
+        ...
+
+
+@runtime_checkable
+class DurableUsageSink(UsageSink, Protocol):
+    """A usage sink that stores each request before the gateway acts on it.
+
+    The gateway awaits :meth:`opened` before it forwards a request (a failure refuses
+    the request with 503: nothing is served that the sink did not take), and
+    :meth:`ended` before the last bytes of a response it relays in full (a failure is
+    logged; the sink must then find the request's count itself, e.g. from the replica).
+    Records carry ``request_id``; ``record`` is not called.
+    """
+
+    async def opened(self, rec: RequestRecord) -> None:
+        """Store the request about to be forwarded (``status`` 0, no tokens yet)."""
+        ...
+
+    async def ended(self, rec: RequestRecord, *, final: bool) -> None:
+        """Store how the request ended; ``final=False``: the replica's own count is still
+        to come, in a second call with ``final=True``."""
         ...
 
 

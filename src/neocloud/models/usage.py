@@ -27,6 +27,11 @@ class BillLine(OutModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     requests: int = 0
+    """For ``kind == "tokens"``: gateway requests served (status below 400)."""
+    failed_requests: int = 0
+    """For ``kind == "tokens"``: gateway requests that failed (status 400 or above, a
+    client that left mid-answer included); their tokens are billed too (the engine did
+    that work), they are not counted in ``requests``."""
     storage_bytes: int = 0
     """For ``kind == "volume"``: the bytes the volume holds (last measured)."""
     amount_micros: int

@@ -204,6 +204,7 @@ def create_app(
                 await asyncio.to_thread(job_reconciler.stop_local_jobs)
                 await asyncio.to_thread(pod_reconciler.stop_local_pods)
             await asyncio.to_thread(usage.flush)
+            await asyncio.to_thread(usage.close)
             db.dispose()
 
     api = FastAPI(

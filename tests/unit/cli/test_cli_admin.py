@@ -130,7 +130,7 @@ def test_usage(run: Run) -> None:
     assert lines[0].endswith(" UTC")
     end = lines.index("Replica time: 4m00s")
     by_name = {line.split()[1]: line.split() for line in lines[2:end - 1]}
-    assert by_name["web"] == ["replica", "web", "cpu.small", "2m00s", "-", "7", "-",
+    assert by_name["web"] == ["replica", "web", "cpu.small", "2m00s", "-", "7", "-", "-",
                               "$0.001667"]
     assert set(by_name) == {"web", "api"}
     assert lines[end - 1].split() == ["TOTAL", "$0.003334"]

@@ -44,6 +44,15 @@ def test_usage_row_prints_dash_where_column_does_not_apply() -> None:
     assert (gpu[time], gpu[gpu_hours], gpu[-1]) == ("1h00m", "0.5000", "$0.0015")
 
 
+def test_usage_row_shows_failed_requests_apart_from_served_ones() -> None:
+    row = bill_row(_line("tokens", 1.0, 0.0, requests=5, failed_requests=2,
+                         prompt_tokens=10))
+    assert (row[COLUMNS.index("REQUESTS")], row[COLUMNS.index("FAILED")]) == (5, 2)
+    assert len(row) == len(COLUMNS)
+    none_failed = bill_row(_line("tokens", 1.0, 0.0, requests=5))
+    assert none_failed[COLUMNS.index("FAILED")] == "-"
+
+
 def _version(target: str, micros: int, at: datetime, kind: PriceKind = PriceKind.shape
              ) -> PriceOut:
     return PriceOut(id=1, kind=kind, target=target, per_hour_micros=micros,

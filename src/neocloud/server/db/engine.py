@@ -68,6 +68,11 @@ def make_engine(url: str, *, queue_writers: bool = True) -> Engine:
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when it returns, so a machine that loses power
+            # keeps every usage row the gateway was told is stored (metering/ledger.py).
+            # Some SQLite builds default WAL databases to NORMAL, which can lose the
+            # last commits then (a kill -9 of the process loses none under either).
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()

@@ -304,6 +304,10 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     requests: Mapped[int] = mapped_column(Integer, default=0)
+    """Gateway requests served (``tokens`` records: status below 400)."""
+    failed_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Gateway requests that failed (``tokens`` records: status 400 or above, a client
+    that left included); their tokens are billed, they are not counted as served."""
     price_per_hour_usd: Mapped[float] = mapped_column(Float, default=0.0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -318,6 +322,33 @@ class UsageRecord(Base):
     """The day (``YYYY-MM-DD``, UTC) whose invoice covers this record."""
     bill_month: Mapped[str | None] = mapped_column(String(7), default=None, index=True)
     """The month (``YYYY-MM``, UTC) whose invoice covers this record."""
+
+
+class RequestUsage(Base):
+    """The ledger of gateway requests: one row per request, keyed by its meter id, from
+    before it is forwarded until its tokens are billed (``server.metering.ledger``).
+
+    ``state``: ``open`` (forwarded, not ended), ``counting`` (ended, the replica's own
+    count is awaited) or ``closed`` (final: billed and deleted by the next flush). Times
+    are unix seconds; ``seen_at`` is when the gateway that owns the row last said it was
+    alive (a row open or counting whose owner stopped saying so is recovered).
+    """
+
+    __tablename__ = "request_usage"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(32))
+    token_id: Mapped[str] = mapped_column(String(32))
+    deployment_id: Mapped[str] = mapped_column(String(32))
+    replica_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    path: Mapped[str] = mapped_column(String(512))
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float] = mapped_column(Float)
+    seen_at: Mapped[float] = mapped_column(Float)
 
 
 class Secret(Base):

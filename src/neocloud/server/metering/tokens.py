@@ -1,62 +1,157 @@
 """Token usage from the gateway: request records in, priced ``tokens`` usage records out.
 
-:class:`UsageBuffer` is the gateway's usage sink on the control plane. ``record`` only
-appends (the gateway's hot path never waits); :meth:`UsageBuffer.flush` (run by the
-reconciler thread after every pass) writes, per workspace, deployment, UTC day and token
-price in force at the requests' arrival, two records: ``input_tokens`` (with the request
-count and summed latency) and ``output_tokens``, each priced per million tokens (see
-``services.prices.token_price``). The same batch feeds the metrics history
+:class:`UsageBuffer` is the gateway's usage sink on the control plane, durable against a
+``kill -9`` at any instant: each request is a row of the request ledger
+(:mod:`neocloud.server.metering.ledger`, whose docstring states the invariant) committed
+before it is forwarded and again before its response ends. :meth:`UsageBuffer.flush`
+(run by the metering thread every reconcile interval, and at shutdown) bills the closed
+rows and deletes them in one transaction, then recovers the rows a dead gateway left
+unfinished from the replicas' own counts (:mod:`neocloud.server.metering.recovery`).
+
+Billing writes, per workspace, deployment, UTC day and token price in force at the
+requests' arrival, two records: ``input_tokens`` (with the count of requests served,
+status below 400, the failed ones counted apart in ``failed_requests``, and the summed
+latency) and ``output_tokens``, each priced per million tokens (see
+``services.prices.token_price``). Failed requests' tokens are billed: the engine did that
+work (a client that left mid-stream). The same batch feeds the metrics history
 (``services.metrics_history.record_requests``).
 """
 
 from __future__ import annotations
 
 import bisect
-import threading
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from neocloud.gateway.types import RequestRecord
 from neocloud.models.billing import Meter, PriceKind
 from neocloud.server.db.engine import Database
-from neocloud.server.db.tables import Deployment, UsageRecord
+from neocloud.server.db.tables import Deployment, RequestUsage, UsageRecord
+from neocloud.server.metering import recovery
+from neocloud.server.metering.ledger import LedgerState, RequestLedger, record_of
 from neocloud.server.metering.money import tokens_micros
 from neocloud.server.metering.periods import billed_periods, day_of
 from neocloud.server.services import metrics_history, prices
 
+#: Closed ledger rows billed per transaction.
+BILL_BATCH = 1000
+
+
+class BilledTwice(RuntimeError):
+    """Another flush billed some of the rows this one read: its transaction is undone."""
+
 
 class UsageBuffer:
-    """Collects gateway request records; :meth:`flush` writes the ``tokens`` usage records
-    (two per deployment, day and price) and the metrics-history buckets since the last
-    flush."""
+    """The control plane's usage sink: the gateway's durable sink
+    (:class:`~neocloud.gateway.types.DurableUsageSink`) over the request ledger.
 
-    def __init__(self, db: Database):
+    Args:
+        db: the database.
+        stale_s: seconds after its owner's last touch before an unfinished row of another
+            process is recovered (default: :data:`recovery.STALE_S` on PostgreSQL, where
+            several control planes may share the database; 0 on SQLite, where one control
+            plane uses it, so a restart recovers at once what its predecessor left).
+        give_up_s: see :func:`recovery.recover_orphans`.
+        ask: asks a replica for a request's count (tests pass their own).
+    """
+
+    def __init__(self, db: Database, *, stale_s: float | None = None,
+                 give_up_s: float = recovery.GIVE_UP_S,
+                 ask: recovery.Ask = recovery.ask_replica) -> None:
         self.db = db
-        self._lock = threading.Lock()
-        self._pending: list[RequestRecord] = []
+        self.ledger = RequestLedger(db)
+        self.stale_s = (stale_s if stale_s is not None
+                        else recovery.STALE_S if db.is_postgres else 0.0)
+        self.give_up_s = give_up_s
+        self.ask = ask
 
+    # ------------------------------------------------------------------ the gateway's side
     def record(self, rec: RequestRecord) -> None:
-        with self._lock:
-            self._pending.append(rec)
+        """Take a finished request (the plain sink's way, for callers that do not wait):
+        queued as a closed ledger row, committed by the writer soon after."""
+        if rec.request_id is None:
+            rec = replace(rec, request_id="r-" + uuid.uuid4().hex)
+        self.ledger.submit(rec, LedgerState.closed, insert_row=True)
 
+    async def opened(self, rec: RequestRecord) -> None:
+        """The request is about to be forwarded: its ``open`` row is committed on return.
+
+        Raises:
+            Exception: the database did not take it (the gateway refuses the request).
+        """
+        await self.ledger.write(rec, LedgerState.open, insert_row=True)
+
+    async def ended(self, rec: RequestRecord, *, final: bool) -> None:
+        """The request ended (``final``: with its final count, else the replica's count
+        follows): its row is updated and committed on return.
+
+        Raises:
+            Exception: the database did not take it; the ledger tries the write again at
+                its next touches (``ledger.RETRIES``), and a row still unfinished when
+                this process is gone is recovered from the replica.
+        """
+        await self.ledger.write(rec, LedgerState.closed if final else LedgerState.counting,
+                                insert_row=False, retry=True)
+
+    # ------------------------------------------------------------------ the metering side
     def flush(self) -> int:
-        """Write what was collected; returns the number of request records written. On a
-        database error the batch is put back, to be written by the next flush."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
+        """Commit what is queued, bill every closed row (deleting it in the same
+        transaction), then recover the orphans that can be; returns the number of
+        request records billed.
+
+        Raises:
+            Exception: a database error (rows not billed stay, for the next flush).
+        """
+        self.ledger.drain()
+        n = 0
+        while True:
+            got = bill_closed(self.db, datetime.now(UTC))
+            n += got
+            if got < BILL_BATCH:
+                break
+        if recovery.recover_orphans(self.db, owner=self.ledger.owner, stale_s=self.stale_s,
+                                    give_up_s=self.give_up_s, ask=self.ask):
+            n += bill_closed(self.db, datetime.now(UTC))
+        return n
+
+    def close(self) -> None:
+        """Commit what is queued and stop the ledger's writer."""
+        self.ledger.close()
+
+
+def bill_closed(db: Database, now: datetime, limit: int = BILL_BATCH) -> int:
+    """Bill up to ``limit`` closed ledger rows and delete them, in one transaction;
+    returns how many.
+
+    Raises:
+        BilledTwice: another flush deleted some of them first (nothing is written).
+    """
+    with db.session() as s:
+        rows = s.scalars(select(RequestUsage)
+                         .where(RequestUsage.state == LedgerState.closed.value)
+                         .order_by(RequestUsage.started_at).limit(limit)).all()
+        if not rows:
             return 0
-        try:
-            with self.db.session() as s:
-                write_tokens(s, batch, datetime.now(UTC))
-                metrics_history.record_requests(s, batch)
-        except Exception:
-            with self._lock:
-                self._pending[:0] = batch
-            raise
-        return len(batch)
+        batch = [record_of(r) for r in rows]
+        write_tokens(s, batch, now)
+        metrics_history.record_requests(s, batch)
+        done = s.execute(delete(RequestUsage).where(
+            RequestUsage.id.in_([r.id for r in rows]),
+            RequestUsage.state == LedgerState.closed.value))
+        gone = done.rowcount  # type: ignore[attr-defined]
+        if gone != len(rows):
+            raise BilledTwice(f"{len(rows) - gone} of {len(rows)} ledger rows were billed"
+                              " by another flush")
+    return len(batch)
+
+
+def served(rec: RequestRecord) -> bool:
+    """Whether a request counts as served (status below 400); the others are failed."""
+    return 0 < rec.status < 400
 
 
 def write_tokens(s: Session, batch: list[RequestRecord], now: datetime) -> list[UsageRecord]:
@@ -93,7 +188,8 @@ def write_tokens(s: Session, batch: list[RequestRecord], now: datetime) -> list[
             a_out = tokens_micros(price.output_per_m_micros, c_tok)
             out.append(UsageRecord(
                 **common, meter=Meter.input_tokens.value, quantity=float(p_tok),
-                prompt_tokens=p_tok, requests=len(part),
+                prompt_tokens=p_tok, requests=sum(1 for r in part if served(r)),
+                failed_requests=sum(1 for r in part if not served(r)),
                 seconds=sum(r.latency_s for r in part),
                 unit_price_micros=price.input_per_m_micros, amount_micros=a_in,
                 cost_usd=a_in / 1e6))

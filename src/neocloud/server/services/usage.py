@@ -143,6 +143,7 @@ def bill(s: Session, *, workspace_id: str, workspace_name: str) -> Bill:
         ln.prompt_tokens += rec.prompt_tokens
         ln.completion_tokens += rec.completion_tokens
         ln.requests += rec.requests
+        ln.failed_requests += rec.failed_requests
         if rec.shape:
             ln.shape = rec.shape
     now = datetime.now(UTC)
