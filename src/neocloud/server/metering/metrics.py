@@ -11,12 +11,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from neocloud.server.autoscaling.scrape import SCRAPE_FAILURES, ScrapeFailures
+from neocloud.server.db.batches import id_batches
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Deployment, Replica
 from neocloud.server.services.utilization import utilization
-
-#: Replica ids looked up per query when resolving scrape failures to deployments.
-_IDS_PER_QUERY = 500
 
 
 class ControlPlaneCollector:
@@ -53,8 +51,7 @@ class ControlPlaneCollector:
     def _resolve(self, s: Session, replica_ids: list[str]) -> None:
         """Learn the deployments of ``replica_ids`` (ids of another database, or of a
         replica whose deployment was deleted before any render, stay unknown)."""
-        for i in range(0, len(replica_ids), _IDS_PER_QUERY):
-            chunk = replica_ids[i:i + _IDS_PER_QUERY]
+        for chunk in id_batches(replica_ids):
             rows = s.execute(
                 select(Replica.id, Deployment.workspace_id, Deployment.name)
                 .join(Deployment, Deployment.id == Replica.deployment_id)

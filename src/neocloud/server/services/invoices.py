@@ -37,6 +37,7 @@ from neocloud.models.billing import (
     Meter,
     PeriodKind,
 )
+from neocloud.server.db.batches import id_batches
 from neocloud.server.db.tables import (
     Invoice,
     InvoiceLineRow,
@@ -76,8 +77,7 @@ def _workload_ids(s: Session, object_ids: set[str]) -> dict[str, str]:
     replica's deployment (where the row still exists); other objects are their own."""
     out = {oid: oid for oid in object_ids}
     ids = sorted(object_ids)
-    for i in range(0, len(ids), 1000):  # SQLite's bound-parameter limit
-        chunk = ids[i:i + 1000]
+    for chunk in id_batches(ids):
         for oid, owner in s.execute(select(JobWorker.id, JobWorker.job_id)
                                     .where(JobWorker.id.in_(chunk))):
             out[oid] = owner

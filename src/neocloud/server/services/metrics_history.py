@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from neocloud.gateway.stats import LATENCY_BUCKETS
 from neocloud.gateway.types import RequestRecord
 from neocloud.models.metrics import DeploymentPoint, NodePoint
+from neocloud.server.db.batches import id_batches
 from neocloud.server.db.tables import Allocation, MetricPoint, Node
 
 #: resolution (seconds) -> retention (seconds).
@@ -87,15 +88,11 @@ def _upsert(s: Session, *, series: str, object_id: str, resolution_s: int, t: in
         return row
 
 
-#: Object ids per ``IN (...)`` list when bucket rows are read in bulk (SQLite's bound
-#: parameter limit; a fleet has thousands of nodes).
-IDS_PER_QUERY = 1000
-
 
 def _bucket_rows(s: Session, accs: Mapping[tuple[str, int, int], str | None],
                  series: str = "deployment") -> dict[tuple[str, int, int], MetricPoint]:
     """The rows of every bucket in ``accs`` (key -> the workspace of a new row) of
-    ``series``, read in one query per resolution (and per :data:`IDS_PER_QUERY` objects)
+    ``series``, read in one query per resolution (and per ``db.batches.IDS_PER_QUERY`` objects)
     and the missing ones inserted together (a batch spanning a day, or a sample of every
     node, costs a few statements, not one per bucket). If another copy inserted one of
     them first, the batch insert is undone and the caller falls back to :func:`_upsert`
@@ -107,10 +104,10 @@ def _bucket_rows(s: Session, accs: Mapping[tuple[str, int, int], str | None],
             continue
         ids = sorted({k[0] for k in keys})
         lo, hi = min(k[2] for k in keys), max(k[2] for k in keys)
-        for i in range(0, len(ids), IDS_PER_QUERY):
+        for batch in id_batches(ids):
             for row in s.scalars(select(MetricPoint).where(
                     MetricPoint.series == series,
-                    MetricPoint.object_id.in_(ids[i:i + IDS_PER_QUERY]),
+                    MetricPoint.object_id.in_(batch),
                     MetricPoint.resolution_s == res, MetricPoint.t >= lo, MetricPoint.t <= hi)
                     .with_for_update()):
                 out[(row.object_id, res, row.t)] = row
@@ -252,11 +249,10 @@ def sample_nodes(s: Session, now: datetime) -> int:
         .on_conflict_do_nothing(index_elements=list(BUCKET_KEY))
         .returning(ins.table.c.object_id)).scalars().all())
     for res in (r for r in RESOLUTIONS if r != FINE):
-        for i in range(0, len(won), IDS_PER_QUERY):
+        for batch in id_batches(won):
             ins = _dialect_insert(s)
             conn.execute(ins.from_select(
-                list(SAMPLE_COLUMNS), _node_rows(res, t_now // res * res,
-                                                 won[i:i + IDS_PER_QUERY]))
+                list(SAMPLE_COLUMNS), _node_rows(res, t_now // res * res, batch))
                 .on_conflict_do_update(
                     index_elements=list(BUCKET_KEY),
                     set_={c: ins.table.c[c] + getattr(ins.excluded, c) for c in SAMPLE_SUMS}))

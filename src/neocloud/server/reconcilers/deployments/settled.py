@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from neocloud.models.deployments import DeploymentStatus, ReplicaStatus
 from neocloud.models.inventory import NodeStatus
 from neocloud.server.backends.base import Backend
+from neocloud.server.db.batches import id_batches
 from neocloud.server.db.tables import Node, Replica
 from neocloud.server.reconcilers.core import now
 from neocloud.server.reconcilers.deployments.base import ReconcilerBase
@@ -49,10 +50,6 @@ SETTLED_KEEP_S = 30.0
 """Seconds (on average; each deployment 0.5 to 1.5 times this) a deployment found settled
 is kept settled without its replicas read again (see the module: the resync of writes
 no deployment row shows)."""
-
-IDS_PER_QUERY = 1000
-"""Deployment ids per ``IN (...)`` list when their replicas are read (SQLite's bound
-parameter limit)."""
 
 NOT_SETTLED = (ReplicaStatus.pending.value, ReplicaStatus.starting.value,
                ReplicaStatus.failed.value, ReplicaStatus.stopping.value)
@@ -142,8 +139,8 @@ class Settled(ReconcilerBase):
                    Replica.metered_until)
         live = Replica.status != ReplicaStatus.stopped.value
         queries = ([select(*columns).where(live)] if len(fresh) == len(deps) else [
-            select(*columns).where(live, Replica.deployment_id.in_(fresh[i:i + IDS_PER_QUERY]))
-            for i in range(0, len(fresh), IDS_PER_QUERY)])
+            select(*columns).where(live, Replica.deployment_id.in_(batch))
+            for batch in id_batches(fresh)])
         for query in queries:
             for r in s.execute(query):
                 by_dep.setdefault(r.deployment_id, []).append(r)
