@@ -177,6 +177,8 @@ def test_usage_records_and_stats(http: httpx.Client, cloud: Any) -> None:
     stats = cloud.gateway.deployment_stats("d-emb")
     assert stats.requests_total >= 1 and stats.in_flight == 0
     assert set(stats.replica_in_flight) == {"rep-r1", "rep-r2"}
+    # A refusal of this test's own, so the counter below does not rest on an earlier test.
+    _error(http.post("/v1/embeddings", json={"model": "emb", "input": "x"}), 401)
     text = cloud.gateway.metrics_text().decode()
     assert 'neocloud_gateway_requests_total{code="200",deployment="emb",workspace="ws-a"}' in text
     assert "neocloud_gateway_request_duration_seconds_bucket" in text
