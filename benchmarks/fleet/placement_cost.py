@@ -6,11 +6,11 @@ allocations spread over them, then times ``--placements`` placements each way, e
 in its own transaction under the placement lock, as the reconcilers place:
 
 * ``full read``: every node and every allocation read into a snapshot, then the scheduler
-  (``placement.snapshot`` + ``scheduler.place``), the cost of each placement before;
+  (``inventory.snapshot`` + ``scheduler.place``), the cost of each placement before;
 * ``kept inventory``: ``placement.schedule`` (admission, the kept index, the chosen node
   read again), after one warm-up placement that builds the index;
 * ``rebuild of the kept inventory``: what the kept inventory reads every
-  ``placement.REBUILD_S`` seconds (and before any "no room"): every node and what the
+  ``inventory.REBUILD_S`` seconds (and before any "no room"): every node and what the
   allocations hold (``Inventory.rebuild``). Before, it read every node and allocation as
   rows, as the full read does.
 
@@ -38,8 +38,8 @@ from neocloud.server.bootstrap import bootstrap
 from neocloud.server.db.engine import Database, migrate
 from neocloud.server.db.tables import Allocation, Deployment, Node, Replica, Workspace
 from neocloud.server.scheduler import ResourceRequest, place
+from neocloud.server.services import inventory, placement
 from neocloud.server.services import nodes as node_svc
-from neocloud.server.services import placement
 from neocloud.server.services import shapes as shape_svc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,7 +92,7 @@ def time_full_read(db: Database, n: int) -> list[float]:
         t0 = time.perf_counter()
         with db.session() as s:
             placement.lock_placement(s)
-            nodes = placement.snapshot(s)
+            nodes = inventory.snapshot(s)
             place(nodes, REQUEST)
             s.rollback()
         out.append(time.perf_counter() - t0)
@@ -115,7 +115,7 @@ def time_kept(db: Database, ws: str, n: int) -> list[float]:
 
 def time_rebuild(db: Database, n: int) -> list[float]:
     out = []
-    inv = placement.Inventory(policy="default")
+    inv = inventory.Inventory(policy="default")
     for _ in range(n):
         t0 = time.perf_counter()
         with db.session() as s:

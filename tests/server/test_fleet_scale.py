@@ -32,7 +32,7 @@ from neocloud.models import NodeCreate, NodeStatus
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Allocation, MetricPoint, Replica
 from neocloud.server.scheduler import Binding, ResourceRequest, Unschedulable
-from neocloud.server.services import metrics_history, placement
+from neocloud.server.services import inventory, metrics_history, placement
 from neocloud.server.services import nodes as node_svc
 from tests.server.helpers import Cloud
 
@@ -135,7 +135,7 @@ def test_inventory_rebuild_sums_what_nodes_hold_and_agrees_with_every_row(
     for i, ask in enumerate(asks):
         assert isinstance(place_one(db, ws, ask, f"r{i:031d}"), Binding)
     with db.session() as s:
-        inv = placement.Inventory(policy="default")
+        inv = inventory.Inventory(policy="default")
         with statements(db) as seen:
             inv.rebuild(s)
         reads = [q for q in seen if "FROM allocations" in q]
@@ -146,7 +146,7 @@ def test_inventory_rebuild_sums_what_nodes_hold_and_agrees_with_every_row(
                 for n in inv.index.snapshot()}
         rows = {n.id: (n.cpu_milli_free, n.memory_mib_free,
                        sorted((g.index, g.free_milli) for g in n.gpus))
-                for n in placement.snapshot(s)}
+                for n in inventory.snapshot(s)}
     assert kept == rows
     # 3 whole GPUs, 3 halves on at least 2 more: the GPU shares were read
     assert sum(free[2][i][1] < 1000 for free in kept.values() for i in range(2)) >= 5
@@ -201,11 +201,11 @@ def test_kept_inventory_sees_freed_room_and_status_changes_at_once(cloud: Cloud)
     assert isinstance(first, Binding)
     with db.session() as s:
         placement.release(s, owner_id=owners[0])
-        rebuilds = placement.inventory(s).rebuilds
+        rebuilds = inventory.inventory(s).rebuilds
     got = place_one(db, ws, ONE_GPU, "y" * 32)
     assert isinstance(got, Binding) and got.node_id == first.node_id
     with db.session() as s:
-        assert placement.inventory(s).rebuilds == rebuilds  # seen without a rebuild
+        assert inventory.inventory(s).rebuilds == rebuilds  # seen without a rebuild
         mine = next(n for n in node_svc.list_nodes(s) if n.id == first.node_id)
         node_svc.set_node_status(s, mine, NodeStatus.cordoned, reason="Test", message="t")
         other = next(p for p in placed if isinstance(p, Binding)

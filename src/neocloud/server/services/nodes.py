@@ -13,7 +13,7 @@ from neocloud.models import GpuOut, NodeCreate, NodeOut, NodeStatus, NodeUpdate
 from neocloud.models.nodes_join import NodeJoin
 from neocloud.server.backends.discovery import MachineInfo
 from neocloud.server.db.tables import Allocation, Node
-from neocloud.server.services import events, placement
+from neocloud.server.services import events, inventory, placement
 from neocloud.server.services.lifecycle import StaleStatus, lock_row
 from neocloud.server.services.removal import delete_locked, lock_for_delete
 from neocloud.server.services.upsert import insert_unless_taken
@@ -36,7 +36,7 @@ def set_node_status(s: Session, node: Node, status: NodeStatus, *, reason: str,
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise StaleStatus(f"node {node.name} is no longer {old}")
     s.expire(node, ["status"])
-    placement.node_changed(s, node.id)
+    inventory.node_changed(s, node.id)
     events.record(s, kind="node", name=node.name, object_id=node.id, reason=reason,
                   message=message, warning=warning, status=new)
     return True
@@ -130,7 +130,7 @@ def join_node(s: Session, *, spec: NodeJoin) -> tuple[Node, bool]:
         node.pool = spec.pool
     node.heartbeat_at = datetime.now(UTC)
     s.flush()
-    placement.node_changed(s, node.id)  # its size may have changed: placement reads it again
+    inventory.node_changed(s, node.id)  # its size may have changed: placement reads it again
     if node.status == NodeStatus.not_ready.value:
         set_node_status(s, node, NodeStatus.ready, reason="NodeReady",
                         message=f"node {spec.name}: not_ready -> ready (rejoined)")
@@ -170,7 +170,7 @@ def update_node(s: Session, *, name: str, spec: NodeUpdate) -> Node:
                         message=f"node {name}: {node.status} -> {spec.status.value}")
     if spec.labels is not None:
         node.labels = _operator_labels(node, spec.labels)
-        placement.node_changed(s, node.id)
+        inventory.node_changed(s, node.id)
     return node
 
 
