@@ -385,3 +385,27 @@ def test_a_request_right_after_the_create_finds_the_deployment(cloud: Cloud) -> 
     assert r.json()["error"]["code"] == "deployment_scaled_to_zero"
     gone = cloud.client.post("/endpoints/never-created/x", headers=cloud.h(), content=b"{}")
     assert gone.status_code == 404
+
+
+def test_a_crash_restart_is_no_cold_start(cloud: Cloud) -> None:
+    """A replica of a deployment that scales to zero, crashed and restarted while it was
+    the only one, is a restart (its ``Crashed`` event and restart count say so), not a
+    start from zero: before, its second ready wrote a second ``ColdStart`` whose figure,
+    counted from the replica row's creation, held the whole first run."""
+    cloud.add_fake_node("n1")
+    _create(cloud, "once", replicas=1, autoscaling=FAST)
+    cloud.reconcile(2)
+
+    def cold_starts() -> list[dict[str, Any]]:
+        return [e for e in cloud.api("GET", "/deployments/once/events").json()["data"]
+                if e["reason"] == "ColdStart"]
+
+    assert len(cold_starts()) == 1  # the first start, from zero replicas
+    with cloud.app.state.db.session() as s:
+        rid = s.scalars(select(Replica.id).where(Replica.status == "ready")).one()
+    cloud.fake.crash(rid)
+    cloud.reconcile(4)
+    with cloud.app.state.db.session() as s:
+        again = s.get(Replica, rid)
+        assert again is not None and again.status == "ready" and again.restarts == 1
+    assert len(cold_starts()) == 1

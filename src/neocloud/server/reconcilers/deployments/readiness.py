@@ -160,10 +160,15 @@ class Readiness(Starting):
                           batch: Collection[str] = ()) -> None:
         """A deployment that scales to zero got its first ready replica: record the
         measured cold start (replica row created -> ready, seconds). ``batch``: the ids
-        of replicas written ready together with ``r`` (not counted as ready before it)."""
+        of replicas written ready together with ``r`` (not counted as ready before it).
+        A replica ready again after a crash (``restarts`` > 0) is a restart, not a start
+        from zero: its row's age holds its earlier runs, and its ``Crashed`` event
+        already tells the story."""
+        if r.restarts > 0 or r.ready_at is None:
+            return
         dep = s.get(Deployment, r.deployment_id)
         config = autoscaling_of(dep) if dep is not None else None
-        if dep is None or config is None or config.min_replicas > 0 or r.ready_at is None:
+        if dep is None or config is None or config.min_replicas > 0:
             return
         others = s.scalars(select(Replica.id).where(
             Replica.deployment_id == dep.id, Replica.id.not_in({r.id, *batch}),
