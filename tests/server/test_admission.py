@@ -45,14 +45,11 @@ def test_quota_holds_work_with_a_reason(cloud: Cloud) -> None:
     assert cloud.api("GET", "/queue", token=tok).json()["data"] == []
 
 
-@pytest.mark.parametrize("quota", [{"H100": 1}, {"H100": 1, "*": 4}])
-def test_any_gpu_model_work_skips_only_the_models_at_their_quota(
-        cloud: Cloud, quota: dict[str, int]) -> None:
-    """Found at the quota's edge: with ``{"H100": 1}`` a deployment of a shape that takes
-    any GPU model waited "quota: 1/1 H100 GPUs in use" beside a free, unlimited A10; and
-    with ``{"H100": 0, "*": 8}`` it took the H100 (over that quota)."""
+def _any_gpu_team(cloud: Cloud, *, a10s: int, quota: dict[str, int]) -> str:
+    """Two H100s and ``a10s`` A10s on two nodes, a shape of one GPU of any model, and a
+    workspace ``team`` with the GPU ``quota``; returns the workspace's token."""
     cloud.add_fake_node("h", gpus=[{"type": "H100", "count": 2, "memory_mib": 81559}])
-    cloud.add_fake_node("a", gpus=[{"type": "A10", "count": 2, "memory_mib": 24576}])
+    cloud.add_fake_node("a", gpus=[{"type": "A10", "count": a10s, "memory_mib": 24576}])
     r = cloud.api("POST", "/shapes", json={"name": "gpu.any", "cpu_milli": 1000,
                                            "memory_mib": 1024, "gpu_count": 1,
                                            "price_per_hour_usd": 1.0})
@@ -60,6 +57,16 @@ def test_any_gpu_model_work_skips_only_the_models_at_their_quota(
     tok = cloud.new_workspace("team")
     r = cloud.api("PUT", "/workspaces/team/quota", json={"gpus": quota})
     assert r.status_code == 200, r.text
+    return tok
+
+
+@pytest.mark.parametrize("quota", [{"H100": 1}, {"H100": 1, "*": 4}])
+def test_any_gpu_model_work_skips_only_the_models_at_their_quota(
+        cloud: Cloud, quota: dict[str, int]) -> None:
+    """Found at the quota's edge: with ``{"H100": 1}`` a deployment of a shape that takes
+    any GPU model waited "quota: 1/1 H100 GPUs in use" beside a free, unlimited A10; and
+    with ``{"H100": 0, "*": 8}`` it took the H100 (over that quota)."""
+    tok = _any_gpu_team(cloud, a10s=2, quota=quota)
     cloud.api("POST", "/deployments", token=tok, json={
         "name": "m", "service": "chat", "shape": "gpu.any", "replicas": 3})
     cloud.reconcile(3)
@@ -77,15 +84,7 @@ def test_any_gpu_model_work_skips_only_the_models_at_their_quota(
 
 
 def test_any_gpu_model_work_never_takes_a_model_of_zero_quota(cloud: Cloud) -> None:
-    cloud.add_fake_node("h", gpus=[{"type": "H100", "count": 2, "memory_mib": 81559}])
-    cloud.add_fake_node("a", gpus=[{"type": "A10", "count": 1, "memory_mib": 24576}])
-    r = cloud.api("POST", "/shapes", json={"name": "gpu.any", "cpu_milli": 1000,
-                                           "memory_mib": 1024, "gpu_count": 1,
-                                           "price_per_hour_usd": 1.0})
-    assert r.status_code == 201, r.text
-    tok = cloud.new_workspace("team")
-    r = cloud.api("PUT", "/workspaces/team/quota", json={"gpus": {"H100": 0, "*": 8}})
-    assert r.status_code == 200, r.text
+    tok = _any_gpu_team(cloud, a10s=1, quota={"H100": 0, "*": 8})
     cloud.api("POST", "/deployments", token=tok, json={
         "name": "m", "service": "chat", "shape": "gpu.any", "replicas": 2})
     cloud.reconcile(3)
