@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, delete, update
 from sqlalchemy.exc import DataError, IntegrityError
 
 from neocloud.gateway.types import RequestRecord
@@ -57,8 +57,15 @@ MAX_BATCH = 1000
 #: Touches at which a failed ``retry=True`` write is tried again before it is dropped
 #: (its row then stays unfinished, recovered from the replica once this process is gone).
 RETRIES = 60
+#: Most writes queued before a new request is refused at once (a database that hangs:
+#: the queue would otherwise grow with every request while the writer waits).
+MAX_QUEUE = 50_000
 #: Longest path stored (characters); a longer one is cut.
 PATH_CHARS = 512
+#: Most tokens stored for one count of one request: the largest value of the token
+#: columns on PostgreSQL (``integer``); a larger count, which only a replica's own
+#: answer can carry, is cut to it.
+MAX_TOKENS = 2**31 - 1
 
 
 class LedgerState(StrEnum):
@@ -81,6 +88,17 @@ def stored_path(path: str) -> str:
     return path.replace("\x00", "\ufffd")[:PATH_CHARS]
 
 
+def stored_tokens(n: int) -> int:
+    """A token count as the ledger stores it: within ``0`` .. :data:`MAX_TOKENS`.
+
+    The counts come from the bytes of a replica's answer (or its ``/usage``), which a
+    deployment's own image writes: a negative one would be billed as a credit, and one
+    past the column's range failed the ledger's whole batch (SQLite: ``OverflowError``
+    from 2**63, not a data error, so every other request of the batch was refused with
+    503; PostgreSQL: its end write was tried again at each touch and never stored)."""
+    return min(max(int(n), 0), MAX_TOKENS)
+
+
 def row_values(rec: RequestRecord, state: LedgerState, owner: str,
                now: float) -> dict[str, Any]:
     """The columns of ``rec``'s row (``rec.request_id`` must be set); times in unix
@@ -90,8 +108,9 @@ def row_values(rec: RequestRecord, state: LedgerState, owner: str,
             "workspace_id": rec.workspace_id, "token_id": rec.token_id,
             "deployment_id": rec.deployment_id, "replica_id": rec.replica_id,
             "path": stored_path(rec.path), "status": rec.status, "latency_s": rec.latency_s,
-            "prompt_tokens": rec.prompt_tokens,
-            "completion_tokens": rec.completion_tokens, "started_at": rec.started_at,
+            "prompt_tokens": stored_tokens(rec.prompt_tokens),
+            "completion_tokens": stored_tokens(rec.completion_tokens),
+            "started_at": rec.started_at,
             "seen_at": now}
 
 
@@ -120,6 +139,9 @@ class _Write:
     waiter: asyncio.Future[None] | None = None
     retry: bool = False
     tries: int = 0
+    drop: bool = False
+    """Delete the row ``values["id"]`` if it is still ``open`` (a request refused after
+    its insert was queued: it was never forwarded)."""
 
 
 def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
@@ -170,9 +192,18 @@ class RequestLedger:
         return w.done
 
     def _enqueue(self, w: _Write) -> None:
+        """Queue ``w`` for the writer.
+
+        Raises:
+            RuntimeError: the ledger is closed, or ``w`` is an insert and
+                :data:`MAX_QUEUE` writes wait already (nothing is queued then).
+        """
         with self._cv:
             if self._closed:
                 raise RuntimeError("the request ledger is closed")
+            if w.insert and len(self._queue) >= MAX_QUEUE:
+                raise RuntimeError(f"the request ledger is behind: {len(self._queue)}"
+                                   " writes wait for the database")
             self._queue.append(w)
             self._queued += 1
             if self._thread is None:
@@ -182,11 +213,17 @@ class RequestLedger:
             self._cv.notify_all()
 
     async def write(self, rec: RequestRecord, state: LedgerState, *,
-                    insert_row: bool, retry: bool = False) -> None:
+                    insert_row: bool, retry: bool = False,
+                    timeout_s: float | None = None) -> None:
         """:meth:`submit` and wait for the commit; ``retry``: when it fails, the writer
         also tries it again at its next touches (an update that must not be lost).
+        ``timeout_s``: seconds to wait at most (``None``: until the database answers);
+        past it the write stays queued, and an insert is undone by a delete queued after
+        it (the caller refuses the request), so a database that hangs (a lock held, a
+        host that does not answer) refuses requests instead of holding them forever.
 
         Raises:
+            TimeoutError: not committed within ``timeout_s``.
             Exception: the database error of the transaction the write was in.
         """
         loop = asyncio.get_running_loop()
@@ -194,7 +231,17 @@ class RequestLedger:
                    loop=loop, waiter=loop.create_future(), retry=retry)
         self._enqueue(w)
         assert w.waiter is not None
-        await w.waiter
+        if timeout_s is None:
+            await w.waiter
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(w.waiter), timeout_s)
+        except TimeoutError:
+            # settled later by the writer: its outcome is read here so none is left unread
+            w.waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if insert_row:
+                self._enqueue(_Write(False, {"id": w.values["id"]}, retry=True, drop=True))
+            raise
 
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every write queued so far is committed (or failed); ``False`` when
@@ -300,7 +347,7 @@ class RequestLedger:
             if exc is not None and w.retry:
                 if w.tries < RETRIES:
                     self._later.append(_Write(w.insert, w.values, retry=True,
-                                              tries=w.tries))
+                                              tries=w.tries, drop=w.drop))
                 else:
                     log.error("the request ledger gave up writing request %s: %s",
                               w.values.get("id"), exc)
@@ -336,13 +383,18 @@ _TOUCH = (update(_T).where(_T.c.owner == bindparam("b_owner"),
 
 
 def _execute(conn: Any, batch: list[_Write]) -> None:
-    """Run the writes of ``batch`` on ``conn``: the inserts, then the updates in order."""
+    """Run the writes of ``batch`` on ``conn``: the inserts, then the updates in order,
+    then the deletes (each after its row's insert)."""
     inserts = [w.values for w in batch if w.insert]
-    updates = [_update_params(w.values) for w in batch if not w.insert]
+    updates = [_update_params(w.values) for w in batch if not w.insert and not w.drop]
+    drops = [w.values["id"] for w in batch if w.drop]
     if inserts:
         conn.execute(_INSERT, inserts)
     if updates:  # after the inserts: an update never precedes its row's insert
         conn.execute(_UPDATE, updates)
+    if drops:
+        conn.execute(delete(_T).where(_T.c.id.in_(drops),
+                                      _T.c.state == LedgerState.open.value))
 
 
 def _update_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -351,5 +403,6 @@ def _update_params(values: dict[str, Any]) -> dict[str, Any]:
                                           "completion_tokens", "seen_at")}
 
 
-__all__ = ["MAX_BATCH", "PATH_CHARS", "RETRIES", "TOUCH_S", "UNFINISHED", "LedgerState",
-           "RequestLedger", "record_of", "row_values", "stored_path"]
+__all__ = ["MAX_BATCH", "MAX_QUEUE", "MAX_TOKENS", "PATH_CHARS", "RETRIES", "TOUCH_S", "UNFINISHED",
+           "LedgerState", "RequestLedger", "record_of", "row_values", "stored_path",
+           "stored_tokens"]

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Node, Replica, RequestUsage
-from neocloud.server.metering.ledger import UNFINISHED, LedgerState
+from neocloud.server.metering.ledger import UNFINISHED, LedgerState, stored_tokens
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,13 @@ def ask_replica(url: str, meter_id: str) -> Count | Unknown | None:
         body = r.json()
     except ValueError:
         return None
-    p, c = body.get("prompt_tokens"), body.get("completion_tokens")
-    if not body.get("finished") or not isinstance(p, int) or not isinstance(c, int):
+    if not isinstance(body, dict):
         return None
-    return Count(p, c)
+    p, c = body.get("prompt_tokens"), body.get("completion_tokens")
+    if (not body.get("finished") or not isinstance(p, int) or not isinstance(c, int)
+            or isinstance(p, bool) or isinstance(c, bool)):
+        return None
+    return Count(stored_tokens(p), stored_tokens(c))
 
 
 def replica_urls(s: Session, deployment_ids: set[str]) -> dict[str, dict[str, str]]:

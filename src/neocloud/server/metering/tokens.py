@@ -39,6 +39,11 @@ from neocloud.server.services import metrics_history, prices
 
 #: Closed ledger rows billed per transaction.
 BILL_BATCH = 1000
+#: Seconds a request waits at most for its ledger write (its open row, or its end) before
+#: the gateway goes on without it: an open row not stored by then refuses the request
+#: (503), an end not stored by then stays queued (and the row, if this process dies
+#: first, is recovered from the replica).
+WAIT_S = 10.0
 
 
 class BilledTwice(RuntimeError):
@@ -57,12 +62,15 @@ class UsageBuffer:
             plane uses it, so a restart recovers at once what its predecessor left).
         give_up_s: see :func:`recovery.recover_orphans`.
         ask: asks a replica for a request's count (tests pass their own).
+        wait_s: see :data:`WAIT_S`.
     """
 
     def __init__(self, db: Database, *, stale_s: float | None = None,
                  give_up_s: float = recovery.GIVE_UP_S,
-                 ask: recovery.Ask = recovery.ask_replica) -> None:
+                 ask: recovery.Ask = recovery.ask_replica,
+                 wait_s: float = WAIT_S) -> None:
         self.db = db
+        self.wait_s = wait_s
         self.ledger = RequestLedger(db)
         self.stale_s = (stale_s if stale_s is not None
                         else recovery.STALE_S if db.is_postgres else 0.0)
@@ -81,21 +89,25 @@ class UsageBuffer:
         """The request is about to be forwarded: its ``open`` row is committed on return.
 
         Raises:
+            TimeoutError: not stored within :attr:`wait_s` (the gateway refuses the
+                request; the row, if it is stored later, is deleted).
             Exception: the database did not take it (the gateway refuses the request).
         """
-        await self.ledger.write(rec, LedgerState.open, insert_row=True)
+        await self.ledger.write(rec, LedgerState.open, insert_row=True,
+                                timeout_s=self.wait_s)
 
     async def ended(self, rec: RequestRecord, *, final: bool) -> None:
         """The request ended (``final``: with its final count, else the replica's count
         follows): its row is updated and committed on return.
 
         Raises:
+            TimeoutError: not stored within :attr:`wait_s` (it stays queued).
             Exception: the database did not take it; the ledger tries the write again at
                 its next touches (``ledger.RETRIES``), and a row still unfinished when
                 this process is gone is recovered from the replica.
         """
         await self.ledger.write(rec, LedgerState.closed if final else LedgerState.counting,
-                                insert_row=False, retry=True)
+                                insert_row=False, retry=True, timeout_s=self.wait_s)
 
     # ------------------------------------------------------------------ the metering side
     def flush(self) -> int:
