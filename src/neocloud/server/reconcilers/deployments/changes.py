@@ -146,6 +146,10 @@ class Changes(ReconcilerBase):
     _last_look = float("-inf")
     _read_at: datetime | None = None
     """When the last full pass or look read the deployments (UTC)."""
+    left_to_pass = False
+    """Whether the last look left a changed deployment to the full pass (a higher
+    priority waits): the thread's step then starts that pass at once
+    (``reconciler.run_step``)."""
 
     def wake(self) -> None:
         """An API write committed: the next look (at once if the thread sleeps, else at
@@ -204,6 +208,7 @@ class Changes(ReconcilerBase):
             return set()
         self._changes.clear()
         self._last_look = time.monotonic()
+        self.left_to_pass = False
         rows = self._look_rows()
         changed = [row for row in rows if row.id not in coming
                    and self._asked(row.id) != asked_of(key_of(row))]
@@ -214,6 +219,7 @@ class Changes(ReconcilerBase):
             row.status not in SETTLED_STATUSES or row.pending_reason is not None)]
         floor = max(waiting, default=None)
         run = [row for row in changed if floor is None or int(row.priority) >= floor]
+        self.left_to_pass = len(run) < len(changed)
         if not run:
             return set()
         fixed = {row.id for row in run if not row.autoscaling}
