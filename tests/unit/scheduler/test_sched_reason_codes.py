@@ -30,9 +30,19 @@ def _miss(nodes, request: ResourceRequest) -> Unschedulable:
     # a node could hold it, but its GPUs are taken now
     ([node("busy", gpus=2, free=[0, 0])], ResourceRequest(1000, 1024, gpu_count=1),
      ReasonCode.WAITING_FOR_CAPACITY, False),
-    # every node is ruled out by its state: never fits as things are, no GPU-kind code
+    # every node is ruled out by its state alone: it waits for one to be back (was
+    # "never fits", which deploy --dry-run printed as "can never fit")
     ([node("down", status="not_ready")], ResourceRequest(1000, 1024),
-     ReasonCode.WAITING_FOR_CAPACITY, True),
+     ReasonCode.WAITING_FOR_CAPACITY, False),
+    # found by a new user: the only H100 node cordoned beside CPU nodes was "can never
+    # fit, NO_MATCHING_GPU_TYPE" until uncordoned, then "fits"
+    ([node("gpu-7", gpu_type="H100", status="cordoned"), node("cpu", gpus=0)],
+     ResourceRequest(1000, 1024, gpu_count=1, gpu_types=("H100",)),
+     ReasonCode.WAITING_FOR_CAPACITY, False),
+    # a cordoned node of another kind changes nothing: never, with the kind's code
+    ([node("a", gpu_type="A100", status="cordoned"), node("cpu", gpus=0)],
+     ResourceRequest(1000, 1024, gpu_count=1, gpu_types=("H100",)),
+     ReasonCode.NO_MATCHING_GPU_TYPE, True),
     # no node at all: capacity may yet join
     ([], ResourceRequest(1000, 1024), ReasonCode.WAITING_FOR_CAPACITY, False),
 ])

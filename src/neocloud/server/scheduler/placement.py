@@ -117,7 +117,8 @@ _NEVER_CODES: tuple[tuple[str, ReasonCode], ...] = (
 def explain(index: ClusterIndex, request: ResourceRequest) -> Unschedulable:
     """Why no node of ``index`` can take ``request`` right now: a sentence, its code, and
     whether no node could ever take it (every node is ruled out by its kind, not by the
-    room left on it)."""
+    room left on it; a node ruled out only by its state, cordoned, draining or not
+    ready, could take it once back, so the request waits for capacity)."""
     if not len(index):
         return Unschedulable("no nodes are registered")
     skipped: Counter[str] = Counter()
@@ -125,11 +126,13 @@ def explain(index: ClusterIndex, request: ResourceRequest) -> Unschedulable:
     best_amount = -1
     blocked: Counter[str] = Counter()
     gpu_ok_somewhere = False
+    back_later = False  # a node ruled out by its state alone (cordoned, not ready)
     for o, node_id in enumerate(index.ids):
         cls = index.classes[index.node_class[o]]
         why = _static_miss(cls, request)
         if why:
             skipped[why] += 1
+            back_later |= cls.status != "ready" and _kind_miss(cls, request) is None
             continue
         cpu, mem, gpus = index.dyn[o]
         amount = _gpu_amount(gpus, request)
@@ -164,7 +167,7 @@ def explain(index: ClusterIndex, request: ResourceRequest) -> Unschedulable:
         )
     details = [f"{n} {why}" for why, n in sorted((skipped + blocked).items())]
     reason = head + (f" ({'; '.join(details)})" if details else "")
-    if best_id is not None:
+    if best_id is not None or back_later:
         return Unschedulable(reason)
     code = next((c for why, c in _NEVER_CODES if skipped[why]),
                 ReasonCode.WAITING_FOR_CAPACITY)
@@ -178,8 +181,16 @@ def _gpu_phrase(request: ResourceRequest) -> str:
 
 
 def _static_miss(cls: NodeClass, request: ResourceRequest) -> str | None:
+    """Why no node of ``cls`` can take ``request`` whatever room it has: its state, then
+    its kind (:func:`_kind_miss`); ``None`` when one could."""
     if cls.status != "ready":
         return f"node(s) {cls.status.replace('_', ' ')}"
+    return _kind_miss(cls, request)
+
+
+def _kind_miss(cls: NodeClass, request: ResourceRequest) -> str | None:
+    """Why no node of ``cls``, ready and empty, could take ``request`` (its GPUs or its
+    labels); ``None`` when one could."""
     if request.wants_gpu:
         if cls.gpu_count == 0:
             return "node(s) without GPUs"

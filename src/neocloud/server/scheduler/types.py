@@ -204,9 +204,9 @@ class Unschedulable:
     Attributes:
         reason: a sentence shown to users as the pending reason (may change).
         code: its stable code, for programs (``pending_code``, ``deploy --dry-run``).
-        never_fits: no registered node could take the request even when empty (its GPU
-            type, GPU count, state or labels rule every node out), as opposed to a lack of
-            free room now.
+        never_fits: no registered node could take the request even when empty and
+            ready (its GPU type, GPU count or labels rule every node out), as opposed to
+            a lack of free room now or nodes that are cordoned, draining or not ready.
     """
 
     reason: str
