@@ -22,8 +22,10 @@ TOKENS_KIND = "tokens"
 
 COLUMNS = ("KIND", "NAME", "SHAPE", "TIME", "GPU-HOURS", "REQUESTS", "FAILED", "TOKENS",
            "COST")
-"""``REQUESTS``: gateway requests served; ``FAILED``: those that failed (status 400 or
-above, their tokens billed in ``TOKENS`` too)."""
+"""``REQUESTS``: requests the gateway forwarded to a replica and served; ``FAILED``: those
+forwarded that failed (status 400 or above, their tokens billed in ``TOKENS`` too). The
+gateway's own refusals (no token, a body it refuses, an unknown model) reach no replica
+and are no usage (the gateway's metrics count them)."""
 
 
 def bill_row(line: BillLine) -> tuple[str | int | None, ...]:

@@ -29,9 +29,10 @@ class BillLine(OutModel):
     requests: int = 0
     """For ``kind == "tokens"``: gateway requests served (status below 400)."""
     failed_requests: int = 0
-    """For ``kind == "tokens"``: gateway requests that failed (status 400 or above, a
-    client that left mid-answer included); their tokens are billed too (the engine did
-    that work), they are not counted in ``requests``."""
+    """For ``kind == "tokens"``: gateway requests forwarded to a replica that failed
+    (status 400 or above, a client that left mid-answer included); their tokens are
+    billed too (the engine did that work), they are not counted in ``requests``. The
+    gateway's own refusals, which reach no replica, are not usage."""
     storage_bytes: int = 0
     """For ``kind == "volume"``: the bytes the volume holds (last measured)."""
     amount_micros: int
