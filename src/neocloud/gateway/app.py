@@ -54,7 +54,12 @@ from neocloud.gateway.balancing import BalancingPolicy, ReplicaLoad, make_policy
 from neocloud.gateway.cache import MISSING, TTLCache
 from neocloud.gateway.client import UpstreamPool
 from neocloud.gateway.disconnect import DisconnectWatcher
-from neocloud.gateway.metering import USAGE_WAIT_S, needs_replica_count, replica_count
+from neocloud.gateway.metering import (
+    ENDPOINTS_PREFIX,
+    USAGE_WAIT_S,
+    needs_replica_count,
+    replica_count,
+)
 from neocloud.gateway.proxy import CLIENT_GONE, Forwarder
 from neocloud.gateway.ratelimit import TokenBucketLimiter
 from neocloud.gateway.settings import GatewaySettings
@@ -313,7 +318,7 @@ class Gateway:
                     scope, receive, send, principal, route, method, target, body, True, t0,
                     started_at,
                 )
-            elif path.startswith("/endpoints/"):
+            elif path.startswith(ENDPOINTS_PREFIX):
                 principal = await self._authorize(scope)
                 name, target = _split_endpoint(scope)
                 method = scope["method"]
@@ -616,7 +621,7 @@ def _model_object(route: Route) -> dict[str, Any]:
 def _split_endpoint(scope: Scope) -> tuple[str, bytes]:
     """``(deployment name, upstream target)`` of an ``/endpoints/{name}/{path}`` request."""
     raw: bytes = scope.get("raw_path") or scope["path"].encode()
-    rest = raw[len(b"/endpoints/"):]
+    rest = raw[len(ENDPOINTS_PREFIX):]
     cut = rest.find(b"/")
     name_raw, tail = (rest, b"/") if cut < 0 else (rest[:cut], rest[cut:])
     name = unquote(name_raw.decode("latin-1"))

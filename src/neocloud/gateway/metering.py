@@ -30,11 +30,25 @@ METER_HEADER = b"x-neocloud-meter-id"
 USAGE_WAIT_S = 5.0
 
 
+#: Gateway path prefix of requests by deployment name (``/endpoints/{name}/{path}``).
+ENDPOINTS_PREFIX = "/endpoints/"
+
+
+def replica_path(path: str) -> str:
+    """The path a replica answers for gateway path ``path``: a request by deployment name,
+    ``/endpoints/{name}/{rest}``, reaches it as ``/{rest}``; others as they are."""
+    if not path.startswith(ENDPOINTS_PREFIX):
+        return path
+    _name, slash, rest = path[len(ENDPOINTS_PREFIX):].partition("/")
+    return slash + rest if slash else "/"
+
+
 def needs_replica_count(method: str, path: str, status: int, found: bool) -> bool:
     """Whether the bytes the gateway saw may undercount a request: an inference ``POST``
-    under ``/v1/`` that streamed without a usage object, or that the client or the
-    replica cut short (``status`` 499 / 502)."""
-    if method != "POST" or not path.startswith("/v1/"):
+    under ``/v1/`` (of the replica: ``/endpoints/{name}/v1/...`` too, see
+    :func:`replica_path`) that streamed without a usage object, or that the client or
+    the replica cut short (``status`` 499 / 502). ``path``: the gateway's path."""
+    if method != "POST" or not replica_path(path).startswith("/v1/"):
         return False
     return status in (499, 502) or (status == 200 and not found)
 

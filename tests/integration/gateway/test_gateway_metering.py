@@ -31,6 +31,14 @@ def test_which_requests_need_the_replica_count() -> None:
     assert needs_replica_count("POST", "/v1/completions", 502, found=False)
     assert not needs_replica_count("POST", "/v1/completions", 400, found=False)
     assert not needs_replica_count("GET", "/v1/models", 200, found=False)
+    # by deployment name: the replica answers /v1/... (found by a fault-hunting pass:
+    # the gateway's own path was compared, so these streams were billed what the bytes
+    # showed, 0 tokens without include_usage)
+    assert needs_replica_count("POST", "/endpoints/chat/v1/chat/completions", 200,
+                               found=False)
+    assert needs_replica_count("POST", "/endpoints/chat/v1/completions", 499, found=True)
+    assert not needs_replica_count("POST", "/endpoints/chat/generate", 200, found=False)
+    assert not needs_replica_count("POST", "/endpoints/v1/x", 200, found=False)
     # a client cannot choose the meter id the replica counts under
     out = request_headers([(b"x-neocloud-meter-id", b"someone-else")], None, "http",
                           lambda: b"rid")
@@ -116,6 +124,22 @@ def test_stream_without_usage_is_metered_as_the_engine_counted(metered) -> None:
     assert len(seen) == 1 and seen[0].completion_tokens == 5
     sink.wait_for(lambda r: r.status == 200 and r.completion_tokens == 5
                   and r.prompt_tokens == seen[0].prompt_tokens)
+
+
+@pytest.mark.slow
+def test_a_stream_by_deployment_name_without_usage_is_metered_as_the_engine_counted(
+        metered) -> None:
+    replica, sink, url = metered
+    client = openai.OpenAI(base_url=url + "/endpoints/chat/v1", api_key=TOKEN_A,
+                           max_retries=0, timeout=120)
+    before = replica.ledger()
+    chunks = list(client.chat.completions.create(model="chat", messages=MESSAGES, max_tokens=6,
+                                                 temperature=0, stream=True))
+    assert all(c.usage is None for c in chunks)
+    counted = _new_entry(replica, before)
+    rec = sink.wait_for(lambda r: r.status == 200 and r.completion_tokens == 6)
+    assert (rec.prompt_tokens, rec.completion_tokens) == (counted.prompt_tokens, 6)
+    assert rec.path == "/endpoints/chat/v1/chat/completions"
 
 
 @pytest.mark.slow
