@@ -499,8 +499,11 @@ class Gateway:
                 deployment_id=route.deployment_id, replica_id=None, path=path, status=0,
                 latency_s=0.0, prompt_tokens=0, completion_tokens=0, started_at=started_at,
                 request_id=meter_id.decode() if meter_id is not None else None))
-        except Exception:
-            log.exception("the usage sink did not take a request before it was forwarded")
+        except Exception as exc:
+            # one line per refused request (a database outage refuses every request: a
+            # traceback each would bury the log); the traceback at debug level
+            log.warning("the usage sink did not take a request before it was forwarded: %r",
+                        exc, exc_info=log.isEnabledFor(logging.DEBUG))
             raise Unavailable(
                 "the gateway cannot record usage right now, so it does not forward"
                 " requests; retry shortly", code="usage_unavailable") from None
