@@ -130,7 +130,10 @@ def _print_job(job: JobOut) -> None:
     head = Text(f"{job.name}  ", style="bold")
     head.append_text(status_text(job.status.value))
     output.out.print(head)
-    retries = f"  failures {job.failures}/{job.max_retries} retries" if job.max_retries else ""
+    # retried while failures <= max_retries: so many retries used of those allowed
+    used = min(job.failures, job.max_retries)
+    retries = (f"  retries {used}/{job.max_retries} ({job.failures} failed)"
+               if job.max_retries else "")
     output.out.print(Text(f"command: {' '.join(job.command)}"))
     output.out.print(Text(f"workers: {job.workers} x {job.shape}   attempt {job.attempt}"
                           f"{retries}   created {age(job.created_at)} ago"))

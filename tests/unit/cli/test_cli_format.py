@@ -82,3 +82,24 @@ def test_shape_price_is_the_version_in_force_marked() -> None:
         "* billed at the price version in force, not the shape's own list price (a $1.10); "
         "`neocloud price ls` lists every version.")
     assert override_note(shapes, {}) is None
+
+
+def test_job_status_counts_retries_used_of_those_allowed(monkeypatch) -> None:
+    """A job retried once of one allowed, failed twice: the line read "failures 2/1
+    retries" (more failures than retries); now "retries 1/1 (2 failed)"."""
+    from neocloud.cli import jobs, output
+    from neocloud.models.jobs import JobOut
+
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    job = JobOut.model_validate({
+        "id": "j" * 32, "name": "failer", "command": ["false"], "shape": "cpu.small",
+        "workers": 1, "env": {}, "secrets": {}, "volumes": [], "max_retries": 1,
+        "attempt": 2, "failures": 2, "time_limit_s": None, "priority": 0,
+        "preemptible": False, "status": "failed", "reason": None, "exit_code": 1,
+        "message": None, "created_at": at, "updated_at": at, "started_at": at,
+        "finished_at": at})
+    console = Console(width=200, record=True)
+    monkeypatch.setattr(output, "out", console)
+    jobs._print_job(job)
+    text = console.export_text()
+    assert "retries 1/1 (2 failed)" in text and "failures 2/1" not in text, text
