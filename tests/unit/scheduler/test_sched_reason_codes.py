@@ -59,3 +59,12 @@ def test_a_gang_keeps_the_code_of_the_worker_that_did_not_fit() -> None:
     assert result.reason.startswith("gang of 2 workers does not fit")
     assert result.code is ReasonCode.INSUFFICIENT_GPUS_PER_NODE and result.never_fits
 
+
+
+def test_a_gang_that_fits_in_part_names_how_many_are_placed_in_plain_words() -> None:
+    """Read "has no room after 1 others are placed" for a gang of two."""
+    result = place_gang([node("one", gpus=4)], [ResourceRequest(1000, 1024, gpu_count=4)] * 2)
+    assert isinstance(result, Unschedulable)
+    assert "worker 2 (" in result.reason and "after 1 other is placed" in result.reason, result
+    three = place_gang([node("two", gpus=8)], [ResourceRequest(1000, 1024, gpu_count=4)] * 3)
+    assert isinstance(three, Unschedulable) and "after 2 others are placed" in three.reason

@@ -95,9 +95,10 @@ def place_gang(
         if isinstance(result, Unschedulable):
             n = len(requests)
             if placed:
+                others = "1 other is" if placed == 1 else f"{placed} others are"
                 return replace(result, reason=(
                     f"gang of {n} workers does not fit all at once: worker {i + 1} "
-                    f"({requests[i].describe()}) has no room after {placed} others are placed; "
+                    f"({requests[i].describe()}) has no room after {others} placed; "
                     f"{result.reason}"))
             return replace(result, reason=f"gang of {n} workers does not fit: {result.reason}")
         out[i] = result
