@@ -6,12 +6,15 @@ operator's and that the control plane's volumes folder is reachable here at the 
 the server's CPUs, memory and GPUs (NVML), starts a Ray node on it
 that joins the cloud's Ray cluster (``ray start --address ...``, labelled
 ``neocloud.io/node=<name>`` so the Ray backend places this node's work there), and
-registers the node with the control plane with its Ray node id. With ``--block`` it stays
-in the foreground with the Ray node and stops it on Ctrl-C or SIGTERM.
+registers the node with the control plane with its Ray node id. With ``--head`` it starts
+the cluster's head instead, at ``--ray-address HOST:PORT`` (default port 6379), once it has
+checked that the port is free. With ``--block`` it stays in the foreground with the Ray
+node and stops it on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -36,17 +39,21 @@ from neocloud.models.nodes_join import NodeJoin
 NODE_LABEL = "neocloud.io/node"
 #: Seconds to wait for the new Ray node to show up alive in the cluster.
 JOIN_TIMEOUT_S = 90.0
+#: TCP port of a head's GCS when ``--ray-address`` does not give one (Ray's default).
+DEFAULT_HEAD_PORT = 6379
 
 
 def ray_start_command(*, ray_address: str | None, node_ip: str, name: str,
                       labels: dict[str, str], num_gpus: int | None, head: bool,
-                      block: bool, extra: list[str]) -> list[str]:
+                      block: bool, extra: list[str],
+                      head_port: int = DEFAULT_HEAD_PORT) -> list[str]:
     """The ``ray start`` command line of this server (Ray from this interpreter's
-    environment, so workloads run with the same Python and neocloud)."""
+    environment, so workloads run with the same Python and neocloud); a head listens on
+    ``head_port`` (TCP)."""
     ray = str(Path(sys.executable).with_name("ray"))
     cmd = [ray, "start", f"--node-ip-address={node_ip}", "--disable-usage-stats",
            "--labels=" + ",".join(f"{k}={v}" for k, v in {**labels, NODE_LABEL: name}.items())]
-    cmd += ["--head"] if head else [f"--address={ray_address}"]
+    cmd += ["--head", f"--port={head_port}"] if head else [f"--address={ray_address}"]
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
     if block:
@@ -63,6 +70,62 @@ def local_address(toward: str) -> str:
             return str(s.getsockname()[0])
         except OSError:
             return "127.0.0.1"
+
+
+def head_address(ray_address: str | None, node_ip: str | None, toward: str) -> tuple[str, int]:
+    """The ``(address, TCP port)`` a head started here listens on: ``ray_address``
+    (``HOST:PORT``) when given, else ``node_ip`` (default: this machine's address on the
+    route toward ``toward``) and :data:`DEFAULT_HEAD_PORT`.
+
+    Raises:
+        typer.BadParameter: ``ray_address`` is not ``HOST:PORT`` (port 1..65535), or its
+            host is not ``node_ip``.
+    """
+    if not ray_address:
+        return node_ip or local_address(toward), DEFAULT_HEAD_PORT
+    host, sep, port = ray_address.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise typer.BadParameter(
+            f"with --head it is the head's HOST:PORT, e.g. 10.0.0.1:6380, not {ray_address!r}",
+            param_hint="'--ray-address'")
+    if node_ip and node_ip != host:
+        raise typer.BadParameter(
+            f"with --head the head listens on --ray-address's host ({host}), not {node_ip}",
+            param_hint="'--node-ip'")
+    return host, int(port)
+
+
+def check_port_free(address: str, port: int) -> None:
+    """Fail before ``ray start --head`` when TCP ``port`` is already bound on ``address``
+    or on any other address of this machine (Ray's GCS would fail with "Failed to start
+    the grpc server").
+
+    Raises:
+        Unavailable: the port is taken (said how to pick another).
+    """
+    for host in (address, "0.0.0.0"):
+        problem = _bind_problem(host, port)
+        if problem is not None and problem.errno == errno.EADDRINUSE:
+            other = port + 1 if port < 65535 else DEFAULT_HEAD_PORT + 1
+            raise Unavailable(
+                f"port {port} is already in use on {address} (another program listens "
+                f"there); choose the head's port with --ray-address {address}:PORT, e.g. "
+                f"--ray-address {address}:{other}")
+        if problem is not None and host == address:
+            raise Unavailable(
+                f"cannot start the Ray head at {address}:{port}: {problem.strerror or problem}; "
+                "give one of this machine's addresses with --ray-address HOST:PORT")
+
+
+def _bind_problem(host: str, port: int) -> OSError | None:
+    """Why a TCP socket cannot bind ``(host, port)``, or None if it can."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def ray_node_id(address: str, node_ip: str, name: str, proc: subprocess.Popen[bytes] | None,
@@ -105,8 +168,11 @@ def join(
                               help="Operator token (admin of an operator workspace)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", envvar="RAY_ADDRESS",
-        help="The cloud's Ray cluster (GCS host:port); omit with --head."),
-    head: bool = typer.Option(False, "--head", help="Start the Ray cluster's head here."),
+        help="The cloud's Ray cluster (GCS HOST:PORT); with --head, the address and port "
+        "the head listens on (default: this server's address, port 6379)."),
+    head: bool = typer.Option(
+        False, "--head", help="Start the Ray cluster's head here (on the port of "
+        "--ray-address, default 6379; refused if that port is taken)."),
     name: str | None = typer.Option(None, "--name", help="Node name (default: host name)."),
     node_ip: str | None = typer.Option(
         None, "--node-ip", help="This server's address in the cluster (default: the one "
@@ -143,6 +209,14 @@ def join(
         import ray  # noqa: F401
     except ImportError:
         raise Unavailable("Ray is not installed here: pip install 'neocloud[ray]'") from None
+    url_host = url.split("//", 1)[-1].split("/")[0]
+    head_port = DEFAULT_HEAD_PORT
+    if head:
+        if any(a == "--port" or a.startswith("--port=") for a in ray_arg or ()):
+            raise typer.BadParameter("give the head's port with --ray-address HOST:PORT",
+                                     param_hint="'--ray-arg'")
+        node_ip, head_port = head_address(ray_address, node_ip, url_host)
+        check_port_free(node_ip, head_port)
     with Client(url, token) as cloud:
         _require_operator(cloud)
         if shared_check:
@@ -150,17 +224,18 @@ def join(
         machine = discover_machine(with_gpus=gpus_override is None)
         name = name or node_name()
         gpus = [gpus_override] if gpus_override else _group(machine.gpus)
-        ip = node_ip or local_address(ray_address or url.split("//", 1)[-1].split("/")[0])
+        ip = node_ip or local_address(ray_address or url_host)
         spec = NodeJoin.model_validate(dict(
             name=name, address=ip, ray_node_id="0" * 16, cpu_milli=machine.cpu_milli,
             memory_mib=machine.memory_mib, gpus=[g.model_dump() for g in gpus],
             labels=user_labels, pool=pool, price_per_hour_usd=price_per_hour))
         cmd = ray_start_command(ray_address=ray_address, node_ip=ip, name=name,
                                 labels=user_labels, num_gpus=sum(g.count for g in gpus),
-                                head=head, block=block, extra=list(ray_arg or ()))
+                                head=head, block=block, extra=list(ray_arg or ()),
+                                head_port=head_port)
         proc = _start_ray(cmd, block=block)
         try:
-            gcs = ray_address or f"{ip}:6379"
+            gcs = f"{ip}:{head_port}" if head else str(ray_address)
             spec = spec.model_copy(update={"ray_node_id": ray_node_id(gcs, ip, name, proc)})
             node = cloud.nodes.join(spec)
         except (NeocloudError, KeyboardInterrupt):

@@ -7,6 +7,7 @@ the server or model-runtime dependencies installed.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,10 +98,33 @@ def up(
         if ray_address != "auto" and not _host_port(ray_address):
             raise typer.BadParameter(f"must be HOST:PORT or auto, not {ray_address!r}",
                                      param_hint="'--ray-address'")
+    if (backend or os.environ.get("NEOCLOUD_BACKEND")) == "ray":
+        check_ray_backend(ray_address)
     launch = _load("neocloud.server.launch", "`neocloud up`")
     with settings_as_usage_errors():
         launch.up(host, port, home.expanduser() if home else None, backend,
                   ray_address=ray_address)
+
+
+def check_ray_backend(ray_address: str | None) -> None:
+    """Check what the ``ray`` backend needs before ``up`` creates or prints anything:
+    Ray importable, and ``NEOCLOUD_RAY_ADDRESS`` (when ``--ray-address`` is not given)
+    ``HOST:PORT`` or ``auto``.
+
+    Raises:
+        Unsupported: Ray is not installed (said how to install it).
+        typer.BadParameter: ``NEOCLOUD_RAY_ADDRESS`` does not read as an address.
+    """
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        raise Unsupported(
+            "the ray backend needs Ray, which is not installed: pip install 'neocloud[ray]' "
+            "(in a checkout: .venv/bin/pip install -e '.[ray]')") from None
+    env = os.environ.get("NEOCLOUD_RAY_ADDRESS")
+    if ray_address is None and env and env != "auto" and not _host_port(env):
+        raise typer.BadParameter(f"must be HOST:PORT or auto, not {env!r}",
+                                 param_hint="NEOCLOUD_RAY_ADDRESS")
 
 
 def _host_port(value: str) -> bool:

@@ -24,6 +24,7 @@ def test_up_and_server_delegate_to_launch(
     run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     calls: list[tuple[str, tuple[Any, ...]]] = []
+    monkeypatch.setitem(sys.modules, "ray", ModuleType("ray"))  # installed or not
     _fake_module(
         monkeypatch, "neocloud.server.launch",
         up=lambda *a, **kw: calls.append(("up", a, kw)),
@@ -46,6 +47,64 @@ def test_up_and_server_delegate_to_launch(
     bad = run("up", "--backend", "k8s", login=False)
     assert bad.exit_code == 2 and "'--backend'" in bad.stderr
     assert run("up", "--port", "70000", login=False).exit_code == 2
+
+
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray not installed: its import fails (and so does the ray backend's module)."""
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "neocloud.server.backends.ray_backend", None)
+
+
+@pytest.mark.parametrize("args, env", [
+    (("--backend", "ray"), {}),
+    ((), {"NEOCLOUD_BACKEND": "ray"}),
+])
+def test_up_ray_without_ray_fails_before_creating_anything(
+    run: Run, monkeypatch: pytest.MonkeyPatch, isolated_home: Path,
+    args: tuple[str, ...], env: dict[str, str],
+) -> None:
+    # The bug: it said "neocloud is up", printed an admin token and wrote config.json and
+    # the database before it failed for want of Ray.
+    import socket
+
+    _no_ray(monkeypatch)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    result = run("up", "--port", port, *args, login=False)
+    assert result.exit_code == 1
+    assert "the ray backend needs Ray" in result.stderr
+    assert "pip install 'neocloud[ray]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "neocloud is up" not in result.output + result.stderr
+    assert "token" not in (result.output + result.stderr).lower()
+    assert not isolated_home.exists()
+
+
+def test_up_ray_checks_neocloud_ray_address_first(
+    run: Run, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    calls: list[Any] = []
+    monkeypatch.setitem(sys.modules, "ray", ModuleType("ray"))
+    _fake_module(monkeypatch, "neocloud.server.launch", up=lambda *a, **kw: calls.append(a))
+    monkeypatch.setenv("NEOCLOUD_RAY_ADDRESS", "nohost")
+    result = run("up", "--backend", "ray", login=False)
+    assert result.exit_code == 2 and "NEOCLOUD_RAY_ADDRESS" in result.stderr
+    assert calls == []
+    monkeypatch.setenv("NEOCLOUD_RAY_ADDRESS", "127.0.0.2:6380")
+    assert run("up", "--backend", "ray", login=False).exit_code == 0
+    assert len(calls) == 1
+
+
+def test_up_local_does_not_need_ray(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    _no_ray(monkeypatch)
+    _fake_module(monkeypatch, "neocloud.server.launch", up=lambda *a, **kw: calls.append(a))
+    assert run("up", login=False).exit_code == 0
+    assert run("up", "--backend", "local", login=False).exit_code == 0
+    assert len(calls) == 2
 
 
 def test_serve_delegates_to_runner(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
