@@ -193,3 +193,32 @@ def test_cli_deploy_engine_vllm(cloud: Cloud, vllm_env: Path,
     res = cli("deploy", "w", "--engine", "vllm", "--no-wait")
     assert res.exit_code != 0 and "make install-vllm" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_status_ls_and_created_event_name_the_same_engine_and_model(
+        cloud: Cloud, vllm_env: Path) -> None:
+    """``deploy chat-vllm --engine vllm --model PATH``: ``ls`` showed SERVICE ``vllm`` where
+    ``status`` showed ``service -``; without ``--model``, ``status`` and ``ls`` showed
+    ``model -`` where the Created event said ``model default``."""
+    path = "/models/chat"
+    cli = _cli(cloud)
+    for name, model in (("chat-vllm", ["--model", path]), ("plain-vllm", [])):
+        res = cli("deploy", name, "--engine", "vllm", *model, "--no-wait")
+        assert res.exit_code == 0, res.stdout + res.stderr
+    want = {"chat-vllm": path, "plain-vllm": "default"}
+    listed = cli("ls").stdout.splitlines()
+    assert listed[0].split()[:4] == ["NAME", "ENGINE", "SERVICE", "MODEL"]
+    rows = {line.split()[0]: line.split()[1:4] for line in listed[1:]}
+    for name, model in want.items():
+        assert rows[name] == ["vllm", "-", model], listed
+        detail = {line.split()[0]: line.split()[1:] for line in
+                  cli("status", name).stdout.splitlines() if line.strip()}
+        assert (detail["engine"], detail["service"], detail["model"]) == (
+            ["vllm"], ["-"], [model])
+        created = [e["message"] for e in
+                   cloud.api("GET", f"/deployments/{name}/events").json()["data"]
+                   if e["reason"] == "Created"]
+        assert created == [f"deployment {name} created: 1 x cpu.small, engine vllm, "
+                           f"model {model}"]
+    assert cloud.api("GET", "/deployments/chat-vllm").json()["model"] == path
+    assert cloud.api("GET", "/deployments/plain-vllm").json()["model"] is None

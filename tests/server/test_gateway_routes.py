@@ -42,6 +42,7 @@ def orm_routes(db: Database, refused: dict[str, str],
         deps = s.scalars(q).all()
         reps = s.scalars(r).all()
         nodes = {n.id: n for n in s.scalars(select(Node))}
+        workspace_names = {w.id: w.name for w in s.scalars(select(Workspace))}
         ready = [r for r in reps if r.status == "ready"]
         generation = {d.id: d.generation for d in deps}
         crashed: dict[str, str] = {}
@@ -68,6 +69,7 @@ def orm_routes(db: Database, refused: dict[str, str],
                             if failed is not None and d.id not in ups else None),
                 scaled_to_zero=d.replicas == 0 and not can_wake(d),
                 serves=openai_paths_of(d.service, d.engine),
+                created=int(d.created_at.timestamp()), owner=workspace_names[d.workspace_id],
             ))
         return out
 
@@ -218,6 +220,11 @@ def test_the_whole_table_is_the_one_the_orm_rows_gave_on_a_varied_fleet(
     assert a["mixed"].wake_timeout_s == 30.0
     assert {r.refusal for r in table._routes[ids["ws-b"]].values()} == {refused[ids["ws-b"]]}
     assert {r.refusal for r in a.values()} == {None}
+    # the OpenAI model object's owned_by and created: the workspace's name, the creation
+    assert {r.owner for r in a.values()} == {"ws-a"}
+    with db.session() as s:
+        made = s.scalar(select(Deployment.created_at).where(Deployment.id == ids["ws-a/vllm"]))
+    assert made is not None and a["vllm"].created == int(made.timestamp()) > 0
     assert len(table._routes) == 3
     assert all(table._where[r.deployment_id] == (w, n)
                for w, t in table._routes.items() for n, r in t.items())

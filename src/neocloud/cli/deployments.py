@@ -479,8 +479,9 @@ def _deployment_table(deployments: list[DeploymentOut]) -> Table:
     rows = [
         (
             d.name,
-            d.service or d.engine.value,
-            d.model,
+            d.engine.value,
+            d.service or "-",
+            _model_text(d),
             d.shape,
             f"{d.ready_replicas}/{d.replicas}",
             status_text(d.status.value),
@@ -489,7 +490,14 @@ def _deployment_table(deployments: list[DeploymentOut]) -> Table:
         )
         for d in deployments
     ]
-    return table(("NAME", "SERVICE", "MODEL", "SHAPE", "READY", "STATUS", "ENDPOINT", "AGE"), rows)
+    return table(("NAME", "ENGINE", "SERVICE", "MODEL", "SHAPE", "READY", "STATUS", "ENDPOINT",
+                  "AGE"), rows)
+
+
+def _model_text(d: DeploymentOut) -> str:
+    """The model as ``ls``, ``status`` and the deployment's Created event name it:
+    ``default`` when none was given (the service's or engine's own default model)."""
+    return d.model or "default"
 
 
 def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None:
@@ -500,7 +508,7 @@ def _print_detail(api: Client, d: DeploymentOut, events: list[EventOut]) -> None
     fields = [
         ("engine", d.engine.value),
         ("service", d.service or "-"),
-        ("model", d.model or "-"),
+        ("model", _model_text(d)),
         ("shape", d.shape),
         ("replicas", f"{d.ready_replicas}/{d.replicas} ready"),
         ("generation", str(d.generation)),

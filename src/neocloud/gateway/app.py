@@ -614,10 +614,12 @@ class Gateway:
 
 
 def _model_object(route: Route) -> dict[str, Any]:
-    """The OpenAI model object of a route, marked with whether it can serve now:
+    """The OpenAI model object of a route (``created``: the deployment's creation, Unix
+    seconds; ``owned_by``: its workspace's name), marked with whether it can serve now:
     ``ready`` (a replica is ready) and ``servable`` (ready, or woken by a request)."""
     ready = bool(route.upstreams)
-    return {"id": route.name, "object": "model", "created": 0, "owned_by": route.workspace_id,
+    return {"id": route.name, "object": "model", "created": route.created,
+            "owned_by": route.owner or route.workspace_id,
             "ready": ready, "servable": ready or (route.can_wake and route.wake_error is None)}
 
 

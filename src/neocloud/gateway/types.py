@@ -70,6 +70,10 @@ class Route:
             :func:`openai_paths_of`), e.g. ``("/v1/embeddings",)``; another of them
             (``/v1/chat/completions`` to an embeddings model) is a 400 naming ``model``
             and what the deployment serves. ``None``: not known, every route is forwarded.
+        created: when the deployment was created, Unix seconds (the OpenAI model object's
+            ``created``); 0: not known.
+        owner: the owning workspace's name (the model object's ``owned_by``); ``None``:
+            not known, ``workspace_id`` is given instead.
     """
 
     deployment_id: str
@@ -82,6 +86,8 @@ class Route:
     wake_error: str | None = None
     scaled_to_zero: bool = False
     serves: tuple[str, ...] | None = None
+    created: int = 0
+    owner: str | None = None
 
 
 #: The OpenAI inference routes and what each does, as error messages name them.

@@ -226,6 +226,8 @@ class DeploymentOut(OutModel):
     """``None`` for engine ``vllm``."""
     engine: Engine = Engine.builtin
     model: str | None
+    """``None``: none was given, the service's or engine's own default runs (``default``
+    in the CLI and in the Created event)."""
     shape: str
     replicas: int
     ready_replicas: int

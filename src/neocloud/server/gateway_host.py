@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from neocloud.gateway.types import Principal, Refusal, Route, Upstream, openai_paths_of
 from neocloud.server.db.engine import Database
-from neocloud.server.db.tables import Deployment, Node, Replica
+from neocloud.server.db.tables import Deployment, Node, Replica, Workspace
 from neocloud.server.metering.tokens import UsageBuffer
 from neocloud.server.services import audit, budgets
 from neocloud.server.services.deployments import autoscales_to_zero
@@ -225,7 +225,8 @@ class RouteRows:
 
     Attributes:
         deployments: ``(id, workspace_id, name, generation, replicas, autoscaling,
-            cold_start_timeout_s, service, engine)`` of each deployment not ``deleting``.
+            cold_start_timeout_s, service, engine, created_at, workspace_name)`` of each
+            deployment not ``deleting`` (its workspace's name joined in).
         upstreams: ``(deployment_id, id, url)`` of each ``ready`` replica with a port,
             on a node of a backend that serves (not ``fake``: simulated replicas have no
             URL); the database writes each URL (``http://<node address>:<port>``).
@@ -242,10 +243,13 @@ def read_route_rows(s: Session, deployment_ids: Sequence[str] | None = None) -> 
     """The rows of the routes of ``deployment_ids`` (``None``: every deployment), in three
     statements; no ORM object is built (at 50,000 replicas the ORM rows of every replica
     were most of a whole rebuild's time)."""
-    deps = select(Deployment.id, Deployment.workspace_id, Deployment.name,
-                  Deployment.generation, Deployment.replicas, Deployment.autoscaling,
-                  Deployment.cold_start_timeout_s, Deployment.service,
-                  Deployment.engine).where(Deployment.status != "deleting")
+    deps = (select(Deployment.id, Deployment.workspace_id, Deployment.name,
+                   Deployment.generation, Deployment.replicas, Deployment.autoscaling,
+                   Deployment.cold_start_timeout_s, Deployment.service,
+                   Deployment.engine, Deployment.created_at,
+                   Workspace.name.label("workspace_name"))
+            .join(Workspace, Workspace.id == Deployment.workspace_id)
+            .where(Deployment.status != "deleting"))
     url = literal("http://") + Node.address + literal(":") + cast(Replica.port, String)
     ups = (select(Replica.deployment_id, Replica.id, url)
            .join(Node, Node.id == Replica.node_id)
@@ -287,6 +291,7 @@ def routes_of(rows: RouteRows, refused: dict[str, str]) -> list[Route]:
                         if failed is not None and not mine else None),
             scaled_to_zero=d.replicas == 0 and not wakes,
             serves=openai_paths_of(d.service, d.engine),
+            created=int(d.created_at.timestamp()), owner=d.workspace_name,
         ))
     return out
 

@@ -105,10 +105,11 @@ def test_ls_table_and_json(run: Run) -> None:
     run("deploy", "api", "-s", "chat", "--replicas", "0", "--no-wait")
     table = run("ls").stdout
     header = table.splitlines()[0].split()
-    assert header[:6] == ["NAME", "SERVICE", "MODEL", "SHAPE", "READY", "STATUS"]
+    assert header[:7] == ["NAME", "ENGINE", "SERVICE", "MODEL", "SHAPE", "READY", "STATUS"]
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
-    assert rows["web"][1:6] == ["embeddings", "-", "cpu.small", "0/1", "pending"]
-    assert rows["api"][4] == "0/0"
+    assert rows["web"][1:7] == ["builtin", "embeddings", "default", "cpu.small", "0/1",
+                                "pending"]
+    assert rows["api"][5] == "0/0"
     listed = json.loads(run("ls", "--json").stdout)
     assert [d["name"] for d in listed] == ["web", "api"]
 
