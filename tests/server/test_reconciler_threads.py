@@ -492,13 +492,8 @@ def test_a_look_on_a_settled_fleet_reads_only_the_deployments_written_since(
     assert _ready(cloud, "s3") == 2
 
 
-def test_a_look_reads_what_waits_so_priorities_are_kept(
-        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deployment that waits (no room: ``pending`` with a reason) is read by every look
-    however old its last write: a higher-priority one that waits keeps a lower-priority
-    write for the full pass, which runs the priorities in order."""
-    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
-    monkeypatch.setattr(changes, "LOOK_MARGIN_S", 0.0)
+def _waiting_big(cloud: Cloud) -> None:
+    """``low`` (priority 0) ready on a CPU node, ``big`` (priority 10) waiting for a GPU."""
     cloud.add_fake_node("n1", cpu_milli=4000, memory_mib=16384)
     _deploy(cloud, "low")
     r = cloud.api("POST", "/deployments", json={
@@ -506,8 +501,18 @@ def test_a_look_reads_what_waits_so_priorities_are_kept(
         "priority": 10})
     assert r.status_code == 201, r.text
     cloud.reconcile(2)
-    big, low = _ids(cloud, "big", "low")
     assert cloud.api("GET", "/deployments/big").json()["status"] != "ready"
+
+
+def test_a_look_reads_what_waits_so_priorities_are_kept(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment that waits (no room: ``pending`` with a reason) is read by every look
+    however old its last write: a higher-priority one that waits keeps a lower-priority
+    write for the full pass, which runs the priorities in order."""
+    monkeypatch.setattr(changes, "CHANGED_EVERY_S", 0.0)
+    monkeypatch.setattr(changes, "LOOK_MARGIN_S", 0.0)
+    _waiting_big(cloud)
+    big, low = _ids(cloud, "big", "low")
     rec = cloud.app.state.reconcilers.deployments
     reads = _spy_looks(rec, monkeypatch)
     rec.run_once()

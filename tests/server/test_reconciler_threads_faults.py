@@ -17,19 +17,7 @@ from sqlalchemy import select
 from neocloud.server.db.tables import Replica
 from neocloud.server.reconcilers.deployments import changes
 from tests.server.helpers import Cloud
-from tests.server.test_reconciler_threads import _deploy, _ids, _ready
-
-
-def _waiting_big(cloud: Cloud) -> None:
-    """``low`` (priority 0) ready on a CPU node, ``big`` (priority 10) waiting for a GPU."""
-    cloud.add_fake_node("n1", cpu_milli=4000, memory_mib=16384)
-    _deploy(cloud, "low")
-    r = cloud.api("POST", "/deployments", json={
-        "name": "big", "service": "embeddings", "shape": "gpu.h100", "replicas": 1,
-        "priority": 10})
-    assert r.status_code == 201, r.text
-    cloud.reconcile(2)
-    assert cloud.api("GET", "/deployments/big").json()["status"] != "ready"
+from tests.server.test_reconciler_threads import _ids, _ready, _waiting_big
 
 
 def _live(cloud: Cloud, dep_id: str) -> list[str]:

@@ -348,14 +348,15 @@ def test_group_commit_stores_every_concurrent_write(ledger: RequestLedger) -> No
     assert states == {"open": 150, "closed": 50}
 
 
-def _gated(ledger: RequestLedger, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Hold the ledger's writer in its first commit until the event is set, so what is
-    submitted meanwhile is committed as one batch."""
+def _gated(ledger: RequestLedger, monkeypatch: pytest.MonkeyPatch,
+           hold_s: float = 10.0) -> threading.Event:
+    """Hold the ledger's writer in its next commit until the event is set (at most
+    ``hold_s`` seconds), so what is submitted meanwhile is committed as one batch."""
     gate = threading.Event()
     real = ledger._commit
 
     def held(batch: list[Any]) -> None:
-        gate.wait(10)
+        gate.wait(hold_s)
         real(batch)
 
     monkeypatch.setattr(ledger, "_commit", held)

@@ -33,24 +33,13 @@ from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import RequestUsage
 from neocloud.server.metering import ledger as ledger_mod
 from neocloud.server.metering import recovery
-from neocloud.server.metering.ledger import MAX_TOKENS, LedgerState, RequestLedger
+from neocloud.server.metering.ledger import MAX_TOKENS, LedgerState
 from neocloud.server.metering.tokens import UsageBuffer
 from tests.server.helpers import Cloud
-from tests.server.test_usage_ledger import StubReplica, _serve
+from tests.server.test_usage_ledger import StubReplica, _gated, _serve
+from tests.server.test_usage_ledger import buffer as buffer  # noqa: F401  # a fixture
 from tests.server.test_usage_ledger import replica as replica  # noqa: F401  # a fixture
 from tests.server.usage_helpers import billed_tokens
-
-
-@pytest.fixture
-def buffer(db_url: str) -> Iterator[UsageBuffer]:
-    """A usage sink of its own on the test's database."""
-    db = Database(db_url)
-    usage = UsageBuffer(db)
-    try:
-        yield usage
-    finally:
-        usage.close()
-        db.dispose()
 
 
 def _rec(rid: str) -> RequestRecord:
@@ -58,19 +47,6 @@ def _rec(rid: str) -> RequestRecord:
                          path="/v1/chat/completions", status=0, latency_s=0.0,
                          prompt_tokens=0, completion_tokens=0, started_at=time.time(),
                          request_id=rid)
-
-
-def _gated(ledger: RequestLedger, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Hold the ledger's writer in its next commit until the event is set."""
-    gate = threading.Event()
-    real = ledger._commit
-
-    def held(batch: list[Any]) -> None:
-        gate.wait(20)
-        real(batch)
-
-    monkeypatch.setattr(ledger, "_commit", held)
-    return gate
 
 
 def _rows(db: Database) -> dict[str, tuple[str, int, int]]:
@@ -84,7 +60,7 @@ def test_a_token_count_past_the_columns_range_fails_no_other_request(
         buffer: UsageBuffer, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     ledger = buffer.ledger
     ledger.submit(_rec("big"), LedgerState.open, insert_row=True).result(10)
-    gate = _gated(ledger, monkeypatch)
+    gate = _gated(ledger, monkeypatch, hold_s=20.0)
     first = ledger.submit(_rec("first"), LedgerState.open, insert_row=True)
     other = ledger.submit(_rec("other"), LedgerState.open, insert_row=True)
     # a replica's answer carried "usage": {"prompt_tokens": <count>, ...}
@@ -162,7 +138,7 @@ def test_a_hung_database_refuses_a_request_and_drops_its_late_row(
     usage = UsageBuffer(db, wait_s=0.3)
     try:
         asyncio.run(usage.opened(_rec("served")))
-        gate = _gated(usage.ledger, monkeypatch)
+        gate = _gated(usage.ledger, monkeypatch, hold_s=20.0)
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):  # before: waited for as long as the lock held
             asyncio.run(usage.opened(_rec("refused")))
@@ -206,7 +182,7 @@ def test_a_ledger_far_behind_refuses_new_requests_at_once(
         buffer: UsageBuffer, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = buffer.ledger
     monkeypatch.setattr(ledger_mod, "MAX_QUEUE", 3)
-    gate = _gated(ledger, monkeypatch)
+    gate = _gated(ledger, monkeypatch, hold_s=20.0)
     first = ledger.submit(_rec("first"), LedgerState.open, insert_row=True)
     deadline = time.monotonic() + 10
     while ledger._queue and time.monotonic() < deadline:  # the writer holds it
