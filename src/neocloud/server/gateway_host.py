@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import Row, String, cast, literal, select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from neocloud.gateway.types import Principal, Refusal, Route, Upstream, openai_paths_of
@@ -33,7 +33,7 @@ from neocloud.server.db.engine import Database
 from neocloud.server.db.tables import Deployment, Node, Replica, Workspace
 from neocloud.server.metering.tokens import UsageBuffer
 from neocloud.server.services import audit, budgets
-from neocloud.server.services.deployments import autoscales_to_zero
+from neocloud.server.services.deployments import autoscales_to_zero, serving_upstreams
 from neocloud.server.services.workspaces import authenticate
 
 
@@ -250,11 +250,7 @@ def read_route_rows(s: Session, deployment_ids: Sequence[str] | None = None) -> 
                    Workspace.name.label("workspace_name"))
             .join(Workspace, Workspace.id == Deployment.workspace_id)
             .where(Deployment.status != "deleting"))
-    url = literal("http://") + Node.address + literal(":") + cast(Replica.port, String)
-    ups = (select(Replica.deployment_id, Replica.id, url)
-           .join(Node, Node.id == Replica.node_id)
-           .where(Replica.status == "ready", Replica.port.is_not(None),
-                  Node.backend != "fake"))
+    ups = serving_upstreams()
     crashes = select(Replica.deployment_id, Replica.generation, Replica.message).where(
         Replica.status.in_(("starting", "failed")), Replica.restarts > 0)
     if deployment_ids is not None:

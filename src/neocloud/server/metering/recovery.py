@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from enum import Enum
 
 import httpx
-from sqlalchemy import String, cast, literal, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from neocloud.server.db.engine import Database
-from neocloud.server.db.tables import Node, Replica, RequestUsage
+from neocloud.server.db.tables import Replica, RequestUsage
 from neocloud.server.metering.ledger import UNFINISHED, LedgerState, stored_tokens
+from neocloud.server.services.deployments import serving_upstreams
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,10 @@ def ask_replica(url: str, meter_id: str) -> Count | Unknown | None:
 
 
 def replica_urls(s: Session, deployment_ids: set[str]) -> dict[str, dict[str, str]]:
-    """Deployment id -> replica id -> base URL of its ready replicas that serve (the
-    route table's rule: a port, on a node of a backend that is not ``fake``)."""
-    url = literal("http://") + Node.address + literal(":") + cast(Replica.port, String)
-    rows = s.execute(
-        select(Replica.deployment_id, Replica.id, url)
-        .join(Node, Node.id == Replica.node_id)
-        .where(Replica.deployment_id.in_(deployment_ids), Replica.status == "ready",
-               Replica.port.is_not(None), Node.backend != "fake")).all()
+    """Deployment id -> replica id -> base URL of its replicas that serve requests (as
+    the route table reaches them: ``services.deployments.serving_upstreams``)."""
+    rows = s.execute(serving_upstreams()
+                     .where(Replica.deployment_id.in_(deployment_ids))).all()
     out: dict[str, dict[str, str]] = {}
     for dep_id, rep_id, u in rows:
         out.setdefault(dep_id, {})[rep_id] = u

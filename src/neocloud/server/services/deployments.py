@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, String, cast, literal, select
 from sqlalchemy.orm import Session
 
 from neocloud.errors import AlreadyExists, Conflict, InvalidRequest, NotFound
@@ -230,6 +230,18 @@ def autoscales_to_zero(autoscaling: dict[str, Any] | None) -> bool:
     """Whether a deployment's stored ``autoscaling`` column (``None`` or empty: a fixed
     replica count) lets it scale down to zero replicas (``min_replicas`` 0)."""
     return bool(autoscaling) and AutoscalingConfig.model_validate(autoscaling).min_replicas == 0
+
+
+def serving_upstreams() -> Select[str, str, str]:
+    """``(deployment_id, id, url)`` of every replica that serves requests: ``ready``, with
+    a port, on a node of a backend that runs processes (not ``fake``: simulated replicas
+    have no URL); the database writes each base URL (``http://<node address>:<port>``).
+    The gateway's route table and the usage recovery both reach replicas by it."""
+    url = literal("http://") + Node.address + literal(":") + cast(Replica.port, String)
+    return (select(Replica.deployment_id, Replica.id, url)
+            .join(Node, Node.id == Replica.node_id)
+            .where(Replica.status == "ready", Replica.port.is_not(None),
+                   Node.backend != "fake"))
 
 
 def can_wake(dep: Deployment) -> bool:
