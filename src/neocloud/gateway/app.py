@@ -494,11 +494,8 @@ class Gateway:
             Unavailable: the sink did not take it (the request is not forwarded).
         """
         try:
-            await sink.opened(RequestRecord(
-                workspace_id=principal.workspace_id, token_id=principal.token_id,
-                deployment_id=route.deployment_id, replica_id=None, path=path, status=0,
-                latency_s=0.0, prompt_tokens=0, completion_tokens=0, started_at=started_at,
-                request_id=meter_id.decode() if meter_id is not None else None))
+            await sink.opened(self._request_record(
+                principal, route, None, path, 0, 0.0, started_at, None, meter_id))
         except Exception as exc:
             # one line per refused request (a database outage refuses every request: a
             # traceback each would bury the log); the traceback at debug level
