@@ -30,7 +30,7 @@ import typer
 from rich.text import Text
 
 from neocloud.cli import output
-from neocloud.cli.params import parse_gpu, parse_labels
+from neocloud.cli.params import host_port, parse_gpu, parse_labels
 from neocloud.errors import NeocloudError, PermissionDenied, Unavailable
 from neocloud.models import GpuSpec, NodeOut
 from neocloud.models.nodes_join import NodeJoin
@@ -83,16 +83,17 @@ def head_address(ray_address: str | None, node_ip: str | None, toward: str) -> t
     """
     if not ray_address:
         return node_ip or local_address(toward), DEFAULT_HEAD_PORT
-    host, sep, port = ray_address.rpartition(":")
-    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    parsed = host_port(ray_address)
+    if parsed is None:
         raise typer.BadParameter(
             f"with --head it is the head's HOST:PORT, e.g. 10.0.0.1:6380, not {ray_address!r}",
             param_hint="'--ray-address'")
+    host, port = parsed
     if node_ip and node_ip != host:
         raise typer.BadParameter(
             f"with --head the head listens on --ray-address's host ({host}), not {node_ip}",
             param_hint="'--node-ip'")
-    return host, int(port)
+    return host, port
 
 
 def check_port_free(address: str, port: int) -> None:

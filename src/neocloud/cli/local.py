@@ -18,6 +18,7 @@ from rich.text import Text
 
 from neocloud.cli import output
 from neocloud.cli.output import print_json, table
+from neocloud.cli.params import host_port
 from neocloud.config import DEFAULT_HOST, DEFAULT_PORT
 from neocloud.errors import InvalidRequest, NeocloudError, Unsupported
 
@@ -95,7 +96,7 @@ def up(
     if ray_address is not None:
         if backend != "ray":
             raise typer.BadParameter("needs --backend ray", param_hint="'--ray-address'")
-        if ray_address != "auto" and not _host_port(ray_address):
+        if ray_address != "auto" and host_port(ray_address) is None:
             raise typer.BadParameter(f"must be HOST:PORT or auto, not {ray_address!r}",
                                      param_hint="'--ray-address'")
     if (backend or os.environ.get("NEOCLOUD_BACKEND")) == "ray":
@@ -122,15 +123,9 @@ def check_ray_backend(ray_address: str | None) -> None:
             "the ray backend needs Ray, which is not installed: pip install 'neocloud[ray]' "
             "(in a checkout: .venv/bin/pip install -e '.[ray]')") from None
     env = os.environ.get("NEOCLOUD_RAY_ADDRESS")
-    if ray_address is None and env and env != "auto" and not _host_port(env):
+    if ray_address is None and env and env != "auto" and host_port(env) is None:
         raise typer.BadParameter(f"must be HOST:PORT or auto, not {env!r}",
                                  param_hint="NEOCLOUD_RAY_ADDRESS")
-
-
-def _host_port(value: str) -> bool:
-    """Whether ``value`` reads as ``HOST:PORT`` (port 1..65535)."""
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def server(

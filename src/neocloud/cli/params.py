@@ -55,6 +55,15 @@ def parse_labels(values: Sequence[str] | None, *, option: str) -> dict[str, str]
     return labels
 
 
+def host_port(value: str) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` -> ``(HOST, PORT)`` (TCP port 1..65535; the last ``:`` splits, so an
+    IPv6 host keeps its colons), ``None`` when ``value`` does not read so."""
+    host, sep, port = value.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return host, int(port)
+
+
 def parse_gpu(value: str, *, option: str = "--gpu") -> GpuSpec:
     """``TYPE:COUNT:MEMORY_MIB`` (e.g. ``H100:8:81559``) -> :class:`GpuSpec`.
 

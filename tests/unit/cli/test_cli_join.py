@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from neocloud.cli import join as join_mod
 from neocloud.cli.main import app
+from neocloud.cli.params import host_port
 from neocloud.server.backends import discovery
 
 URL = "http://127.0.0.1:1"
@@ -173,3 +174,11 @@ def test_head_address_not_of_this_machine_is_refused(calls: dict[str, list[Any]]
     assert result.exit_code == 1
     assert "cannot start the Ray head at 192.0.2.1:6380" in result.stderr
     assert "Traceback" not in result.stderr and calls["start"] == []
+
+
+@pytest.mark.parametrize(("value", "parsed"), [
+    ("10.0.0.1:6380", ("10.0.0.1", 6380)), ("::1:6379", ("::1", 6379)),
+    ("10.0.0.1", None), (":6379", None), ("h:0", None), ("h:65536", None), ("h:x", None),
+])
+def test_host_port_reads_the_last_colon_and_a_tcp_port(value, parsed) -> None:
+    assert host_port(value) == parsed
