@@ -324,6 +324,10 @@ class UsageRecord(Base):
     """The month (``YYYY-MM``, UTC) whose invoice covers this record."""
 
 
+#: Length of ``request_usage.path`` (characters).
+REQUEST_PATH_CHARS = 512
+
+
 class RequestUsage(Base):
     """The ledger of gateway requests: one row per request, keyed by its meter id, from
     before it is forwarded until its tokens are billed (``server.metering.ledger``).
@@ -342,7 +346,7 @@ class RequestUsage(Base):
     token_id: Mapped[str] = mapped_column(String(32))
     deployment_id: Mapped[str] = mapped_column(String(32))
     replica_id: Mapped[str | None] = mapped_column(String(32), default=None)
-    path: Mapped[str] = mapped_column(String(512))
+    path: Mapped[str] = mapped_column(String(REQUEST_PATH_CHARS))
     status: Mapped[int] = mapped_column(Integer, default=0)
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)

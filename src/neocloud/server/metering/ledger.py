@@ -46,7 +46,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from neocloud.gateway.types import RequestRecord
 from neocloud.server.db.engine import Database
-from neocloud.server.db.tables import RequestUsage
+from neocloud.server.db.tables import REQUEST_PATH_CHARS, RequestUsage
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ RETRIES = 60
 #: Most writes queued before a new request is refused at once (a database that hangs:
 #: the queue would otherwise grow with every request while the writer waits).
 MAX_QUEUE = 50_000
-#: Longest path stored (characters); a longer one is cut.
-PATH_CHARS = 512
+#: Longest path stored (characters: the column's length); a longer one is cut.
+PATH_CHARS = REQUEST_PATH_CHARS
 #: Most tokens stored for one count of one request: the largest value of the token
 #: columns on PostgreSQL (``integer``); a larger count, which only a replica's own
 #: answer can carry, is cut to it.
